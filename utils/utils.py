@@ -1,0 +1,85 @@
+"""Small helpers every entry point shares: seeding, run folders, image basics."""
+import datetime
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def set_seed(seed):
+    """Seed Python, NumPy and the Keras/TensorFlow generators in one call."""
+    import keras
+
+    keras.utils.set_random_seed(int(seed))
+
+
+def make_run_dir(name, args=None, root="logs"):
+    """Create a new, empty run folder ``root/<name>_<YYYYmmdd-HHMMSS>[_k]``.
+
+    An existing folder is never reused: a numeric suffix is added instead. When
+    ``args`` (an ``argparse.Namespace`` or a dict) is given it is written as
+    ``args.json``. Returns the folder as a :class:`pathlib.Path`.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = root / f"{name}_{stamp}"
+    run_dir, k = base, 1
+    while True:
+        try:
+            run_dir.mkdir()
+            break
+        except FileExistsError:
+            k += 1
+            run_dir = Path(f"{base}_{k}")
+    if args is not None:
+        write_json(run_dir / "args.json", vars(args) if hasattr(args, "__dict__") else dict(args))
+    return run_dir
+
+
+def write_json(path, data):
+    """Write ``data`` as indented JSON; paths and NumPy scalars become plain values."""
+    def default(o):
+        if isinstance(o, (np.integer,)):
+            return int(o)
+        if isinstance(o, (np.floating,)):
+            return float(o)
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        return str(o)
+
+    Path(path).write_text(json.dumps(data, indent=2, default=default) + "\n")
+
+
+def cvtColor(image):
+    """Return an RGB PIL image; grayscale, palette and RGBA photos are converted."""
+    if image.mode == "RGB":
+        return image
+    return image.convert("RGB")
+
+
+def preprocess_input(image):
+    """Scale 0..255 pixels to 0..1, as the original U-Net input does."""
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def resize_image(image, size):
+    """Letterbox ``image`` (PIL) into ``size`` = (w, h) on a grey (128) canvas.
+
+    Returns the new image and the (new_w, new_h) of the pasted photo, so callers can
+    crop the grey bars off predictions again.
+    """
+    iw, ih = image.size
+    w, h = size
+    scale = min(w / iw, h / ih)
+    nw, nh = int(iw * scale), int(ih * scale)
+    image = image.resize((nw, nh), Image.BICUBIC)
+    canvas = Image.new("RGB", size, (128, 128, 128))
+    canvas.paste(image, ((w - nw) // 2, (h - nh) // 2))
+    return canvas, nw, nh
+
+
+def env_flag(name):
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
