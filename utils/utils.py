@@ -83,3 +83,53 @@ def resize_image(image, size):
 
 def env_flag(name):
     return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def jit_compile_default():
+    """XLA pays off on a GPU; on a CPU its compile time dwarfs short runs."""
+    import tensorflow as tf
+
+    return "auto" if tf.config.list_physical_devices("GPU") else False
+
+
+def set_mixed_precision(enabled):
+    """bfloat16 compute on a CPU, float16 on a GPU; float32 when not enabled."""
+    import keras
+    import tensorflow as tf
+
+    if not enabled:
+        keras.mixed_precision.set_global_policy("float32")
+        return "float32"
+    policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+STRATEGIES = ("default", "mirrored", "multiworker")
+
+
+def get_strategy(name="default"):
+    """A ``tf.distribute`` strategy: ``mirrored`` spans the local GPUs, ``multiworker``
+    the machines named in ``TF_CONFIG``; ``default`` is the plain single-device one."""
+    import tensorflow as tf
+
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+
+
+def add_common_training_args(parser, seed=11):
+    """Options every training script shares: seed, logs, precision, strategy."""
+    parser.add_argument("--seed", type=int, default=seed, help=f"random seed (default {seed})")
+    parser.add_argument("--logs-dir", default="logs",
+                        help="parent folder of the new run folder (default logs/)")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="bfloat16 on a CPU, float16 on a GPU (default off: float32)")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="default",
+                        help="tf.distribute strategy: mirrored = all local GPUs, "
+                             "multiworker = machines in TF_CONFIG (default: one device)")
+    return parser
