@@ -7,6 +7,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+# The five classes of the cherry data set, in label order (pixel value = index).
+NAME_CLASSES = ["_background_", "fruit", "leaf", "trunk", "flower"]
+
 
 def set_seed(seed):
     """Seed Python, NumPy and the Keras/TensorFlow generators in one call."""
