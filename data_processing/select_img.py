@@ -1,0 +1,207 @@
+"""Step 2: copy (or link) each stage image of the archive into one folder.
+
+For every camera in the phenology file, preset and time of day, the stage windows of
+:func:`date_pro.get_date_list` pick the archive photos; each one that exists becomes
+``<out>/<camera>p<preset>t<HH>i<stage>d<YYYY-MM-DD>_<HH>.jpg``, and ``manifest.csv``
+lists them::
+
+    python data_processing/select_img.py --archive ROOT --phenology data_processing/phenology.example.toml --out out/
+
+Existing output files are kept when their content is identical and are never
+overwritten when it differs (an error, or ``--skip-existing``).
+"""
+import argparse
+import concurrent.futures
+import csv
+import errno
+import filecmp
+import os
+import random
+import shutil
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tqdm import tqdm  # noqa: E402
+
+from data_processing.date_pro import (DEFAULT_PHENOLOGY_FILE, DEFAULT_PRESETS,  # noqa: E402
+                                      DEFAULT_TIMES, _time_slot, camera_folder, format_table,
+                                      get_date_list, load_phenology)
+from data_processing.names import StageImageName, parse_archive_name  # noqa: E402
+
+MANIFEST_FIELDS = ["file", "camera", "preset", "time", "stage", "date"]
+
+
+def plan_selection(phenology, archive, cameras=None, presets=DEFAULT_PRESETS, times=DEFAULT_TIMES):
+    """``[(source path, StageImageName), ...]`` for every existing stage image.
+
+    Every camera folder is checked before anything is listed, so a typo fails at once.
+    """
+    cameras = list(cameras or phenology.cameras)
+    for camera in cameras:
+        if camera not in phenology.cameras:
+            raise ValueError(f"{phenology.path}: camera {camera!r} is not in [cameras] "
+                           f"(it lists: {', '.join(phenology.cameras)})")
+    folders = {camera: camera_folder(archive, camera) for camera in cameras}
+    jobs = []
+    for camera in cameras:
+        for point in presets:
+            for time in times:
+                lists = get_date_list(phenology.cameras[camera], point, time,
+                                      str(folders[camera]), phenology)
+                for stage, paths in enumerate(lists):
+                    for path in paths:
+                        if os.path.exists(path):
+                            src = parse_archive_name(path)
+                            jobs.append((path, StageImageName(camera, int(point), time, stage,
+                                                              src.date, src.hour)))
+    return jobs
+
+
+def _same_content(src, dst):
+    # samefile covers an earlier hard or symbolic link to the same photo.
+    try:
+        if os.path.samefile(src, dst):
+            return True
+    except OSError:
+        return False
+    return filecmp.cmp(src, dst, shallow=False)
+
+
+def _place(src, dst, link):
+    """Copy or link ``src`` to ``dst`` without ever replacing an existing ``dst``."""
+    if link == "sym":
+        os.symlink(os.path.abspath(src), dst)
+    elif link == "hard":
+        try:
+            os.link(src, dst)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:  # archive and output on different file systems
+                raise OSError(f"cannot hard-link {src} to {dst}: different file systems; "
+                              f"use --link sym or copy (no --link)") from exc
+            raise
+    else:
+        # Copy under a temporary name, then link it in place: an interrupted run leaves
+        # no half-written photo under a real name, and os.link refuses to overwrite.
+        tmp = f"{dst}.part{os.getpid()}"
+        shutil.copyfile(src, tmp)
+        try:
+            os.link(tmp, dst)
+        finally:
+            os.unlink(tmp)
+
+
+def _read_manifest(path):
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != MANIFEST_FIELDS:
+            raise ValueError(f"{path}: not a manifest written by select_img "
+                             f"(header {reader.fieldnames}, expected {MANIFEST_FIELDS}); "
+                             f"move it away or choose another --out")
+        return {row["file"]: row for row in reader}
+
+
+def write_manifest(path, rows):
+    """Merge ``rows`` into ``path`` (one row per file), so runs per camera add up."""
+    path = Path(path)
+    merged = _read_manifest(path) if path.exists() else {}
+    merged.update({row["file"]: row for row in rows})
+    tmp = path.with_name(path.name + f".part{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+        writer.writeheader()
+        writer.writerows(merged[k] for k in sorted(merged))
+    os.replace(tmp, path)
+    return path
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Step 2: copy or link the stage images of each camera, preset and time "
+                    "into one folder with encoded names, plus manifest.csv.")
+    parser.add_argument("--archive", required=True,
+                        help="archive root <root>/<camera>/<preset>_<YYYY-MM-DD>_<HH>.jpg "
+                             "(original: /mnt/hdd/cherry2021)")
+    parser.add_argument("--phenology", default=str(DEFAULT_PHENOLOGY_FILE),
+                        help="phenology TOML file (default: data_processing/phenology.example.toml, "
+                             "the original's values)")
+    parser.add_argument("--cameras", nargs="+", default=None,
+                        help="camera ids (default: all in the phenology file; original: E88570046)")
+    parser.add_argument("--presets", nargs="+", type=int, default=list(DEFAULT_PRESETS),
+                        help="preset points (original: 1 2 3 4 5)")
+    parser.add_argument("--times", nargs="+", default=list(DEFAULT_TIMES),
+                        help="times of day (original: 09 12 15)")
+    parser.add_argument("--out", default="out",
+                        help="output folder (original: /mnt/hdd/cherry2021/out)")
+    parser.add_argument("--link", nargs="?", const="hard", choices=["hard", "sym"], default=None,
+                        help="link instead of copying: --link or --link hard for hard links, "
+                             "--link sym for symbolic links (original: copy)")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="keep an existing output file whose content differs, instead of "
+                             "stopping with an error")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="parallel copies (original: a process pool of all cores)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed (nothing here is random; kept for uniformity)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    random.seed(args.seed)
+    phenology = load_phenology(args.phenology)
+    times = [_time_slot(t) for t in args.times]
+    for p in args.presets:
+        if p < 0:
+            raise ValueError(f"--presets: {p} is not a preset number")
+    jobs = plan_selection(phenology, args.archive, args.cameras, args.presets, times)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # Sort out existing files first, so a conflict stops the run before anything changes.
+    todo, kept, conflicts = [], 0, []
+    targets = {out / name.filename(): src for src, name in jobs}
+    for dst, src in targets.items():
+        if dst.exists() or dst.is_symlink():
+            if _same_content(src, dst):
+                kept += 1
+            else:
+                conflicts.append(dst)
+        else:
+            todo.append((src, dst))
+    if conflicts and not args.skip_existing:
+        raise FileExistsError(f"{len(conflicts)} output file(s) exist with different content, "
+                              f"e.g. {conflicts[0]} (from {targets[conflicts[0]]}); nothing was "
+                              f"changed. Use another --out, remove them, or pass --skip-existing.")
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, args.workers)) as pool:
+        futures = [pool.submit(_place, src, str(dst), args.link) for src, dst in todo]
+        for fut in tqdm(concurrent.futures.as_completed(futures), total=len(futures),
+                        desc="select_img", unit="img", disable=not futures):
+            fut.result()
+
+    skipped = set(conflicts)
+    rows = [dict(file=name.filename(), camera=name.camera, preset=name.preset, time=name.time,
+                 stage=name.stage, date=name.date)
+            for _, name in jobs if out / name.filename() not in skipped]
+    manifest = write_manifest(out / "manifest.csv", rows)
+
+    cameras = list(args.cameras or phenology.cameras)
+    counts = {cam: {i: 0 for i in range(len(phenology.stages))} for cam in cameras}
+    for row in rows:
+        counts[row["camera"]][row["stage"]] += 1
+    header = ["camera"] + [f"{i} {s.name}" for i, s in enumerate(phenology.stages)] + ["total"]
+    table = [[cam] + list(c.values()) + [sum(c.values())] for cam, c in counts.items()]
+    verb = {"hard": "hard-linked", "sym": "symlinked"}.get(args.link, "copied")
+    print(f"{verb} {len(todo)} images to {out}, {kept} already there"
+          + (f", {len(conflicts)} different existing files skipped" if conflicts else "")
+          + f"; manifest {manifest}")
+    print(format_table(header, table))
+    return {"out_dir": str(out), "manifest": str(manifest), "counts": counts,
+            "copied": len(todo), "kept": kept, "skipped": [str(c) for c in conflicts]}
+
+
+if __name__ == "__main__":
+    main()
