@@ -1,0 +1,19 @@
+"""The original's growth-modeling script name; it runs :mod:`growth_modeling.unet_gm`.
+
+``python growth_modeling/model.py`` takes the same options as ``unet_gm.py``.
+``Kalman1D`` (the original's smoother) lives in :mod:`growth_modeling.smoothing`.
+"""
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from growth_modeling.smoothing import Kalman1D  # noqa: E402,F401
+from growth_modeling.unet_gm import main, parse_args  # noqa: E402,F401
+
+if __name__ == "__main__":
+    main()
