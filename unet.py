@@ -107,12 +107,9 @@ class Unet:
         from utils.weights import load_weights_by_name, read_named_weights
 
         model = build_unet((*self.input_shape, 3), self.num_classes, self.backbone)
-        if str(path).endswith(".weights.h5"):
-            try:
-                model.load_weights(str(path))
-                return model
-            except Exception:  # noqa: BLE001 - not a whole U-Net: fall back to names
-                pass
+        if _is_whole_model_weights(path, model):
+            model.load_weights(str(path))
+            return model
         report = load_weights_by_name(model, path, verbose=self.verbose)
         if report.missing:
             # Keras 2 checkpoints name decoder layers by a global counter ("conv2d_7"),
@@ -159,12 +156,6 @@ class Unet:
         """An RGB image of a class map in the palette."""
         return Image.fromarray(self._palette[np.clip(mask, 0, self.num_classes - 1)])
 
-    def pixel_shares(self, mask):
-        """``{class name: share of pixels}`` of a class map."""
-        counts = np.bincount(mask.ravel(), minlength=self.num_classes)[:self.num_classes]
-        total = max(int(mask.size), 1)
-        return {name: float(c) / total for name, c in zip(self.name_classes, counts)}
-
     def detect_image(self, image, count=False, name_classes=None):
         """The coloured class map, blended 70 % over the photo when ``blend``.
 
@@ -173,17 +164,25 @@ class Unet:
         """
         image = cvtColor(image)
         mask = self.predict_masks([image], batch_size=1)[0]
-        seg = self.colorize(mask)
-        out = Image.blend(image, seg, 0.7) if self.blend else seg
+        out = self.overlay(image, mask)
         if not count:
             return out
+        return out, self.print_shares(mask, name_classes)
+
+    def overlay(self, image, mask):
+        """The coloured class map, blended 70 % over ``image`` when ``blend`` is on."""
+        seg = self.colorize(mask)
+        return Image.blend(cvtColor(image), seg, 0.7) if self.blend else seg
+
+    def print_shares(self, mask, name_classes=None):
+        """Print a table of each class's pixels and share; return ``{name: share}``."""
         names = list(name_classes) if name_classes is not None else self.name_classes
         counts = np.bincount(mask.ravel(), minlength=self.num_classes)[:self.num_classes]
-        shares = {n: float(c) / mask.size for n, c in zip(names, counts)}
+        total = max(int(mask.size), 1)
         print(f"{'class':>15s} | {'pixels':>10s} | {'share':>8s}")
         for n, c in zip(names, counts):
-            print(f"{n:>15s} | {int(c):>10d} | {100.0 * c / mask.size:7.3f}%")
-        return out, shares
+            print(f"{n:>15s} | {int(c):>10d} | {100.0 * c / total:7.3f}%")
+        return {n: float(c) / total for n, c in zip(names, counts)}
 
     def get_miou_png(self, image):
         """The class-index map as a single-channel PNG image (pixel value = class)."""
@@ -206,6 +205,28 @@ class Unet:
         for _ in range(int(test_interval)):
             once()
         return (time.perf_counter() - t0) / max(int(test_interval), 1)
+
+
+def _is_whole_model_weights(path, model):
+    """A Keras 3 ``save_weights`` file of a model with exactly ``model``'s arrays
+    (not an encoder saved by ``save_encoder``, which records its backbone)."""
+    import h5py
+
+    from utils.weights import BACKBONE_ATTR
+
+    if not str(path).endswith(".weights.h5"):
+        return False
+    with h5py.File(path, "r") as f:
+        if BACKBONE_ATTR in f.attrs or "layer_names" in f.attrs:
+            return False
+        count = 0
+
+        def visit(_, obj):
+            nonlocal count
+            count += isinstance(obj, h5py.Dataset)
+
+        f.visititems(visit)
+    return count == len(model.weights)
 
 
 def _fill_in_order(model, stored, report):
