@@ -308,16 +308,16 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Step 3: label image pairs with their prior class and save a balanced "
                     "pair index (.npy of file-name pairs and .npy of classes).")
-    parser.add_argument("--path", default="out",
+    parser.add_argument("--path", "--image-dir", dest="path", default="out",
                         help="folder of stage images from select_img (original: "
                              "/mnt/hdd/cherry2021/out); non-image files such as manifest.csv "
                              "are ignored")
     parser.add_argument("--names-file", default=None,
                         help="read the image names from this text file (one per line) instead "
                              "of listing --path")
-    parser.add_argument("--x-out", default="x_out_inx200000.npy",
+    parser.add_argument("--x-out", "--out-x", dest="x_out", default="x_out_inx200000.npy",
                         help="pairs of file names, shape (n, 2) (original: x_out_inx200000.npy)")
-    parser.add_argument("--y-out", default="y_out_inx200000.npy",
+    parser.add_argument("--y-out", "--out-y", dest="y_out", default="y_out_inx200000.npy",
                         help="classes 0..3, shape (n,) (original: y_out_inx200000.npy)")
     parser.add_argument("--per-class", type=int, default=200000,
                         help="pairs drawn per class, with replacement (original: 200000)")
