@@ -9,19 +9,17 @@ from unet import VOC_PALETTE, Unet
 
 @pytest.fixture(scope="module")
 def unet_files(tmp_path_factory):
-    """An untrained VGG U-Net at 64x64, saved whole, as an encoder file and as legacy .h5."""
+    """An untrained VGG U-Net at 64x64, saved whole and as an encoder file."""
     import keras
 
     from nets.unet import Unet as build_unet, get_encoder
-    from utils.weights import save_encoder, save_weights_by_name
+    from utils.weights import save_encoder
 
     keras.utils.set_random_seed(3)
     model = build_unet((64, 64, 3), 5, "vgg")
     folder = tmp_path_factory.mktemp("unet")
     model.save(folder / "best_epoch.keras")
     save_encoder(get_encoder(model), folder / "encoder.weights.h5", backbone="vgg")
-    save_weights_by_name(model, folder / "legacy_unet.h5")
-    model.save_weights(folder / "unet.weights.h5")
     return model, folder
 
 
@@ -74,7 +72,7 @@ def test_detect_image_blend_count_and_odd_modes(unet_files, capsys):
     assert unet.get_FPS(photo, 2) > 0
 
 
-def test_loads_keras_file_encoder_file_and_legacy_h5(unet_files):
+def test_loads_keras_file_and_encoder_file(unet_files):
     from nets.unet import get_encoder
 
     model, folder = unet_files
@@ -84,12 +82,6 @@ def test_loads_keras_file_encoder_file_and_legacy_h5(unet_files):
     assert from_file.input_shape == (64, 64) and from_file.num_classes == 5
     for a, b in zip(want, from_file.predict_masks(photos)):
         np.testing.assert_array_equal(a, b)
-    # A legacy Keras 2 checkpoint (the encoder by name, the decoder by order) and a
-    # Keras 3 save_weights file of the whole U-Net.
-    for name in ("legacy_unet.h5", "unet.weights.h5"):
-        other = Unet(model_path=folder / name, backbone="vgg", input_shape=(64, 64))
-        for a, b in zip(want, other.predict_masks(photos)):
-            np.testing.assert_array_equal(a, b)
     # Only an encoder: its weights arrive, the decoder stays random, with a warning.
     with pytest.warns(UserWarning, match="random"):
         enc = Unet(model_path=folder / "encoder.weights.h5", backbone="vgg", input_shape=(64, 64))
@@ -97,6 +89,23 @@ def test_loads_keras_file_encoder_file_and_legacy_h5(unet_files):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(FileNotFoundError, match="nothing.keras"):
         Unet(model_path=folder / "nothing.keras")
+
+
+@pytest.mark.slow
+def test_loads_legacy_h5_and_whole_weights_file(unet_files):
+    from utils.weights import save_weights_by_name
+
+    model, folder = unet_files
+    photos = _photos()[:2]
+    want = Unet(model=model).predict_masks(photos)
+    save_weights_by_name(model, folder / "legacy_unet.h5")
+    model.save_weights(folder / "unet.weights.h5")
+    # A legacy Keras 2 checkpoint (the encoder by name, the decoder by order) and a
+    # Keras 3 save_weights file of the whole U-Net.
+    for name in ("legacy_unet.h5", "unet.weights.h5"):
+        other = Unet(model_path=folder / name, backbone="vgg", input_shape=(64, 64))
+        for a, b in zip(want, other.predict_masks(photos)):
+            np.testing.assert_array_equal(a, b)
 
 
 def _write_images(folder, n=2):

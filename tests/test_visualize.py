@@ -10,7 +10,8 @@ import visualize
 
 @pytest.fixture(scope="module")
 def stem_weights(tmp_path_factory):
-    """A small legacy by-name file holding only a ResNet50 stem (conv1, bn_conv1)."""
+    """A small legacy by-name file holding only the first layers of ResNet50 (conv1,
+    bn_conv1) and of VGG16 (block1_conv1)."""
     import keras
 
     from utils.weights import save_weights_by_name
@@ -18,7 +19,9 @@ def stem_weights(tmp_path_factory):
     keras.utils.set_random_seed(5)
     inputs = keras.Input((32, 32, 3))
     x = keras.layers.Conv2D(64, 7, strides=2, name="conv1")(inputs)
-    stem = keras.Model(inputs, keras.layers.BatchNormalization(name="bn_conv1")(x))
+    x = keras.layers.BatchNormalization(name="bn_conv1")(x)
+    y = keras.layers.Conv2D(64, 3, padding="same", name="block1_conv1")(inputs)
+    stem = keras.Model(inputs, [x, y])
     path = tmp_path_factory.mktemp("weights") / "stem.h5"
     save_weights_by_name(stem, path)
     return path
@@ -68,8 +71,10 @@ def _stage_folder(folder):
 
 def test_embeddings_plots_and_knn(stem_weights, tmp_path, capsys):
     folder = _stage_folder(tmp_path / "stages")
+    # VGG: the embedding logic does not depend on the backbone, and it builds faster.
     r = visualize.main(["embeddings", "--model-path", str(stem_weights), "--image-dir",
                         str(folder), "--input-size", "32", "32", "--batch-size", "5",
+                        "--backbone", "vgg",
                         "--knn-folds", "4", "--out-dir", str(tmp_path / "e")])
     assert r["images"] == 12 and r["stages"] == {0: 4, 1: 4, 2: 4}
     for key in ("pca_png", "tsne_png"):
@@ -78,7 +83,7 @@ def test_embeddings_plots_and_knn(stem_weights, tmp_path, capsys):
     # Colours this different are separable even by a barely trained encoder.
     assert r["knn_accuracy"] > 0.6
     saved = np.load(tmp_path / "e/embeddings.npz")
-    assert saved["features"].shape == (12, 2048)
+    assert saved["features"].shape == (12, 512) and r["loaded_layers"] == 1
     assert json.loads((tmp_path / "e/embeddings.json").read_text())["images"] == 12
     assert "holiday.jpg" in capsys.readouterr().out
 
