@@ -63,9 +63,15 @@ def per_Accuracy(hist):
 
 
 def _confusion(gt_dir, pred_dir, png_name_list, num_classes):
-    """Accumulate the confusion matrix; return it and the names whose sizes differ."""
+    """Accumulate the confusion matrix.
+
+    Returns ``(hist, skipped, ignored)``: the matrix, ``(name, label shape, prediction
+    shape)`` of the pairs left out because their sizes differ, and the number of label
+    pixels outside the classes (ignored, as the original).
+    """
     hist = np.zeros((num_classes, num_classes), dtype=np.int64)
     skipped = []
+    ignored, ignored_in = 0, []
     for ind, name in enumerate(tqdm(png_name_list, desc="mIoU", unit="img")):
         gt_path = Path(gt_dir) / f"{name}.png"
         pred_path = Path(pred_dir) / f"{name}.png"
@@ -81,6 +87,10 @@ def _confusion(gt_dir, pred_dir, png_name_list, num_classes):
         if label.shape != pred.shape:
             skipped.append((name, label.shape, pred.shape))
             continue
+        outside = int(np.count_nonzero(label >= num_classes))
+        if outside:
+            ignored += outside
+            ignored_in.append(name)
         try:
             hist += fast_hist(label, pred, num_classes)
         except ValueError as exc:
@@ -89,6 +99,10 @@ def _confusion(gt_dir, pred_dir, png_name_list, num_classes):
             tqdm.write(f"{ind} / {len(png_name_list)}: mIoU-{100 * np.nanmean(per_class_iu(hist)):0.2f}%; "
                        f"mPA-{100 * np.nanmean(per_class_PA_Recall(hist)):0.2f}%; "
                        f"Accuracy-{100 * per_Accuracy(hist):0.2f}%")
+    if ignored:
+        # 255 marks borders in VOC labels; other values usually mean a wrong class count.
+        print(f"Note: {ignored} label pixels with values >= {num_classes} were ignored "
+              f"(in {len(ignored_in)} labels, e.g. {ignored_in[0]}.png).")
     if skipped:
         listing = ", ".join(f"{n} (label {s[1]}x{s[0]}, prediction {p[1]}x{p[0]})"
                             for n, s, p in skipped[:20])
@@ -96,7 +110,7 @@ def _confusion(gt_dir, pred_dir, png_name_list, num_classes):
                       f"metrics because label and prediction sizes differ (label size != "
                       f"image size in {gt_dir}?): {listing}"
                       + (" ..." if len(skipped) > 20 else ""), stacklevel=3)
-    return hist, skipped
+    return hist, skipped, ignored
 
 
 def compute_mIoU(gt_dir, pred_dir, png_name_list, num_classes, name_classes=None):
@@ -107,7 +121,7 @@ def compute_mIoU(gt_dir, pred_dir, png_name_list, num_classes, name_classes=None
     warning naming them.
     """
     print("Num classes", num_classes)
-    hist, _ = _confusion(gt_dir, pred_dir, png_name_list, num_classes)
+    hist, _, _ = _confusion(gt_dir, pred_dir, png_name_list, num_classes)
     IoUs, PA_Recall, Precision = per_class_iu(hist), per_class_PA_Recall(hist), per_class_Precision(hist)
     _print_summary(hist, IoUs, PA_Recall, Precision, name_classes)
     return hist, IoUs, PA_Recall, Precision
@@ -330,14 +344,15 @@ def evaluate_split(model, voc_path, split="test", num_classes=5, name_classes=No
     pred_dir = predict_split(unet, voc_path, image_ids, out_dir / "detection-results", batch_size)
     gt_dir = voc_root(voc_path) / "SegmentationClass"
     print("Num classes", unet.num_classes)
-    hist, skipped = _confusion(gt_dir, pred_dir, image_ids, unet.num_classes)
+    hist, skipped, ignored = _confusion(gt_dir, pred_dir, image_ids, unet.num_classes)
     if len(skipped) == len(image_ids):
         raise ValueError(f"no image of {split} could be compared: every label's size differs "
                          f"from its image's (see the warning above)")
     IoUs, recall, precision = per_class_iu(hist), per_class_PA_Recall(hist), per_class_Precision(hist)
     _print_summary(hist, IoUs, recall, precision, names)
     extra = {"split": split, "images": len(image_ids) - len(skipped),
-             "skipped_size_mismatch": [s[0] for s in skipped]}
+             "skipped_size_mismatch": [s[0] for s in skipped],
+             "ignored_label_pixels": ignored}
     metrics = show_results(out_dir, hist, IoUs, recall, precision, names, extra=extra)
     metrics["out_dir"] = str(out_dir)
     return metrics
@@ -383,7 +398,15 @@ def main(argv=None):
     if args.out_dir:
         out_dir = Path(args.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / f"args_mode{args.miou_mode}.json", vars(args))
+        existing = [f for f in RESULT_FILES if (out_dir / f).exists()]
+        if args.miou_mode in (0, 2) and existing:
+            raise FileExistsError(f"{out_dir} already holds results ({', '.join(existing)}); "
+                                  f"choose another --out-dir")
+        k, args_file = 1, out_dir / "args.json"
+        while args_file.exists():      # mode 1 then mode 2 in one folder keeps both
+            k += 1
+            args_file = out_dir / f"args_{k}.json"
+        write_json(args_file, vars(args))
     else:
         out_dir = make_run_dir("miou", args, root=args.logs_dir)
     pred_dir = Path(args.pred_dir) if args.pred_dir else out_dir / "detection-results"

@@ -45,7 +45,7 @@ def test_fast_hist_ignores_labels_outside_the_classes():
         fast_hist(np.array([0, 1]), np.array([0, 7]), 3)
 
 
-def test_compute_mIoU_hand_made_masks(tmp_path):
+def test_compute_mIoU_hand_made_masks(tmp_path, capsys):
     # A second image adds class 0 correctly predicted twice and one ignored pixel.
     label2 = np.array([[0, 0, 255]])
     pred2 = np.array([[0, 0, 2]])
@@ -59,6 +59,7 @@ def test_compute_mIoU_hand_made_masks(tmp_path):
     np.testing.assert_allclose(recall, [3 / 4, 2 / 3, 3 / 4])
     np.testing.assert_allclose(precision, [1, 2 / 4, 3 / 4])
     assert np.nanmean(ious) == pytest.approx((3 / 4 + 2 / 5 + 3 / 5) / 3)
+    assert "1 label pixels with values >= 3 were ignored" in capsys.readouterr().out
 
 
 def test_absent_class_counts_as_zero_like_the_original(tmp_path):
