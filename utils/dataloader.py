@@ -1,0 +1,233 @@
+"""U-Net input pipeline: a ``tf.data.Dataset`` over a VOCdevkit split.
+
+Layout (as the original)::
+
+    <voc>/VOC2007/JPEGImages/<id>.jpg
+    <voc>/VOC2007/SegmentationClass/<id>.png     pixel value = class index
+    <voc>/VOC2007/ImageSets/Segmentation/<split>.txt
+
+Each element is ``(image, target)``: ``image`` float32 (H, W, 3) scaled to 0..1, and
+``target`` float32 one-hot (H, W, num_classes + 1) whose last channel marks pixels to
+ignore (mask values >= num_classes). Files are decoded and augmented with PIL/OpenCV
+(masks are palette PNGs, which ``tf.io.decode_png`` would expand to colours) inside a
+parallel ``map``; one-hot encoding, batching and prefetching run in the graph.
+"""
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from utils.utils import cvtColor, preprocess_input, resize_image
+
+MASK_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")
+
+
+def voc_dirs(voc_path):
+    """``(JPEGImages, SegmentationClass, ImageSets/Segmentation)`` folders of a VOCdevkit."""
+    root = Path(voc_path) / "VOC2007"
+    return root / "JPEGImages", root / "SegmentationClass", root / "ImageSets" / "Segmentation"
+
+
+def split_path(voc_path, split):
+    return voc_dirs(voc_path)[2] / f"{split}.txt"
+
+
+def read_split(voc_path, split):
+    """Image ids listed in ``<split>.txt`` (first word of each non-blank line)."""
+    path = split_path(voc_path, split)
+    if not path.is_file():
+        raise FileNotFoundError(f"split list not found: {path} (expected VOCdevkit layout "
+                                f"<voc>/VOC2007/ImageSets/Segmentation/{split}.txt)")
+    names = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"split list {path} is empty: it must list one image id per line")
+    return names
+
+
+def check_split(voc_path, split, num_classes, check_values=True):
+    """Read a split and check its files before training starts.
+
+    Raises naming the files when an image or mask is missing, a mask is not single-band,
+    or a mask's size differs from its image's. With ``check_values`` every mask is decoded
+    and pixels >= ``num_classes`` (to be ignored) are counted in one warning. Returns the ids.
+    """
+    names = read_split(voc_path, split)
+    jpg_dir, png_dir, _ = voc_dirs(voc_path)
+    missing = [str(p) for n in names for p in (jpg_dir / f"{n}.jpg", png_dir / f"{n}.png")
+               if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} file(s) listed in {split_path(voc_path, split)} are missing: "
+            + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+    problems, ignored_files, ignored_pixels, ignored_values = [], [], 0, set()
+    for n in names:
+        jpg, png = jpg_dir / f"{n}.jpg", png_dir / f"{n}.png"
+        try:
+            with Image.open(jpg) as im:
+                image_size = im.size
+        except OSError as exc:
+            raise ValueError(f"{jpg}: cannot read the image ({exc})") from exc
+        try:
+            with Image.open(png) as mask:
+                if mask.mode not in MASK_MODES:
+                    problems.append(f"{png}: mask mode {mask.mode} has several bands; a class "
+                                    f"mask must hold one class index per pixel (mode L or P)")
+                    continue
+                if mask.size != image_size:
+                    problems.append(f"{png}: mask size {mask.size[0]}x{mask.size[1]} differs "
+                                    f"from its image {jpg} ({image_size[0]}x{image_size[1]})")
+                    continue
+                if check_values:
+                    values = np.asarray(mask)
+                    bad = values >= num_classes
+                    if bad.any():
+                        ignored_files.append(str(png))
+                        ignored_pixels += int(bad.sum())
+                        ignored_values.update(np.unique(values[bad]).tolist())
+        except OSError as exc:
+            raise ValueError(f"{png}: cannot read the mask ({exc})") from exc
+    if problems:
+        raise ValueError(f"{len(problems)} bad mask(s) in split {split!r}:\n  "
+                         + "\n  ".join(problems[:10]) + ("\n  ..." if len(problems) > 10 else ""))
+    if ignored_files:
+        warnings.warn(
+            f"split {split!r}: {ignored_pixels} pixels in {len(ignored_files)} of {len(names)} "
+            f"masks have values >= num_classes={num_classes} (values "
+            f"{sorted(ignored_values)[:10]}); they are ignored by the loss. First file: "
+            f"{ignored_files[0]}", stacklevel=2)
+    return names
+
+
+def _label_array(label, num_classes):
+    # Map out-of-range values before any resize: nearest resizing never invents values.
+    label = np.asarray(label)
+    label = np.where(label >= num_classes, num_classes, label).astype(np.uint8)
+    return Image.fromarray(label)
+
+
+def letterbox(image, label, input_shape, label_fill=0):
+    """Resize keeping the aspect ratio and centre on a grey canvas (validation).
+
+    ``input_shape`` is (h, w). The image follows ``utils.utils.resize_image`` (bicubic);
+    the label is resized nearest and padded with ``label_fill`` (0 = background, as the
+    original).
+    """
+    h, w = input_shape
+    new_image, nw, nh = resize_image(image, (w, h))
+    new_label = Image.new("L", (w, h), int(label_fill))
+    new_label.paste(label.resize((nw, nh), Image.NEAREST), ((w - nw) // 2, (h - nh) // 2))
+    return new_image, new_label
+
+
+def get_random_data(image, label, input_shape, jitter=0.3, hue=0.1, sat=1.5, val=1.5, rng=None):
+    """The original's training augmentation on a PIL image and its L-mode label.
+
+    Aspect ratio jitter, scale 0.25-2, horizontal flip, random placement on a grey (128)
+    canvas (label 0 around it), then HSV jitter. Returns float32 RGB 0..255 (H, W, 3)
+    and a PIL label of size (w, h).
+    """
+    rng = rng or np.random.default_rng()
+
+    def rand(a=0.0, b=1.0):
+        return rng.random() * (b - a) + a
+
+    h, w = input_shape
+    new_ar = w / h * rand(1 - jitter, 1 + jitter) / rand(1 - jitter, 1 + jitter)
+    scale = rand(0.25, 2)
+    if new_ar < 1:
+        nh = int(scale * h)
+        nw = int(nh * new_ar)
+    else:
+        nw = int(scale * w)
+        nh = int(nw / new_ar)
+    nw, nh = max(nw, 1), max(nh, 1)
+    image = image.resize((nw, nh), Image.BICUBIC)
+    label = label.resize((nw, nh), Image.NEAREST)
+    if rand() < 0.5:
+        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        label = label.transpose(Image.FLIP_LEFT_RIGHT)
+    # An image larger than the canvas gets a negative offset, i.e. a random crop.
+    dx, dy = int(rand(0, w - nw)), int(rand(0, h - nh))
+    canvas = Image.new("RGB", (w, h), (128, 128, 128))
+    canvas.paste(image, (dx, dy))
+    new_label = Image.new("L", (w, h), 0)
+    new_label.paste(label, (dx, dy))
+
+    hue = rand(-hue, hue)
+    sat = rand(1, sat) if rand() < 0.5 else 1 / rand(1, sat)
+    val = rand(1, val) if rand() < 0.5 else 1 / rand(1, val)
+    x = cv2.cvtColor(np.asarray(canvas, np.float32) / 255, cv2.COLOR_RGB2HSV)
+    # OpenCV float hue is in degrees; the shift wraps round the colour circle.
+    x[..., 0] = np.mod(x[..., 0] + hue * 360, 360)
+    x[..., 1:] *= (sat, val)
+    np.clip(x[..., 1:], 0, 1, out=x[..., 1:])
+    return cv2.cvtColor(x, cv2.COLOR_HSV2RGB) * 255, new_label
+
+
+def load_sample(voc_path, name, input_shape, num_classes, train, rng=None, label_fill=0):
+    """Read, augment (train) or letterbox (validation) one pair.
+
+    Returns ``(image float32 (h, w, 3) in 0..1, label uint8 (h, w))`` where ignored
+    pixels hold ``num_classes``.
+    """
+    jpg_dir, png_dir, _ = voc_dirs(voc_path)
+    jpg, png = jpg_dir / f"{name}.jpg", png_dir / f"{name}.png"
+    with Image.open(jpg) as im:
+        image = cvtColor(im)
+        image.load()
+    with Image.open(png) as mask:
+        label = _label_array(mask, num_classes)
+    if image.size != label.size:
+        raise ValueError(f"{png}: mask size {label.size} differs from its image {jpg} {image.size}")
+    if train:
+        image, label = get_random_data(image, label, input_shape, rng=rng)
+    else:
+        image, label = letterbox(image, label, input_shape, label_fill)
+    return preprocess_input(image), np.asarray(label, dtype=np.uint8)
+
+
+def build_dataset(voc_path, split, input_shape, batch_size, num_classes, train,
+                  names=None, num_workers=None, seed=None, repeat=None, label_fill=0):
+    """``tf.data`` pipeline of batches ``(images, one-hot targets)``.
+
+    ``train=True``: shuffled each pass, augmented, last partial batch dropped, repeated
+    forever (``repeat``=None) so ``fit`` is driven by ``steps_per_epoch``. ``train=False``:
+    file order, letterbox, every image once. ``num_workers`` parallel loaders
+    (None = tf.data autotune). ``names`` skips re-reading and re-checking the split.
+    """
+    if names is None:
+        names = check_split(voc_path, split, num_classes)
+    repeat = train if repeat is None else repeat
+    voc_path, input_shape = str(voc_path), tuple(int(s) for s in input_shape)
+    h, w = input_shape
+
+    def load(name, sample_seed):
+        rng = np.random.default_rng(int(sample_seed) & (2 ** 63 - 1)) if train else None
+        return load_sample(voc_path, name.decode("utf8"), input_shape, num_classes, train,
+                           rng=rng, label_fill=label_fill)
+
+    def to_tensors(name, sample_seed):
+        image, label = tf.numpy_function(load, [name, sample_seed], [tf.float32, tf.uint8],
+                                         stateful=False)
+        image.set_shape((h, w, 3))
+        label.set_shape((h, w))
+        return image, tf.one_hot(tf.cast(label, tf.int32), num_classes + 1, dtype=tf.float32)
+
+    ds = tf.data.Dataset.from_tensor_slices(list(names))
+    if train:
+        ds = ds.shuffle(len(names), seed=seed, reshuffle_each_iteration=True)
+        # One augmentation seed per sample, new on every pass: reproducible under --seed
+        # whatever the number of parallel workers.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    else:
+        seeds = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).repeat()
+    ds = tf.data.Dataset.zip((ds, seeds))
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.map(to_tensors, num_parallel_calls=num_workers or tf.data.AUTOTUNE,
+                deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=train)
+    return ds.prefetch(tf.data.AUTOTUNE)
