@@ -120,7 +120,7 @@ def run_filters(args, out_dir):
     raw = visualize_filters(encoder, args.layer, range(n), args.steps, args.lr,
                             args.batch_size, args.seed)
     # The original cropped 25 pixels of each border off a 180-pixel image.
-    crop = min(args.crop, min(args.input_size) // 8)
+    crop = min(args.crop, min(args.input_size) // 4)
     images = [_deprocess(img, crop) for img in raw]
     grid_path = out_dir / f"filters_{args.layer}_{args.grid}x{args.grid}.png"
     Image.fromarray(stitch(images, args.grid)).save(grid_path)
@@ -287,7 +287,7 @@ def parse_args(argv=None):
     f.add_argument("--input-size", type=int, nargs=2, default=(180, 180), metavar=("H", "W"),
                    help="(original: 180 180)")
     f.add_argument("--crop", type=int, default=25,
-                   help="border cropped off each filter image (original: 25; at most size/8)")
+                   help="border cropped off each filter image (original: 25; at most size/4)")
     f.add_argument("--batch-size", type=int, default=27, help="filters optimised together")
 
     e = sub.add_parser("embeddings", parents=[common], help="PCA / t-SNE / k-NN of stage images")
