@@ -1,0 +1,231 @@
+"""train.py end to end on a tiny VOC set (VGG U-Net, 64x64, one epoch per phase), the
+frozen phase, resume, encoder transfer, options, and the validation mIoU callback."""
+import csv
+import json
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import train
+from nets.encoders import build_encoder, weighted_layers
+from nets.unet import Unet, get_encoder
+from utils.callbacks import MIoUCallback, _confusion, miou_from_confusion
+from utils.utils import set_seed
+from utils.weights import save_encoder, save_weights_by_name
+
+SEED = 3
+
+
+def make_voc(root, counts=(("train", 6), ("val", 2), ("test", 2)), size=(80, 64)):
+    """Tiny VOCdevkit: a red square (class 1) and a green bar (class 2) on grey."""
+    rng = np.random.default_rng(0)
+    voc = root / "VOCdevkit"
+    dirs = [voc / "VOC2007" / d for d in ("JPEGImages", "SegmentationClass",
+                                         "ImageSets/Segmentation")]
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    k = 0
+    for split, n in counts:
+        ids = []
+        for _ in range(n):
+            image = np.full((h, w, 3), 100, np.uint8)
+            mask = np.zeros((h, w), np.uint8)
+            x, y = rng.integers(0, w - 24), rng.integers(0, h - 30)
+            image[y:y + 20, x:x + 20] = (230, 30, 30)
+            mask[y:y + 20, x:x + 20] = 1
+            image[-8:, : w // 2] = (30, 210, 30)
+            mask[-8:, : w // 2] = 2
+            name = f"im{k:02d}"
+            k += 1
+            Image.fromarray(image).save(dirs[0] / f"{name}.jpg", quality=95)
+            Image.fromarray(mask).save(dirs[1] / f"{name}.png")
+            ids.append(name)
+        (dirs[2] / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return voc
+
+
+def base_argv(voc, logs):
+    return ["--voc-path", str(voc), "--backbone", "vgg", "--input-shape", "64", "64",
+            "--freeze-epoch", "1", "--unfreeze-epoch", "2", "--freeze-batch-size", "2",
+            "--unfreeze-batch-size", "2", "--steps-per-epoch", "1", "--num-workers", "2",
+            "--logs-dir", str(logs), "--seed", str(SEED)]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("unet_train")
+    voc = make_voc(root)
+    encoder_file = save_encoder(build_encoder((64, 64, 3), "vgg"), root / "encoder.weights.h5",
+                                backbone="vgg")
+    result = train.main(base_argv(voc, root / "logs") + ["--model-path", str(encoder_file)])
+    return {"root": root, "voc": voc, "encoder_file": encoder_file, "result": result}
+
+
+def _weights(model):
+    return [np.asarray(w) for w in model.weights]
+
+
+def test_run_folder_history_and_test_metrics(run):
+    result = run["result"]
+    run_dir = result["run_dir"]
+    assert run_dir.parent == run["root"] / "logs"
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"args.json", "training_log.csv", "best_epoch.keras", "last_epoch.keras",
+            "epoch_loss.png", "epoch_loss.txt", "results.json", "miou_test"} <= names
+    epochs = sorted(n for n in names if n.startswith("ep0"))
+    assert len(epochs) == 2 and epochs[0].startswith("ep001-loss") and epochs[1].endswith(".keras")
+    assert result["model_path"] == run_dir / "last_epoch.keras"
+    assert result["best_model_path"] == run_dir / "best_epoch.keras"
+    args = json.loads((run_dir / "args.json").read_text())
+    assert args["backbone"] == "vgg" and args["freeze_lr"] == 1e-4
+
+    history = result["history"]
+    assert history["epoch"] == [0, 1]
+    assert {"loss", "val_loss", "f_score", "val_f_score", "val_mIoU", "learning_rate"} <= set(history)
+    # Each phase starts at its own rate (the x0.96 decay is per epoch within a phase).
+    np.testing.assert_allclose(history["learning_rate"], [1e-4, 1e-5], rtol=1e-5)
+    assert all(0 <= v <= 1 for v in history["val_mIoU"])
+    with open(run_dir / "training_log.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2
+
+    metrics = result["test_metrics"]
+    for key in ("mIoU", "mPA", "accuracy"):
+        assert isinstance(metrics[key], float) and 0 <= metrics[key] <= 1
+    assert (run_dir / "miou_test" / "metrics.json").is_file()
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved["test_metrics"]["mIoU"] == pytest.approx(metrics["mIoU"])
+
+
+def _decoder_kernels(model):
+    # Layer order, not names: auto-generated names differ between builds.
+    encoder = get_encoder(model)
+    return [np.asarray(layer.weights[0]) for layer in model.layers
+            if layer is not encoder and layer.weights]
+
+
+def test_frozen_phase_keeps_encoder_and_trains_decoder(run):
+    run_dir = run["result"]["run_dir"]
+    after_frozen = keras.models.load_model(next(run_dir.glob("ep001-*.keras")), compile=False)
+    after_unfrozen = keras.models.load_model(run_dir / "last_epoch.keras", compile=False)
+    pretrained = build_encoder((64, 64, 3), "vgg")
+    pretrained.load_weights(run["encoder_file"])
+
+    for a, b in zip(_weights(get_encoder(after_frozen)), _weights(pretrained)):
+        np.testing.assert_array_equal(a, b)
+    changed = [not np.array_equal(a, b) for a, b in
+               zip(_weights(get_encoder(after_unfrozen)), _weights(pretrained))]
+    assert any(changed)
+
+    # main() seeds, then builds: the same seed rebuilds its initial decoder exactly.
+    set_seed(SEED)
+    initial = _decoder_kernels(Unet((64, 64, 3), 5, "vgg"))
+    set_seed(SEED)
+    again = _decoder_kernels(Unet((64, 64, 3), 5, "vgg"))
+    assert all(np.array_equal(a, b) for a, b in zip(initial, again))
+    trained = _decoder_kernels(after_frozen)
+    assert [a.shape for a in trained] == [a.shape for a in initial]
+    changed = [not np.array_equal(a, b) for a, b in zip(trained, initial)]
+    assert all(changed), changed
+
+
+def test_resume_continues_from_the_logged_epoch(run, capsys):
+    run_dir = run["result"]["run_dir"]
+    # The run is complete (2 of 2 epochs): resume trains nothing, keeps every file.
+    before = sorted(p.name for p in run_dir.iterdir())
+    result = train.main(["--resume", str(run_dir), "--eval-split", "none"])
+    out = capsys.readouterr().out
+    assert "Resuming" in out and "at epoch 3" in out
+    assert result["run_dir"] == run_dir and result["initial_epoch"] == 2
+    assert result["history"]["epoch"] == [0, 1] and result["test_metrics"] == {}
+    after = sorted(p.name for p in run_dir.iterdir())
+    assert set(after) - set(before) == {"args_resume1.json"}
+    resumed = json.loads((run_dir / "args_resume1.json").read_text())
+    assert resumed["backbone"] == "vgg" and resumed["init_epoch"] == 2
+
+
+def test_whole_checkpoint_loads_into_encoder_and_unrelated_file_raises(run, tmp_path, capsys):
+    model = Unet((64, 64, 3), 5, "vgg")
+    report = train.load_pretrained(model, run["result"]["run_dir"] / "last_epoch.keras")
+    assert len(report.loaded) == 13 and not report.missing and not report.mismatched
+    assert "13/13 layers matched" in capsys.readouterr().out
+
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="unrelated")])
+    path = save_weights_by_name(other, tmp_path / "other.h5")
+    with pytest.raises(ValueError, match=r"other\.h5: no layer .* matched"):
+        train.load_pretrained(model, path)
+
+
+def test_resnet50_encoder_file_transfers_every_layer(tmp_path, capsys):
+    source = build_encoder((64, 64, 3), "resnet50")
+    path = save_encoder(source, tmp_path / "encoder.weights.h5")
+    legacy = save_weights_by_name(source, tmp_path / "resnet50_notop_style.h5")
+    model = Unet((64, 64, 3), 5, "resnet50")
+    for file in (path, legacy):
+        report = train.load_pretrained(model, file)
+        assert len(report.loaded) == 106 == report.total
+        assert not report.missing and not report.mismatched
+    assert "106/106 layers matched" in capsys.readouterr().out
+    for a, b in zip(weighted_layers(get_encoder(model))[::15], weighted_layers(source)[::15]):
+        for x, y in zip(a.get_weights(), b.get_weights()):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_defaults_and_phase_plans():
+    args = train.parse_args([])
+    assert (args.num_classes, args.backbone, args.input_shape, args.voc_path) == \
+        (5, "resnet50", [576, 1024], "VOCdevkit")
+    assert (args.init_epoch, args.freeze_epoch, args.unfreeze_epoch) == (0, 60, 120)
+    assert (args.freeze_batch_size, args.unfreeze_batch_size) == (18, 8)
+    assert (args.freeze_lr, args.unfreeze_lr, args.lr_decay) == (1e-4, 1e-5, 0.96)
+    assert (args.loss, args.early_stopping_patience, args.num_workers) == ("dice_focal", 8, 7)
+    assert args.freeze_train and args.eval_split == "test"
+
+    plan = [(p.start, p.end, p.batch_size, p.lr, p.frozen) for p in train.plan_phases(args)]
+    assert plan == [(0, 60, 18, 1e-4, True), (60, 120, 8, 1e-5, False)]
+    frozen = train.plan_phases(train.parse_args(["--frozen-only"]))
+    assert [(p.start, p.end, p.frozen) for p in frozen] == [(0, 60, True)]
+    for flag in ("--from-scratch", "--no-freeze-train"):
+        phases = train.plan_phases(train.parse_args([flag]))
+        assert [(p.start, p.end, p.frozen) for p in phases] == [(0, 60, False), (60, 120, False)]
+    late = train.plan_phases(train.parse_args(["--init-epoch", "70"]))
+    assert [(p.start, p.end) for p in late] == [(70, 120)]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--frozen-only", "--from-scratch"], "--frozen-only needs the frozen phase"),
+    (["--from-scratch", "--model-path", "x.h5"], "drop --model-path"),
+    (["--cls-weights", "1", "2"], "--cls-weights has 2 values for 5 classes"),
+])
+def test_contradictory_options_fail_early(argv, message):
+    with pytest.raises(ValueError, match=message):
+        train.main(argv)
+
+
+def test_train_split_smaller_than_batch_fails_before_any_run_folder(tmp_path):
+    voc = make_voc(tmp_path, counts=(("train", 1), ("val", 1)))
+    with pytest.raises(ValueError, match="train split has 1 images, fewer than"):
+        train.main(base_argv(voc, tmp_path / "logs"))
+    assert not (tmp_path / "logs").exists()
+
+
+def test_miou_callback_confusion_and_ignore():
+    labels = np.array([0, 0, 1, 1, 2, 3])      # 3 = ignore for 3 classes
+    preds = np.array([0, 1, 1, 1, 0, 2])
+    hist = _confusion(labels, preds, 3)
+    np.testing.assert_array_equal(hist, [[1, 1, 0], [0, 2, 0], [1, 0, 0]])
+    iou, miou = miou_from_confusion(hist)
+    np.testing.assert_allclose(iou, [1 / 3, 2 / 3, 0])
+    assert miou == pytest.approx(1 / 3)
+
+    # Through the callback: the "model" passes probabilities through unchanged.
+    probs = np.eye(3, dtype=np.float32)[preds].reshape(1, 2, 3, 3)
+    targets = np.eye(4, dtype=np.float32)[labels].reshape(1, 2, 3, 4)
+    model = keras.Sequential([keras.Input((2, 3, 3)), keras.layers.Identity()])
+    callback = MIoUCallback([(probs, targets)], 3, verbose=0)
+    callback.set_model(model)
+    logs = {}
+    callback.on_epoch_end(0, logs)
+    assert logs["val_mIoU"] == pytest.approx(1 / 3)

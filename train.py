@@ -1,0 +1,329 @@
+"""Step 6: train the U-Net on a VOCdevkit data set, starting from a pretrained encoder.
+
+As the original: a frozen phase (encoder fixed, epochs 0-60, batch 18, lr 1e-4) and an
+unfrozen phase (everything trained, epochs 60-120, batch 8, lr 1e-5), Adam, learning
+rate x0.96 per epoch, early stopping on val_loss, Dice + Focal loss, then an evaluation
+on the test split. Every run writes into a new folder under ``--logs-dir``.
+
+    python train.py --model-path logs/pde_class_.../encoder.weights.h5
+    python train.py --model-path encoder.weights.h5 --frozen-only     # "Frozen" column
+    python train.py --from-scratch                                    # random, no freezing
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from nets.unet_training import LOSSES, get_loss  # noqa: E402
+from utils.utils import (NAME_CLASSES, add_common_training_args, jit_compile_default,  # noqa: E402
+                         make_run_dir, set_mixed_precision, set_seed, get_strategy,
+                         write_json)
+
+LOG_CSV = "training_log.csv"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--num-classes", type=int, default=5,
+                   help="number of classes including the background (original: 5)")
+    p.add_argument("--name-classes", nargs="+", default=None,
+                   help="class names for the evaluation report (default: the five cherry "
+                        "classes when --num-classes is 5, else class_0 ...)")
+    p.add_argument("--backbone", choices=("resnet50", "vgg"), default="resnet50",
+                   help="encoder (original: resnet50)")
+    p.add_argument("--input-shape", type=int, nargs=2, default=[576, 1024], metavar=("H", "W"),
+                   help="network input height and width (original: 576 1024)")
+    p.add_argument("--voc-path", default="VOCdevkit", help="VOCdevkit folder (original: VOCdevkit)")
+    p.add_argument("--model-path", "--backbone-weights", dest="model_path", default="",
+                   help="pretrained encoder weights: an encoder.weights.h5 from steps 4-5 or "
+                        "other_ssl, a whole Siamese/U-Net .keras checkpoint, or a legacy .h5 "
+                        "matched by layer name (e.g. ImageNet 'notop'); empty = random "
+                        "(Glorot uniform) encoder")
+    p.add_argument("--init-epoch", type=int, default=0, help="first epoch (original: 0)")
+    p.add_argument("--freeze-epoch", type=int, default=60,
+                   help="end of the frozen phase (original: 60)")
+    p.add_argument("--unfreeze-epoch", type=int, default=120,
+                   help="end of the unfrozen phase, the last epoch (original: 120)")
+    p.add_argument("--freeze-batch-size", type=int, default=18,
+                   help="batch size of the frozen phase (original: 18)")
+    p.add_argument("--unfreeze-batch-size", type=int, default=8,
+                   help="batch size of the unfrozen phase (original: 8)")
+    p.add_argument("--freeze-lr", type=float, default=1e-4,
+                   help="Adam learning rate of the frozen phase (original: 1e-4)")
+    p.add_argument("--unfreeze-lr", type=float, default=1e-5,
+                   help="Adam learning rate of the unfrozen phase (original: 1e-5)")
+    p.add_argument("--lr-decay", type=float, default=0.96,
+                   help="learning rate factor applied after every epoch (original: 0.96)")
+    p.add_argument("--freeze-train", action=argparse.BooleanOptionalAction, default=True,
+                   help="freeze the encoder during the first phase (original: on); "
+                        "--no-freeze-train trains everything in both phases")
+    p.add_argument("--frozen-only", action="store_true",
+                   help="train only the frozen phase (epochs init..freeze-epoch): the "
+                        "encoder never unfreezes, the paper's 'Frozen' column")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="random encoder and no frozen phase (the paper's 'from scratch' "
+                        "row; the original's model_path='' with Freeze_Train=False)")
+    p.add_argument("--loss", choices=sorted(LOSSES), default="dice_focal",
+                   help="dice_focal = Dice + Focal (original), focal, dice_ce, ce")
+    p.add_argument("--cls-weights", type=float, nargs="+", default=None,
+                   help="one loss weight per class (original: all ones)")
+    p.add_argument("--early-stopping-patience", type=int, default=8,
+                   help="epochs without a lower val_loss before a phase stops (original: 8)")
+    p.add_argument("--num-workers", type=int, default=7,
+                   help="parallel image loaders; 0 = let tf.data choose (original: 7)")
+    p.add_argument("--steps-per-epoch", type=int, default=None,
+                   help="cap on training (and validation) batches per epoch, for quick runs "
+                        "(default: the whole split, len(train) // batch size)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last_epoch.keras, with its "
+                        "args.json as defaults (options given here override them)")
+    p.add_argument("--eval-split", default="test",
+                   help="split evaluated with get_miou after training ('none' to skip; "
+                        "original: test)")
+    p.add_argument("--eval-checkpoint", choices=("last", "best"), default="last",
+                   help="weights evaluated at the end: the last epoch (as the original) or "
+                        "the epoch with the best val_mIoU")
+    add_common_training_args(p)
+    args = p.parse_args(argv)
+    if args.resume:
+        saved = json.loads((Path(args.resume) / "args.json").read_text())
+        # Saved values become defaults, so options typed now still win.
+        known = {a.dest for a in p._actions}
+        p.set_defaults(**{k: v for k, v in saved.items()
+                          if k in known and k not in ("resume", "logs_dir")})
+        args = p.parse_args(argv)
+    return args
+
+
+@dataclasses.dataclass
+class Phase:
+    name: str
+    start: int
+    end: int
+    batch_size: int
+    lr: float
+    frozen: bool
+
+
+def plan_phases(args):
+    """The training phases as the original runs them (empty ones dropped)."""
+    freeze = args.freeze_train and not args.from_scratch
+    phases = [Phase("frozen" if freeze else "phase 1", args.init_epoch, args.freeze_epoch,
+                    args.freeze_batch_size, args.freeze_lr, freeze)]
+    if not args.frozen_only:
+        phases.append(Phase("unfrozen", max(args.init_epoch, args.freeze_epoch),
+                            args.unfreeze_epoch, args.unfreeze_batch_size, args.unfreeze_lr,
+                            False))
+    return [ph for ph in phases if ph.end > ph.start]
+
+
+def check_args(args):
+    if args.frozen_only and (args.from_scratch or not args.freeze_train):
+        raise ValueError("--frozen-only needs the frozen phase: drop --from-scratch / "
+                         "--no-freeze-train")
+    if args.from_scratch and args.model_path:
+        raise ValueError("--from-scratch trains a random encoder; drop --model-path")
+    if args.cls_weights is not None and len(args.cls_weights) != args.num_classes:
+        raise ValueError(f"--cls-weights has {len(args.cls_weights)} values for "
+                         f"{args.num_classes} classes")
+    if args.name_classes is not None and len(args.name_classes) != args.num_classes:
+        raise ValueError(f"--name-classes has {len(args.name_classes)} names for "
+                         f"{args.num_classes} classes")
+
+
+def class_names(args):
+    if args.name_classes:
+        return list(args.name_classes)
+    if args.num_classes == len(NAME_CLASSES):
+        return list(NAME_CLASSES)
+    return [f"class_{i}" for i in range(args.num_classes)]
+
+
+def load_pretrained(model, path):
+    """Load ``path`` into the U-Net's encoder by layer name; returns the TransferReport.
+
+    Prints loaded / missing / mismatched counts; raises when no layer matched.
+    """
+    from nets.unet import get_encoder
+    from utils.weights import load_weights_by_name
+
+    encoder = get_encoder(model)
+    report = load_weights_by_name(encoder, path)
+    if report.missing or report.mismatched:
+        print(f"WARNING: only {len(report.loaded)} of {report.total} encoder layers were "
+              f"loaded from {path}; the others keep their random initialisation.")
+    return report
+
+
+def read_log(run_dir):
+    """The per-epoch CSV log as ``{column: [values]}`` (empty when there is none)."""
+    path = Path(run_dir) / LOG_CSV
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    history = {}
+    for row in rows:
+        for key, value in row.items():
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                pass
+            history.setdefault(key, []).append(value)
+    if "epoch" in history:
+        history["epoch"] = [int(e) for e in history["epoch"]]
+    return history
+
+
+def _best(values, mode="max"):
+    values = [v for v in values if isinstance(v, float) and not math.isnan(v)]
+    if not values:
+        return None
+    return max(values) if mode == "max" else min(values)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    check_args(args)
+
+    import keras
+
+    from nets.unet import Unet, get_encoder
+    from utils.callbacks import (EpochCheckpoint, ExponentDecayScheduler, LossHistory,
+                                 MIoUCallback, tensorboard)
+    from utils.dataloader import build_dataset, check_split
+    from utils.utils_metrics import f_score
+
+    set_seed(args.seed)
+    policy = set_mixed_precision(args.mixed_precision)
+    strategy = get_strategy(args.strategy)
+    h, w = args.input_shape
+    nc = args.num_classes
+    cls_weights = np.asarray(args.cls_weights or np.ones(nc), np.float32)
+    loss = get_loss(args.loss, cls_weights)
+
+    train_names = check_split(args.voc_path, "train", nc)
+    val_names = check_split(args.voc_path, "val", nc)
+    phases = plan_phases(args)
+    for phase in phases:
+        if len(train_names) < phase.batch_size:
+            raise ValueError(f"the train split has {len(train_names)} images, fewer than the "
+                             f"{phase.name} phase's batch size {phase.batch_size}; lower "
+                             f"--freeze-batch-size / --unfreeze-batch-size")
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        log = read_log(run_dir)
+        if log.get("epoch"):
+            args.init_epoch = max(log["epoch"]) + 1
+        k = 1
+        while (run_dir / f"args_resume{k}.json").exists():
+            k += 1
+        write_json(run_dir / f"args_resume{k}.json", vars(args))
+        print(f"Resuming {run_dir} at epoch {args.init_epoch + 1}.")
+    else:
+        run_dir = make_run_dir("unet", args, root=args.logs_dir)
+        log = {}
+    print(f"Run folder: {run_dir} (precision {policy})")
+
+    with strategy.scope():
+        model = Unet((h, w, 3), nc, args.backbone)
+        encoder = get_encoder(model)
+        last = run_dir / "last_epoch.keras"
+        if args.resume and last.is_file():
+            model.load_weights(str(last))
+            print(f"Loaded {last}.")
+        elif args.model_path:
+            load_pretrained(model, args.model_path)
+        else:
+            print("No --model-path: the encoder starts from random (Glorot uniform) weights.")
+
+    checkpoint = EpochCheckpoint(run_dir, best=_best(log.get("val_mIoU", [])))
+    history_cb = LossHistory(run_dir)
+    tensorboard_cb = tensorboard(run_dir / "tensorboard")
+    for phase in phases:
+        start = max(phase.start, args.init_epoch)
+        if start >= phase.end:
+            continue
+        steps, val_steps = len(train_names) // phase.batch_size, None
+        if args.steps_per_epoch:
+            steps = min(steps, args.steps_per_epoch)
+            val_steps = args.steps_per_epoch
+        workers = args.num_workers or None
+        train_ds = build_dataset(args.voc_path, "train", (h, w), phase.batch_size, nc, True,
+                                 names=train_names, num_workers=workers, seed=args.seed + start)
+        val_ds = build_dataset(args.voc_path, "val", (h, w), phase.batch_size, nc, False,
+                               names=val_names, num_workers=workers)
+        # mIoU leaves the letterbox bars out (labelled "ignore"); val_loss keeps them as
+        # background, as the original.
+        miou_ds = build_dataset(args.voc_path, "val", (h, w), phase.batch_size, nc, False,
+                                names=val_names, num_workers=workers, label_fill=nc)
+        if val_steps:
+            val_ds, miou_ds = val_ds.take(val_steps), miou_ds.take(val_steps)
+
+        with strategy.scope():
+            encoder.trainable = not phase.frozen
+            model.compile(optimizer=keras.optimizers.Adam(phase.lr), loss=loss,
+                          metrics=[f_score()], jit_compile=jit_compile_default())
+        n_frozen = sum(int(np.prod(v.shape)) for v in model.non_trainable_weights)
+        print(f"{phase.name.capitalize()} phase: epochs {start + 1}-{phase.end}, batch "
+              f"{phase.batch_size}, lr {phase.lr:g}, encoder {'frozen' if phase.frozen else 'trained'} "
+              f"({n_frozen:,} non-trainable parameters). Train on {len(train_names)} images "
+              f"({steps} steps), val on {len(val_names)}.")
+        callbacks = [
+            ExponentDecayScheduler(args.lr_decay, initial_lr=phase.lr, start_epoch=phase.start,
+                                   verbose=1),
+            MIoUCallback(miou_ds, nc),
+            checkpoint,
+            history_cb,
+            keras.callbacks.CSVLogger(str(run_dir / LOG_CSV), append=True),
+            tensorboard_cb,
+            keras.callbacks.EarlyStopping(monitor="val_loss", min_delta=0,
+                                          patience=args.early_stopping_patience, verbose=1),
+        ]
+        callbacks = [c for c in callbacks if c is not None]
+        model.fit(train_ds, steps_per_epoch=steps, epochs=phase.end, initial_epoch=start,
+                  validation_data=val_ds, callbacks=callbacks, shuffle=False, verbose=1)
+
+    history = read_log(run_dir)
+    best_path = run_dir / "best_epoch.keras"
+    best_value = _best(history.get("val_mIoU", []))
+    if best_value is not None:
+        best_epoch = history["epoch"][history["val_mIoU"].index(best_value)] + 1
+        print(f"Best epoch {best_epoch}: val_mIoU {best_value:.4f} ({best_path})")
+    else:
+        best_epoch = None
+
+    test_metrics = {}
+    if args.eval_split.lower() != "none":
+        from get_miou import evaluate_split
+
+        if args.eval_checkpoint == "best" and best_path.is_file():
+            model.load_weights(str(best_path))
+        test_metrics = evaluate_split(model, args.voc_path, split=args.eval_split,
+                                      num_classes=nc, name_classes=class_names(args),
+                                      input_shape=(h, w),
+                                      out_dir=run_dir / f"miou_{args.eval_split}")
+        print(f"{args.eval_split} split ({args.eval_checkpoint} epoch): "
+              + ", ".join(f"{k} {test_metrics[k]:.4f}" for k in ("mIoU", "mPA", "accuracy")
+                          if k in test_metrics))
+    write_json(run_dir / "results.json", {
+        "best_epoch": best_epoch, "best_val_mIoU": best_value,
+        "eval_split": args.eval_split, "eval_checkpoint": args.eval_checkpoint,
+        "test_metrics": test_metrics})
+    return {"run_dir": run_dir, "initial_epoch": args.init_epoch,
+            "model_path": run_dir / "last_epoch.keras",
+            "best_model_path": best_path, "history": history, "test_metrics": test_metrics}
+
+
+if __name__ == "__main__":
+    main()
