@@ -1000,9 +1000,11 @@ def generate_orchard(out, cameras=4, presets=(1, 2, 3, 4, 5), times=("09", "12",
                      start="2021-01-01", end="2021-07-01", image_size=(576, 1024),
                      n_train=60, n_val=20, n_test=40, seed=0, missing_rate=0.03,
                      prior_noise_days=0, overwrite=False, progress=True, workers=1,
-                     contact_sheet=None, test_cameras=2):
+                     contact_sheet=None, test_cameras=2, write_archive=True):
     """Generate the synthetic orchard under ``out``; see the module docstring.
 
+    ``test_cameras``: extra trees that only the test split shows. ``write_archive=False``
+    writes the labelled set and priors only (the archive is planned, not rendered).
     Returns ``{"root", "archive", "phenology", "voc", "contact_sheet"}`` (paths; the
     contact sheet ``None`` unless asked for) plus ``cameras``, ``test_cameras`` (ids)
     and ``n_archive`` (photos written to the archive).
@@ -1032,6 +1034,8 @@ def generate_orchard(out, cameras=4, presets=(1, 2, 3, 4, 5), times=("09", "12",
                     tasks.append((cam, p, date.toordinal(), hr,
                                   str(archive / cam / f"{p}_{date}_{txt}.jpg"), None))
     n_archive = len(tasks)
+    if not write_archive:
+        tasks = []
     # Labelled set: train/val are archive photos, test photos come from other trees.
     lrng = _rng(seed, "labelled")
     used = set()
@@ -1050,7 +1054,7 @@ def generate_orchard(out, cameras=4, presets=(1, 2, 3, 4, 5), times=("09", "12",
         lists[name] = sorted(ids)
 
     out = _prepare_out(out, contact_sheet, overwrite)
-    for cam in cfg.cameras:
+    for cam in cfg.cameras if write_archive else ():
         (archive / cam).mkdir(parents=True, exist_ok=True)
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (voc / sub).mkdir(parents=True, exist_ok=True)
@@ -1077,13 +1081,13 @@ def generate_orchard(out, cameras=4, presets=(1, 2, 3, 4, 5), times=("09", "12",
         times=hours_txt, cameras={c: dict(bud=str(cfg.bud[c]), prior_bud=priors[c],
                                           harvest=str(cfg.harvest[c])) for c in cfg.cameras},
         test_cameras={c: dict(bud=str(cfg.bud[c]), harvest=str(cfg.harvest[c])) for c in cfg.test_cameras},
-        missing_days=missing, n_archive=n_archive,
+        missing_days=missing, n_archive=n_archive if write_archive else 0,
         labelled={k: len(v) for k, v in splits.items()}, classes=NAME_CLASSES,
         stages=[s_.name for s_ in STAGES])
     (out / "orchard.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return {"root": out, "archive": archive, "phenology": phen_path, "voc": out / "VOCdevkit",
             "contact_sheet": sheet, "cameras": list(cfg.cameras),
-            "test_cameras": list(cfg.test_cameras), "n_archive": n_archive}
+            "test_cameras": list(cfg.test_cameras), "n_archive": n_archive if write_archive else 0}
 
 
 def _run_tasks(tasks, cfg, presets, workers, progress):
@@ -1164,6 +1168,8 @@ def parse_args(argv=None):
     p.add_argument("--overwrite", action="store_true",
                    help="replace the generated files in a non-empty --out folder")
     p.add_argument("--workers", type=int, default=1, help="processes (the output does not depend on it)")
+    p.add_argument("--labelled-only", action="store_true",
+                   help="write the VOC set and priors but not the camera archive")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     return p.parse_args(argv)
@@ -1179,7 +1185,7 @@ def main(argv=None):
         n_val=args.n_val, n_test=args.n_test, seed=args.seed, missing_rate=args.missing_rate,
         prior_noise_days=args.prior_noise_days, overwrite=args.overwrite,
         progress=not args.no_progress, workers=args.workers, contact_sheet=args.contact_sheet,
-        test_cameras=args.test_cameras)
+        test_cameras=args.test_cameras, write_archive=not args.labelled_only)
     print(f"orchard: {result['n_archive']} archive photos of cameras {', '.join(result['cameras'])} "
           f"in {result['archive']}; priors {result['phenology']}; VOC set {result['voc']}"
           + (f"; contact sheet {result['contact_sheet']}" if result["contact_sheet"] else ""))

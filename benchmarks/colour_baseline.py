@@ -1,0 +1,171 @@
+"""How far does colour alone go? A per-pixel colour classifier on a VOC segmentation set.
+
+Trains a classifier on the colour of single pixels (RGB, HSV with hue as a circle) sampled
+from the train split's photos and masks, then reports per-class IoU, mIoU, mPA and pixel
+accuracy on the test split. On the synthetic orchard this is the floor a U-Net must
+clear: if colour alone came close to a perfect mIoU, the data set would not test shape,
+texture or context.
+
+    python benchmarks/colour_baseline.py --voc demo_data/VOCdevkit
+    python benchmarks/colour_baseline.py --generate --image-size 288 512   # a fresh orchard
+"""
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils.utils import NAME_CLASSES  # noqa: E402
+
+
+def colour_features(rgb):
+    """(..., 3) uint8 RGB -> (..., 7) float32: R, G, B, S, V (0..1) and cos/sin of hue."""
+    hsv = cv2.cvtColor(rgb.reshape(-1, 1, 3), cv2.COLOR_RGB2HSV_FULL).reshape(-1, 3).astype(np.float32)
+    flat = rgb.reshape(-1, 3).astype(np.float32) / 255.0
+    hue = hsv[:, 0] * (2 * np.pi / 256.0)
+    feats = np.column_stack([flat, hsv[:, 1:] / 255.0, np.cos(hue), np.sin(hue)])
+    return feats.reshape(rgb.shape[:-1] + (7,))
+
+
+def read_split(voc, split):
+    """Photos (RGB uint8) and masks (class index) of one split of a VOC2007 folder."""
+    ids = (voc / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
+    if not ids:
+        raise ValueError(f"{voc}: the {split} split is empty")
+    for i in ids:
+        with Image.open(voc / "JPEGImages" / f"{i}.jpg") as im:
+            rgb = np.asarray(im.convert("RGB"))
+        with Image.open(voc / "SegmentationClass" / f"{i}.png") as m:
+            mask = np.asarray(m)
+        if mask.shape != rgb.shape[:2]:
+            raise ValueError(f"{voc}: {i}: mask {mask.shape} and photo {rgb.shape[:2]} differ")
+        yield i, rgb, mask
+
+
+def sample_pixels(voc, split, per_image, rng, n_classes):
+    xs, ys = [], []
+    for _, rgb, mask in read_split(voc, split):
+        flat = mask.reshape(-1)
+        idx = rng.choice(flat.size, size=min(per_image, flat.size), replace=False)
+        keep = flat[idx] < n_classes
+        xs.append(colour_features(rgb.reshape(-1, 3)[idx[keep]]))
+        ys.append(flat[idx[keep]])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def make_model(name, seed, balanced=False):
+    weight = "balanced" if balanced else None
+    if name == "hgb":
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        return HistGradientBoostingClassifier(max_iter=100, learning_rate=0.15, random_state=seed,
+                                              class_weight=weight)
+    if name == "forest":
+        from sklearn.ensemble import RandomForestClassifier
+
+        return RandomForestClassifier(n_estimators=60, min_samples_leaf=5, n_jobs=1,
+                                      random_state=seed, class_weight=weight)
+    if name == "logreg":
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import PolynomialFeatures, StandardScaler
+
+        return make_pipeline(PolynomialFeatures(2), StandardScaler(),
+                             LogisticRegression(max_iter=500, class_weight=weight))
+    raise ValueError(f"unknown model {name!r}")
+
+
+def scores(hist):
+    """Per-class IoU, recall (PA), precision from a confusion matrix (rows = truth)."""
+    tp = np.diag(hist).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = tp / (hist.sum(0) + hist.sum(1) - tp)
+        recall = tp / hist.sum(1)
+        precision = tp / hist.sum(0)
+    return iou, recall, precision
+
+
+def evaluate(model, voc, split, stride, n_classes):
+    hist = np.zeros((n_classes, n_classes), np.int64)
+    for _, rgb, mask in read_split(voc, split):
+        rgb, mask = rgb[::stride, ::stride], mask[::stride, ::stride].reshape(-1)
+        pred = model.predict(colour_features(rgb.reshape(-1, 3)))
+        ok = mask < n_classes
+        hist += np.bincount(n_classes * mask[ok].astype(np.int64) + pred[ok],
+                            minlength=n_classes ** 2).reshape(n_classes, n_classes)
+    return hist
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--voc", default=None,
+                   help="VOCdevkit (or its VOC2007) folder with train and test lists")
+    p.add_argument("--generate", action="store_true",
+                   help="generate a labelled-only synthetic orchard in a temporary folder")
+    p.add_argument("--image-size", type=int, nargs=2, default=[576, 1024], metavar=("H", "W"),
+                   help="photo size for --generate (the orchard default: 576 1024)")
+    p.add_argument("--cameras", type=int, default=4, help="archive cameras for --generate")
+    p.add_argument("--model", choices=["hgb", "forest", "logreg"], default="hgb",
+                   help="hgb: gradient-boosted trees (default), forest, or logreg on "
+                        "degree-2 colour features")
+    p.add_argument("--balanced", action="store_true",
+                   help="weight classes inversely to their pixel share (favours small classes)")
+    p.add_argument("--pixels-per-image", type=int, default=5000,
+                   help="training pixels sampled from each train photo")
+    p.add_argument("--stride", type=int, default=2,
+                   help="evaluate every stride-th pixel in both directions")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.generate:
+            from data_processing.synthetic_orchard import generate_orchard
+
+            res = generate_orchard(Path(tmp) / "orchard", cameras=args.cameras,
+                                   image_size=tuple(args.image_size), seed=args.seed,
+                                   write_archive=False, progress=True)
+            voc = res["voc"]
+        elif args.voc:
+            voc = Path(args.voc)
+        else:
+            raise ValueError("give --voc <VOCdevkit folder> or --generate")
+        if (voc / "VOC2007").is_dir():
+            voc = voc / "VOC2007"
+        n = len(NAME_CLASSES)
+        rng = np.random.default_rng(args.seed)
+        x, y = sample_pixels(voc, "train", args.pixels_per_image, rng, n)
+        model = make_model(args.model, args.seed, args.balanced).fit(x, y)
+        hist = evaluate(model, voc, "test", args.stride, n)
+    iou, recall, precision = scores(hist)
+    result = {
+        "model": args.model + (" balanced" if args.balanced else ""), "train_pixels": int(len(y)),
+        "iou": {c: float(v) for c, v in zip(NAME_CLASSES, iou)},
+        "recall": {c: float(v) for c, v in zip(NAME_CLASSES, recall)},
+        "mIoU": float(np.nanmean(iou)), "mPA": float(np.nanmean(recall)),
+        "accuracy": float(np.diag(hist).sum() / hist.sum()),
+        "test_share": {c: float(v) for c, v in zip(NAME_CLASSES, hist.sum(1) / hist.sum())},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    print("command: python benchmarks/colour_baseline.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    print(f"colour-only {result['model']} on {result['train_pixels']} train pixels; test split:")
+    print(f"{'class':14s} {'IoU':>6s} {'recall':>7s} {'share':>6s}")
+    for c in NAME_CLASSES:
+        print(f"{c:14s} {result['iou'][c]:6.3f} {result['recall'][c]:7.3f} {result['test_share'][c]:6.3f}")
+    print(f"mIoU {result['mIoU']:.3f}  mPA {result['mPA']:.3f}  pixel accuracy "
+          f"{result['accuracy']:.3f}  ({result['seconds']} s)")
+    return result
+
+
+if __name__ == "__main__":
+    main()
