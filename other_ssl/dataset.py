@@ -1,0 +1,82 @@
+"""Single-image input for the baselines: an image folder (e.g. step 2's ``out/``) read
+through ``tf.data``: decode, resize, shuffle, batch, prefetch.
+
+The original loaded one pre-made NumPy array of every image into memory; this streams
+the files instead, so the folder can be any size.
+"""
+from pathlib import Path
+
+import tensorflow as tf
+
+from data_processing.names import is_image_file, parse_stage_name
+
+
+def list_images(folder):
+    """The image files (.jpg, .jpeg, .png) directly inside ``folder``, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+    if not paths:
+        raise ValueError(f"{folder}: no images (.jpg, .jpeg, .png) in this folder "
+                         f"(subfolders are not searched)")
+    return paths
+
+
+def stage_labels(paths):
+    """The phenological stage of each stage image, from its file name (step 2's
+    ``<camera>p<preset>t<HH>i<stage>d<date>_<HH>.jpg``); a bad name raises
+    ``FileNameError`` naming the file."""
+    return [parse_stage_name(Path(p).name).stage for p in paths]
+
+
+def check_batch_size(n_images, batch_size, where):
+    """Batches drop the remainder, so fewer images than one batch means no step at all."""
+    if n_images < batch_size:
+        raise ValueError(f"{where}: {n_images} images, fewer than the batch size "
+                         f"{batch_size}; lower --batch-size or add images")
+
+
+def load_image(path, size):
+    """One file -> float32 (H, W, 3) in 0..255, resized (bilinear, no letterbox) to ``size``."""
+    data = tf.io.read_file(path)
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image = tf.image.resize(tf.cast(image, tf.float32), size)
+    image.set_shape((size[0], size[1], 3))
+    return image
+
+
+def make_image_dataset(paths, input_shape, batch_size, labels=None, shuffle=True,
+                       seed=None, repeat=False, shuffle_buffer=None, drop_remainder=True,
+                       map_fn=None):
+    """Batches of images (0..255 float32) or ``(images, labels)``.
+
+    ``map_fn(image, label_or_None)`` may transform single examples (scaling,
+    augmentation) before batching. ``repeat=True`` cycles forever (for a capped
+    ``steps_per_epoch``); otherwise one pass per epoch, reshuffled each epoch.
+    ``shuffle_buffer=None`` shuffles over the whole list.
+    """
+    size = (int(input_shape[0]), int(input_shape[1]))
+    files = tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
+    if labels is not None:
+        ds = tf.data.Dataset.zip(files, tf.data.Dataset.from_tensor_slices(
+            tf.constant(list(labels), tf.int32)))
+    else:
+        ds = files
+    if shuffle:
+        # Names, not pixels, are shuffled: a buffer over the whole folder costs little.
+        buffer = min(len(paths), shuffle_buffer) if shuffle_buffer else len(paths)
+        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+
+    def load(*item):
+        image = load_image(item[0], size)
+        label = item[1] if len(item) > 1 else None
+        if map_fn is not None:
+            return map_fn(image, label)
+        return image if label is None else (image, label)
+
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    return ds.prefetch(tf.data.AUTOTUNE)
