@@ -1,0 +1,164 @@
+"""Pretrain an encoder with one of the self-supervised baselines on an image folder.
+
+    python other_ssl/train_ssl.py --method simsiam --image-dir out/
+
+Writes a new run folder ``<logs>/ssl_<method>_<time>/`` with ``args.json``,
+``history.csv`` (loss and the collapse monitor ``emb_std`` per epoch), checkpoints,
+``loss.png``, ``results.json`` and ``encoder.weights.h5``: the five-feature backbone
+(without the Flatten/Dense head), the file ``train.py`` loads.
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import keras  # noqa: E402
+
+from nets.encoders import BACKBONES, check_input_shape  # noqa: E402
+from other_ssl.base import POOLS, CollapseMonitor  # noqa: E402
+from other_ssl.dataset import (check_batch_size, list_images, make_image_dataset,  # noqa: E402
+                               stage_labels)
+from other_ssl.methods import METHODS, get_method  # noqa: E402
+from other_ssl.training import OPTIMIZERS, PeriodicCheckpoint, make_optimizer, plot_history  # noqa: E402
+from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,  # noqa: E402
+                         make_run_dir, set_mixed_precision, set_seed, write_json)
+from utils.weights import save_encoder  # noqa: E402
+
+# Method hyperparameters settable from the command line; None = the method's default.
+HYPERPARAMETERS = {"temperature": float, "queue_size": int, "momentum_coeff": float,
+                   "redundancy_reduction_weight": float, "sharpening": float,
+                   "predictor_hidden": int}
+
+
+def _defaults_of(key):
+    found = [f"{name} {cls.defaults[key]}" for name, cls in METHODS.items()
+             if key in cls.defaults]
+    return "; ".join(found).replace("None", "width/4")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--method", default="moco",
+                   help=f"one of: {', '.join(METHODS)} (original: MoCo, chosen by editing "
+                        f"the script)")
+    p.add_argument("--image-dir", default="out",
+                   help="folder of training images, e.g. step 2's out/ (original: a "
+                        "pre-made .npy array of all images)")
+    p.add_argument("--input-shape", type=int, nargs=2, default=[288, 512],
+                   metavar=("H", "W"), help="resize images to H W (original: 288 512)")
+    p.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet50",
+                   help="encoder backbone (original: resnet50)")
+    p.add_argument("--pool", choices=POOLS, default="flatten",
+                   help="how the last feature map becomes a vector before Dense(width); "
+                        "flatten at 288x512 gives a 75M-parameter Dense (original: flatten)")
+    p.add_argument("--width", type=int, default=256,
+                   help="encoder output and projection width (original: 256)")
+    p.add_argument("--epochs", type=int, default=100, help="(original: 100)")
+    p.add_argument("--batch-size", type=int, default=48, help="(original: 48)")
+    p.add_argument("--steps-per-epoch", type=int, default=None,
+                   help="cap on steps per epoch (default: one pass over the folder)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
+                   help="(original: adam; SimSiam's paper used sgd)")
+    p.add_argument("--learning-rate", type=float, default=1e-3,
+                   help="(original: 0.001, the Keras Adam default)")
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="decoupled weight decay (original: 0)")
+    for key, kind in HYPERPARAMETERS.items():
+        p.add_argument("--" + key.replace("_", "-"), type=kind, default=None,
+                       help=f"method hyperparameter; defaults: {_defaults_of(key)}")
+    p.add_argument("--probe-labels", action="store_true",
+                   help="train an online linear probe on the stage parsed from each file "
+                        "name, to watch progress; off by default so no label reaches "
+                        "pretraining (the probe's gradient never reaches the encoder)")
+    p.add_argument("--collapse-ratio", type=float, default=0.1,
+                   help="warn when the embedding std falls below this times 1/sqrt(width)")
+    p.add_argument("--save-period", type=int, default=10,
+                   help="save a checkpoint every N epochs, and after the last")
+    p.add_argument("--run-eagerly", action="store_true",
+                   help="no tf.function (debugging; skips the graph tracing cost of "
+                        "very short runs)")
+    add_common_training_args(p)
+    return p.parse_args(argv)
+
+
+def method_hyperparameters(args, cls):
+    """The hyperparameters given on the command line; an error for ones the method lacks."""
+    given = {k: getattr(args, k) for k in HYPERPARAMETERS if getattr(args, k) is not None}
+    extra = sorted(set(given) - set(cls.defaults))
+    if extra:
+        flags = ", ".join("--" + k.replace("_", "-") for k in extra)
+        takes = ", ".join("--" + k.replace("_", "-") for k in cls.defaults) or "none"
+        raise ValueError(f"{flags} does not apply to {args.method} (it takes: {takes})")
+    return given
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cls = get_method(args.method)
+    hyper = method_hyperparameters(args, cls)
+    input_shape = (args.input_shape[0], args.input_shape[1], 3)
+    check_input_shape(input_shape, args.backbone)
+
+    paths = list_images(args.image_dir)
+    check_batch_size(len(paths), args.batch_size, args.image_dir)
+    labels = stage_labels(paths) if args.probe_labels else None
+    steps = len(paths) // args.batch_size
+    capped = args.steps_per_epoch is not None and args.steps_per_epoch < steps
+    if capped:
+        steps = args.steps_per_epoch
+
+    set_seed(args.seed)
+    set_mixed_precision(args.mixed_precision)
+    dataset = make_image_dataset(paths, input_shape, args.batch_size, labels=labels,
+                                 seed=args.seed, repeat=capped)
+    strategy = get_strategy(args.strategy)
+    with strategy.scope():
+        model = cls(input_shape=input_shape, width=args.width, pool=args.pool,
+                    backbone_name=args.backbone,
+                    probe_classes=(max(labels) + 1) if labels else 0, **hyper)
+        model.compile(optimizer=make_optimizer(args.optimizer, args.learning_rate,
+                                               args.weight_decay),
+                      jit_compile=False if args.run_eagerly else jit_compile_default(),
+                      run_eagerly=args.run_eagerly)
+
+    run_dir = make_run_dir(f"ssl_{args.method}", args, root=args.logs_dir)
+    print(f"{args.method}: {len(paths)} images from {args.image_dir}, {steps} steps of "
+          f"{args.batch_size} per epoch, {args.epochs} epochs; hyperparameters "
+          f"{model.hyperparameters}; run folder {run_dir}")
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    monitor = CollapseMonitor(args.width, args.collapse_ratio)
+    callbacks = [keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
+                 keras.callbacks.TerminateOnNaN(), monitor,
+                 PeriodicCheckpoint(run_dir / "checkpoints", args.save_period)]
+    history = model.fit(dataset, epochs=args.epochs,
+                        steps_per_epoch=steps if capped else None,
+                        callbacks=callbacks, shuffle=False,
+                        verbose=1 if sys.stdout.isatty() else 2)
+    history = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+
+    encoder_path = save_encoder(model.backbone, run_dir / "encoder.weights.h5",
+                                backbone=args.backbone)
+    plot_history(history, run_dir / "loss.png", keys=("loss",), secondary=("emb_std",))
+    results = {"method": args.method, "hyperparameters": dict(model.hyperparameters),
+               "images": len(paths), "steps_per_epoch": steps,
+               "final_loss": history["loss"][-1] if history.get("loss") else None,
+               "final_emb_std": history["emb_std"][-1] if history.get("emb_std") else None,
+               "healthy_emb_std": 1 / args.width ** 0.5,
+               "collapsed_epochs": monitor.collapsed_epochs,
+               "encoder_path": encoder_path}
+    write_json(run_dir / "results.json", results)
+    print(f"encoder saved to {encoder_path}")
+    return {"run_dir": run_dir, "encoder_path": encoder_path, "history": history,
+            "collapsed_epochs": monitor.collapsed_epochs}
+
+
+if __name__ == "__main__":
+    main()
