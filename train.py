@@ -31,8 +31,7 @@ LOG_CSV = "training_log.csv"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--num-classes", type=int, default=5,
                    help="number of classes including the background (original: 5)")
     p.add_argument("--name-classes", nargs="+", default=None,
@@ -67,8 +66,8 @@ def parse_args(argv=None):
                    help="freeze the encoder during the first phase (original: on); "
                         "--no-freeze-train trains everything in both phases")
     p.add_argument("--frozen-only", action="store_true",
-                   help="train only the frozen phase (epochs init..freeze-epoch): the "
-                        "encoder never unfreezes, the paper's 'Frozen' column")
+                   help="the encoder never unfreezes: both phases run with it frozen "
+                        "(the paper's 'Frozen' column)")
     p.add_argument("--from-scratch", action="store_true",
                    help="random encoder and no frozen phase (the paper's 'from scratch' "
                         "row; the original's model_path='' with Freeze_Train=False)")
@@ -95,7 +94,11 @@ def parse_args(argv=None):
     add_common_training_args(p)
     args = p.parse_args(argv)
     if args.resume:
-        saved = json.loads((Path(args.resume) / "args.json").read_text())
+        saved_args = Path(args.resume) / "args.json"
+        if not saved_args.is_file():
+            raise FileNotFoundError(f"--resume {args.resume}: no args.json there; give a run "
+                                    f"folder written by train.py")
+        saved = json.loads(saved_args.read_text())
         # Saved values become defaults, so options typed now still win.
         known = {a.dest for a in p._actions}
         p.set_defaults(**{k: v for k, v in saved.items()
@@ -115,18 +118,25 @@ class Phase:
 
 
 def plan_phases(args):
-    """The training phases as the original runs them (empty ones dropped)."""
+    """The two training phases as the original runs them (empty ones dropped).
+
+    ``--frozen-only`` keeps the whole schedule but the encoder never unfreezes, so the
+    "Frozen" and "Fine-tuning" results differ only by unfreezing.
+    """
     freeze = args.freeze_train and not args.from_scratch
-    phases = [Phase("frozen" if freeze else "phase 1", args.init_epoch, args.freeze_epoch,
-                    args.freeze_batch_size, args.freeze_lr, freeze)]
-    if not args.frozen_only:
-        phases.append(Phase("unfrozen", max(args.init_epoch, args.freeze_epoch),
-                            args.unfreeze_epoch, args.unfreeze_batch_size, args.unfreeze_lr,
-                            False))
-    return [ph for ph in phases if ph.end > ph.start]
+    return [ph for ph in (
+        Phase("frozen" if freeze else "first", args.init_epoch, args.freeze_epoch,
+              args.freeze_batch_size, args.freeze_lr, freeze),
+        Phase("second (frozen)" if args.frozen_only else "unfrozen",
+              max(args.init_epoch, args.freeze_epoch), args.unfreeze_epoch,
+              args.unfreeze_batch_size, args.unfreeze_lr, args.frozen_only),
+    ) if ph.end > ph.start]
 
 
 def check_args(args):
+    from nets.encoders import check_input_shape
+
+    check_input_shape(args.input_shape, args.backbone)
     if args.frozen_only and (args.from_scratch or not args.freeze_train):
         raise ValueError("--frozen-only needs the frozen phase: drop --from-scratch / "
                          "--no-freeze-train")
@@ -184,6 +194,11 @@ def read_log(run_dir):
     return history
 
 
+def _phase_values(log, key, first, stop):
+    """``log[key]`` for the logged epochs ``first <= epoch < stop`` (a resumed phase)."""
+    return [v for e, v in zip(log.get("epoch", []), log.get(key, [])) if first <= e < stop]
+
+
 def _best(values, mode="max"):
     values = [v for v in values if isinstance(v, float) and not math.isnan(v)]
     if not values:
@@ -199,7 +214,7 @@ def main(argv=None):
 
     from nets.unet import Unet, get_encoder
     from utils.callbacks import (EpochCheckpoint, ExponentDecayScheduler, LossHistory,
-                                 MIoUCallback, tensorboard)
+                                 MIoUCallback, ResumableEarlyStopping, tensorboard)
     from utils.dataloader import build_dataset, check_split
     from utils.utils_metrics import f_score
 
@@ -275,7 +290,7 @@ def main(argv=None):
             model.compile(optimizer=keras.optimizers.Adam(phase.lr), loss=loss,
                           metrics=[f_score()], jit_compile=jit_compile_default())
         n_frozen = sum(int(np.prod(v.shape)) for v in model.non_trainable_weights)
-        print(f"{phase.name.capitalize()} phase: epochs {start + 1}-{phase.end}, batch "
+        print(f"{phase.name[0].upper() + phase.name[1:]} phase: epochs {start + 1}-{phase.end}, batch "
               f"{phase.batch_size}, lr {phase.lr:g}, encoder {'frozen' if phase.frozen else 'trained'} "
               f"({n_frozen:,} non-trainable parameters). Train on {len(train_names)} images "
               f"({steps} steps), val on {len(val_names)}.")
@@ -287,8 +302,9 @@ def main(argv=None):
             history_cb,
             keras.callbacks.CSVLogger(str(run_dir / LOG_CSV), append=True),
             tensorboard_cb,
-            keras.callbacks.EarlyStopping(monitor="val_loss", min_delta=0,
-                                          patience=args.early_stopping_patience, verbose=1),
+            ResumableEarlyStopping(previous=_phase_values(log, "val_loss", phase.start, start),
+                                   monitor="val_loss", min_delta=0,
+                                   patience=args.early_stopping_patience, verbose=1),
         ]
         callbacks = [c for c in callbacks if c is not None]
         model.fit(train_ds, steps_per_epoch=steps, epochs=phase.end, initial_epoch=start,

@@ -11,7 +11,7 @@ from PIL import Image
 import train
 from nets.encoders import build_encoder, weighted_layers
 from nets.unet import Unet, get_encoder
-from utils.callbacks import MIoUCallback, _confusion, miou_from_confusion
+from utils.callbacks import MIoUCallback, ResumableEarlyStopping, _confusion, miou_from_confusion
 from utils.utils import set_seed
 from utils.weights import save_encoder, save_weights_by_name
 
@@ -186,7 +186,8 @@ def test_defaults_and_phase_plans():
     plan = [(p.start, p.end, p.batch_size, p.lr, p.frozen) for p in train.plan_phases(args)]
     assert plan == [(0, 60, 18, 1e-4, True), (60, 120, 8, 1e-5, False)]
     frozen = train.plan_phases(train.parse_args(["--frozen-only"]))
-    assert [(p.start, p.end, p.frozen) for p in frozen] == [(0, 60, True)]
+    assert [(p.start, p.end, p.batch_size, p.frozen) for p in frozen] == \
+        [(0, 60, 18, True), (60, 120, 8, True)]
     for flag in ("--from-scratch", "--no-freeze-train"):
         phases = train.plan_phases(train.parse_args([flag]))
         assert [(p.start, p.end, p.frozen) for p in phases] == [(0, 60, False), (60, 120, False)]
@@ -198,10 +199,16 @@ def test_defaults_and_phase_plans():
     (["--frozen-only", "--from-scratch"], "--frozen-only needs the frozen phase"),
     (["--from-scratch", "--model-path", "x.h5"], "drop --model-path"),
     (["--cls-weights", "1", "2"], "--cls-weights has 2 values for 5 classes"),
+    (["--input-shape", "100", "64"], "not divisible by 32"),
 ])
 def test_contradictory_options_fail_early(argv, message):
     with pytest.raises(ValueError, match=message):
         train.main(argv)
+
+
+def test_resume_needs_a_run_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no args.json"):
+        train.main(["--resume", str(tmp_path)])
 
 
 def test_train_split_smaller_than_batch_fails_before_any_run_folder(tmp_path):
@@ -229,3 +236,13 @@ def test_miou_callback_confusion_and_ignore():
     logs = {}
     callback.on_epoch_end(0, logs)
     assert logs["val_mIoU"] == pytest.approx(1 / 3)
+
+
+def test_early_stopping_counts_the_epochs_logged_before_a_resume():
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Identity()])
+    stopper = ResumableEarlyStopping(previous=[1.0, 1.1, 1.2], monitor="val_loss", patience=3)
+    stopper.set_model(model)
+    stopper.on_train_begin()
+    assert stopper.wait == 2 and stopper.best == 1.0
+    stopper.on_epoch_end(3, {"val_loss": 1.05})
+    assert model.stop_training

@@ -115,6 +115,24 @@ class ExponentDecayScheduler(keras.callbacks.Callback):
             logs["learning_rate"] = _get_lr(self.model.optimizer)
 
 
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """``EarlyStopping`` that, in a resumed run, first replays the monitored values the
+    phase already logged, so the patience counts from where the run stopped."""
+
+    def __init__(self, previous=(), mode="min", **kwargs):
+        super().__init__(mode=mode, **kwargs)
+        self.previous = [float(v) for v in previous]
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.monitor_op is None:
+            self._set_monitor_op()
+        for value in self.previous:
+            self.wait += 1
+            if self._is_improvement(value, self.best):
+                self.best, self.wait = value, 0
+
+
 def _confusion(labels, preds, n):
     # Rows: true class, columns: predicted class; labels outside 0..n-1 are ignored.
     keep = (labels >= 0) & (labels < n)
