@@ -111,7 +111,8 @@ class Unet:
             model.load_weights(str(path))
             return model
         report = load_weights_by_name(model, path, verbose=self.verbose)
-        if report.missing:
+        filled = 0
+        if report.missing and report.unused:
             # Keras 2 checkpoints name decoder layers by a global counter ("conv2d_7"),
             # which never matches ours: give the unused file layers to the still-empty
             # model layers in order where the shapes agree, as a topological load would.
@@ -119,11 +120,11 @@ class Unet:
             filled = _fill_in_order(model, stored, report)
             if filled and self.verbose:
                 print(f"Loaded {filled} more layers by order (decoder of a legacy checkpoint).")
-            still = len(report.missing) - filled
-            if still:
-                warnings.warn(f"{path}: {still} layers of the U-Net were not in the file and "
-                              f"keep their random initial weights (an encoder-only file "
-                              f"leaves the decoder untrained).", stacklevel=3)
+        still = len(report.missing) - filled
+        if still:
+            warnings.warn(f"{path}: {still} layers of the U-Net were not in the file and "
+                          f"keep their random initial weights (an encoder-only file "
+                          f"leaves the decoder untrained).", stacklevel=3)
         return model
 
     def _letterbox(self, image):
