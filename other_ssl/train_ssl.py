@@ -26,7 +26,8 @@ from other_ssl.base import POOLS, CollapseMonitor  # noqa: E402
 from other_ssl.dataset import (check_batch_size, list_images, make_image_dataset,  # noqa: E402
                                stage_labels)
 from other_ssl.methods import METHODS, get_method  # noqa: E402
-from other_ssl.training import OPTIMIZERS, PeriodicCheckpoint, make_optimizer, plot_history  # noqa: E402
+from other_ssl.training import (OPTIMIZERS, PeriodicCheckpoint, make_optimizer,  # noqa: E402
+                                plot_history)
 from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,  # noqa: E402
                          make_run_dir, set_mixed_precision, set_seed, write_json)
 from utils.weights import save_encoder  # noqa: E402
@@ -64,7 +65,7 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=100, help="(original: 100)")
     p.add_argument("--batch-size", type=int, default=48, help="(original: 48)")
     p.add_argument("--steps-per-epoch", type=int, default=None,
-                   help="cap on steps per epoch (default: one pass over the folder)")
+                   help="cap on steps per epoch (None: one pass over the folder)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
                    help="(original: adam; SimSiam's paper used sgd)")
     p.add_argument("--learning-rate", type=float, default=1e-3,
@@ -73,7 +74,7 @@ def parse_args(argv=None):
                    help="decoupled weight decay (original: 0)")
     for key, kind in HYPERPARAMETERS.items():
         p.add_argument("--" + key.replace("_", "-"), type=kind, default=None,
-                       help=f"method hyperparameter; defaults: {_defaults_of(key)}")
+                       help=f"method hyperparameter (None: the method's own: {_defaults_of(key)})")
     p.add_argument("--probe-labels", action="store_true",
                    help="train an online linear probe on the stage parsed from each file "
                         "name, to watch progress; off by default so no label reaches "

@@ -47,7 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--pool", choices=POOLS, default="gap",
                    help="last feature map -> vector before the softmax layer")
     p.add_argument("--num-stages", type=int, default=None,
-                   help="number of classes (default: the largest stage in the names + 1)")
+                   help="number of classes (None: the largest stage in the names + 1)")
     p.add_argument("--epochs", type=int, default=20,
                    help="(as PDE classification-distance pretraining)")
     p.add_argument("--batch-size", type=int, default=48, help="(as the other baselines)")
@@ -58,7 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--val-split", type=float, default=0.1,
                    help="fraction of images held out (stratified by stage) for validation")
     p.add_argument("--steps-per-epoch", type=int, default=None,
-                   help="cap on steps per epoch (default: one pass over the training split)")
+                   help="cap on steps per epoch (None: one pass over the training split)")
     p.add_argument("--run-eagerly", action="store_true",
                    help="no tf.function (debugging; skips graph tracing in very short runs)")
     add_common_training_args(p)
@@ -162,11 +162,12 @@ def main(argv=None):
     encoder = model.get_layer(args.backbone)
     encoder_path = save_encoder(encoder, run_dir / "encoder.weights.h5", backbone=args.backbone)
     plot_history(history, run_dir / "loss.png", keys=("loss",), secondary=("accuracy",))
-    val_acc = history.get("val_accuracy", [None])[-1]
+    val_accs = history.get("val_accuracy") or [None]
+    val_acc = val_accs[-1]
     results = {"num_stages": num_stages, "images_per_stage": counts,
                "train_images": len(train_idx), "val_images": len(val_idx),
                "final_val_accuracy": val_acc,
-               "best_val_accuracy": max(history["val_accuracy"]) if "val_accuracy" in history else None,
+               "best_val_accuracy": max(val_accs) if val_acc is not None else None,
                "final_accuracy": history.get("accuracy", [None])[-1],
                "encoder_path": encoder_path}
     write_json(run_dir / "results.json", results)

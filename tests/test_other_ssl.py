@@ -193,7 +193,8 @@ def test_loss_drops_over_20_steps(name):
     images = random_images(8, seed=2)
     if name == "simclr":
         # Through Keras' fit as a graph, as train_ssl runs: 20 epochs of one step.
-        losses = model.fit(images, batch_size=8, epochs=20, shuffle=False, verbose=0).history["loss"]
+        history = model.fit(images, batch_size=8, epochs=20, shuffle=False, verbose=0).history
+        losses = history["loss"]
     else:
         losses, _ = run_steps(model, images, 20, graph=True)
     assert np.isfinite(losses).all()

@@ -57,10 +57,10 @@ def test_moco_queue_adds_negatives():
 
 
 def test_barlow_and_hsic_twins():
-    decorrelated = np.array([[1, 1], [1, -1], [-1, 1], [-1, -1]], "float32")
+    z = np.array([[1, 1], [1, -1], [-1, 1], [-1, -1]], "float32")
     # Cross-correlation = I: Barlow Twins is 0; HSIC wants -1 off the diagonal: 3 * 1.
-    assert value(losses.barlow_twins_loss(decorrelated, decorrelated, 10.0)) == pytest.approx(0, abs=1e-5)
-    assert value(losses.hsic_twins_loss(decorrelated, decorrelated, 3.0)) == pytest.approx(3.0, abs=1e-5)
+    assert value(losses.barlow_twins_loss(z, z, 10.0)) == pytest.approx(0, abs=1e-5)
+    assert value(losses.hsic_twins_loss(z, z, 3.0)) == pytest.approx(3.0, abs=1e-5)
     anti = np.array([[1, -1], [-1, 1]], "float32")
     # Cross-correlation [[1, -1], [-1, 1]]: off-diagonal error 1 for Barlow, 0 for HSIC
     # (up to the 1e-6 added to each std).
@@ -99,7 +99,8 @@ def test_dino_uniform_teacher():
     # Centred teacher -> uniform targets; student rows softmax([1, 0]) at T = 1.
     p = E / (1 + E)
     want = -0.5 * (math.log(p) + math.log(1 - p))
-    assert value(losses.dino_loss(I2, I2, teacher, teacher, 1.0, 0.5)) == pytest.approx(want, abs=1e-6)
+    got = value(losses.dino_loss(I2, I2, teacher, teacher, 1.0, 0.5))
+    assert got == pytest.approx(want, abs=1e-6)
 
 
 def test_simsiam_values_and_stop_gradient():
@@ -112,7 +113,8 @@ def test_simsiam_values_and_stop_gradient():
     z = tf.Variable(z2)
     with tf.GradientTape() as tape:
         loss = losses.simsiam_loss(p1, p1, z, z)
-    assert tape.gradient(loss, z) is None or float(tf.reduce_sum(tf.abs(tape.gradient(loss, z)))) == 0
+    grad = tape.gradient(loss, z)
+    assert grad is None or float(tf.reduce_sum(tf.abs(grad))) == 0
 
 
 def test_byol_values():
