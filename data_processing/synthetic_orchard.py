@@ -251,14 +251,14 @@ def _build_tree(seed, camera, bud_ordinal, harvest_ordinal):
     fi = np.repeat(np.arange(n_sp), per)
     n_f = len(fi)
     open_day = bud + 9 + early[fi] * 0.8 + rng.normal(0, 2.0, n_f)
-    fruit_set = rng.random(n_f) < rng.uniform(0.35, 0.5)
+    fruit_set = rng.random(n_f) < rng.uniform(0.45, 0.6)
     colour_shift = rng.normal(0, 3)
     flowers = dict(
         spur=fi, dx=rng.normal(0, 0.026, n_f), dy=rng.normal(0.006, 0.02, n_f),
         radius=rng.uniform(0.015, 0.02, n_f), rot=rng.uniform(0, 2 * np.pi, n_f),
         open=open_day, fall=open_day + rng.uniform(7, 13, n_f), tone=rng.uniform(0.9, 1.04, n_f),
         pink=rng.uniform(0, 1, n_f), dz=rng.normal(0.05, 0.08, n_f), sets=fruit_set,
-        fruit_r=rng.uniform(0.014, 0.019, n_f), stalk=rng.uniform(0.03, 0.055, n_f),
+        fruit_r=rng.uniform(0.015, 0.02, n_f), stalk=rng.uniform(0.03, 0.055, n_f),
         colour_day=bud + 77 + colour_shift + rng.normal(0, 4, n_f),
         pick=harvest_ordinal - rng.uniform(0, 3.5, n_f), fruit_tone=rng.uniform(0.85, 1.1, n_f),
         rank=rng.random(n_f))
@@ -610,7 +610,8 @@ def render(scene, config, camera, preset, date, hour):
     joints = _shapes(_OCT, p1[wide], np.zeros(wide.sum()), br[wide, 5] / 2, br[wide, 5] / 2)
     items.add(_to_px(joints, M), bark[wide], br[wide, 6] + 1e-6, TRUNK)
     sel = br[:, 4] * mm >= 4
-    side = np.where(nrm[sel, 0:1] * (-light["sx"] or 1.0) >= 0, 1.0, -1.0) * 0.3
+    sun = np.array([math.sin(0.9 * light["sx"]), math.cos(0.9 * light["sx"])])   # toward the sun
+    side = np.where(nrm[sel] @ sun >= 0, 1.0, -1.0)[:, None] * 0.3
     ws0, ws1 = w0[sel], w1[sel]
     q0, q1, n_ = p0[sel], p1[sel], nrm[sel]
     strip = np.stack([q0 + n_ * ws0 * (side + 0.35), q1 + n_ * ws1 * (side + 0.35),
@@ -705,13 +706,13 @@ def render(scene, config, camera, preset, date, hour):
         c = np.stack([sp["x"][s_idx] + sway_x[s_idx] * 1.5 + F["dx"][on] * 0.7,
                       sp["y"][s_idx] + F["dy"][on] * 0.3 - hang], 1)
         col = _ramp((d - F["colour_day"][on]) / 24.0, _RIPE_T, _RIPE_C) * F["fruit_tone"][on][:, None]
-        z = np.clip(sp["z"][s_idx] + F["dz"][on], 0, 1)
+        z = np.clip(sp["z"][s_idx] + F["dz"][on] + 0.04, 0, 1)
         shade = _shade(light, np.full(len(z), np.pi / 2), c[:, 0], z, tree, foliage)
         base = col * (shade * 0.9)[:, None]
         zero = np.zeros(len(z))
         reach = 2.2 * float(radius.max()) * mm
         items.add(_to_px(_shapes(_CIRCLE, c, zero, radius, radius * 1.05), M), base, z, FRUIT, reach)
-        toward = np.array([-light["sx"] * 0.5 - 0.1, 0.5])
+        toward = sun * 0.7
         rp = radius * mm
         hl = rp >= 2
         items.add(_to_px(_shapes(_OCT, c[hl] + toward * radius[hl, None] * 0.35, zero[hl],
@@ -932,7 +933,7 @@ def _pick_labelled(rng, cfg, cameras, presets, hours, n, present, used):
     return picked
 
 
-def _contact_sheet(path, cfg, presets, hours, tile_w=320):
+def _contact_sheet(path, cfg, presets, hours, tile_w=384):
     """One preset across the five stages for every camera, each photo with its mask."""
     h, w = cfg.image_size
     tw = min(tile_w, w)
@@ -1186,8 +1187,10 @@ def main(argv=None):
         prior_noise_days=args.prior_noise_days, overwrite=args.overwrite,
         progress=not args.no_progress, workers=args.workers, contact_sheet=args.contact_sheet,
         test_cameras=args.test_cameras, write_archive=not args.labelled_only)
-    print(f"orchard: {result['n_archive']} archive photos of cameras {', '.join(result['cameras'])} "
-          f"in {result['archive']}; priors {result['phenology']}; VOC set {result['voc']}"
+    where = (f"{result['n_archive']} archive photos in {result['archive']}" if result["n_archive"]
+             else "no archive (--labelled-only)")
+    print(f"orchard of cameras {', '.join(result['cameras'])}: {where}; priors "
+          f"{result['phenology']}; VOC set {result['voc']}"
           + (f"; contact sheet {result['contact_sheet']}" if result["contact_sheet"] else ""))
     return result
 

@@ -208,3 +208,12 @@ def test_generated_archive_runs_through_select_img_and_make_dataset(orchard, tmp
                        "--y-out", str(y_out), "--per-class", "50"])
     y = np.load(y_out)
     assert sorted(np.unique(y).tolist()) == [0, 1, 2, 3] and len(y) == 200
+
+
+def test_colour_baseline_runs_on_a_generated_voc_set(orchard):
+    from benchmarks import colour_baseline
+
+    res = colour_baseline.main(["--voc", str(orchard["voc"]), "--model", "forest",
+                                "--pixels-per-image", "400", "--stride", "2"])
+    assert set(res["iou"]) == {"_background_", "fruit", "leaf", "trunk", "flower"}
+    assert 0 < res["mIoU"] < 0.9 and 0 < res["accuracy"] <= 1
