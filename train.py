@@ -228,6 +228,9 @@ def main(argv=None):
 
     train_names = check_split(args.voc_path, "train", nc)
     val_names = check_split(args.voc_path, "val", nc)
+    if args.eval_split.lower() != "none":
+        # Found missing before hours of training, not after.
+        check_split(args.voc_path, args.eval_split, nc)
     phases = plan_phases(args)
     for phase in phases:
         if len(train_names) < phase.batch_size:

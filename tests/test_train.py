@@ -16,6 +16,8 @@ from utils.utils import set_seed
 from utils.weights import save_encoder, save_weights_by_name
 
 SEED = 3
+# One worker runs the whole module, so the trained run is built once under xdist.
+pytestmark = pytest.mark.xdist_group("unet_train")
 
 
 def make_voc(root, counts=(("train", 6), ("val", 2), ("test", 2)), size=(80, 64)):
@@ -214,6 +216,8 @@ def test_resume_needs_a_run_folder(tmp_path):
 def test_train_split_smaller_than_batch_fails_before_any_run_folder(tmp_path):
     voc = make_voc(tmp_path, counts=(("train", 1), ("val", 1)))
     with pytest.raises(ValueError, match="train split has 1 images, fewer than"):
+        train.main(base_argv(voc, tmp_path / "logs") + ["--eval-split", "none"])
+    with pytest.raises(FileNotFoundError, match=r"Segmentation/test\.txt"):
         train.main(base_argv(voc, tmp_path / "logs"))
     assert not (tmp_path / "logs").exists()
 
