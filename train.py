@@ -328,10 +328,14 @@ def main(argv=None):
 
         if args.eval_checkpoint == "best" and best_path.is_file():
             model.load_weights(str(best_path))
+        # A resumed run evaluates again beside, not over, the earlier evaluation.
+        out_dir, k = run_dir / f"miou_{args.eval_split}", 1
+        while out_dir.exists():
+            k += 1
+            out_dir = run_dir / f"miou_{args.eval_split}_{k}"
         test_metrics = evaluate_split(model, args.voc_path, split=args.eval_split,
                                       num_classes=nc, name_classes=class_names(args),
-                                      input_shape=(h, w),
-                                      out_dir=run_dir / f"miou_{args.eval_split}")
+                                      input_shape=(h, w), out_dir=out_dir)
         print(f"{args.eval_split} split ({args.eval_checkpoint} epoch): "
               + ", ".join(f"{k} {test_metrics[k]:.4f}" for k in ("mIoU", "mPA", "accuracy")
                           if k in test_metrics))

@@ -135,15 +135,17 @@ def test_frozen_phase_keeps_encoder_and_trains_decoder(run):
 
 def test_resume_continues_from_the_logged_epoch(run, capsys):
     run_dir = run["result"]["run_dir"]
-    # The run is complete (2 of 2 epochs): resume trains nothing, keeps every file.
+    # The run is complete (2 of 2 epochs): resume trains nothing, evaluates the last
+    # epoch again beside the first evaluation and keeps every file.
     before = sorted(p.name for p in run_dir.iterdir())
-    result = train.main(["--resume", str(run_dir), "--eval-split", "none"])
+    result = train.main(["--resume", str(run_dir)])
     out = capsys.readouterr().out
     assert "Resuming" in out and "at epoch 3" in out
     assert result["run_dir"] == run_dir and result["initial_epoch"] == 2
-    assert result["history"]["epoch"] == [0, 1] and result["test_metrics"] == {}
+    assert result["history"]["epoch"] == [0, 1]
+    assert result["test_metrics"]["mIoU"] == pytest.approx(run["result"]["test_metrics"]["mIoU"])
     after = sorted(p.name for p in run_dir.iterdir())
-    assert set(after) - set(before) == {"args_resume1.json"}
+    assert set(after) - set(before) == {"args_resume1.json", "miou_test_2"}
     resumed = json.loads((run_dir / "args_resume1.json").read_text())
     assert resumed["backbone"] == "vgg" and resumed["init_epoch"] == 2
 
