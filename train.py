@@ -91,6 +91,9 @@ def parse_args(argv=None):
     p.add_argument("--eval-checkpoint", choices=("last", "best"), default="last",
                    help="weights evaluated at the end: the last epoch (as the original) or "
                         "the epoch with the best val_mIoU")
+    p.add_argument("--run-eagerly", action="store_true",
+                   help="run training steps eagerly: no graph tracing, slower steps "
+                        "(for quick checks on tiny data; default off)")
     add_common_training_args(p)
     args = p.parse_args(argv)
     if args.resume:
@@ -291,7 +294,8 @@ def main(argv=None):
         with strategy.scope():
             encoder.trainable = not phase.frozen
             model.compile(optimizer=keras.optimizers.Adam(phase.lr), loss=loss,
-                          metrics=[f_score()], jit_compile=jit_compile_default())
+                          metrics=[f_score()], run_eagerly=args.run_eagerly,
+                          jit_compile=False if args.run_eagerly else jit_compile_default())
         n_frozen = sum(int(np.prod(v.shape)) for v in model.non_trainable_weights)
         print(f"{phase.name[0].upper() + phase.name[1:]} phase: epochs {start + 1}-{phase.end}, batch "
               f"{phase.batch_size}, lr {phase.lr:g}, encoder {'frozen' if phase.frozen else 'trained'} "
