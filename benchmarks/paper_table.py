@@ -1,0 +1,237 @@
+"""Reproduce the paper's comparison table on the synthetic orchard or your own data.
+
+Every row pretrains an encoder its own way (or not at all), then goes through the
+same downstream training twice, with the same seeds: encoder frozen throughout (the
+"Frozen" columns, ``train.py --frozen-only``) and frozen-then-unfrozen (the
+"Fine-tuned" columns). Each U-Net is evaluated on the test split by ``get_miou``.
+
+    python benchmarks/paper_table.py --profile demo
+    python benchmarks/paper_table.py --profile tiny --rows random,pde_class
+    python benchmarks/paper_table.py --rows imagenet,pde_class --imagenet-weights notop.h5
+
+Results go to a new run folder (``rows.json``, ``table.csv``, ``table.md``); a rerun
+with ``--resume RUN_DIR`` continues row by row.
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import run_pipeline as pipeline  # noqa: E402
+from benchmarks.published import PUBLISHED, markdown_table  # noqa: E402
+from utils.utils import make_run_dir, set_seed, write_json  # noqa: E402
+
+ROWS = ("random", "scratch", "simclr", "moco", "simsiam", "supervised", "pde_class",
+        "pde_grading", "imagenet")
+SSL_ROWS = ("simclr", "moco", "simsiam")
+
+# Pretraining options of the single-image methods per profile (PDE uses the
+# pipeline's profile); the rest of each script's options keep the original values.
+SSL_ARGS = {
+    "tiny": "--input-shape 64 64 --batch-size 4 --epochs 1 --steps-per-epoch 2 --pool gap",
+    "demo": "--input-shape 96 160 --batch-size 16 --epochs 3 --steps-per-epoch 60 --pool gap",
+    "paper": "",
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", choices=sorted(pipeline.PROFILES), default="demo",
+                   help="sizes and epochs, as run_pipeline.py (default demo)")
+    p.add_argument("--rows", default=None,
+                   help=f"comma-separated rows from {','.join(ROWS)} (default: all; "
+                        f"imagenet only with --imagenet-weights)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="repeat every row with this many seeds and report mean ± std (default 1)")
+    p.add_argument("--imagenet-weights",
+                   help="a legacy Keras ResNet50 'notop' .h5 file for the imagenet row")
+    p.add_argument("--archive", help="your camera archive (default: the synthetic orchard)")
+    p.add_argument("--phenology", help="phenology priors TOML for --archive")
+    p.add_argument("--voc", help="your labelled VOCdevkit folder")
+    p.add_argument("--data-dir", help="where the synthetic orchard is generated or found "
+                                      "(default demo_data/<profile>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a table run row by row")
+    p.add_argument("--logs-dir", default="logs", help="parent of the run folder (default logs/)")
+    p.add_argument("--seed", type=int, default=11, help="first seed (default 11)")
+    p.add_argument("--unet-args", default="", metavar="'OPTS'",
+                   help="extra train.py options for every row")
+    args = p.parse_args(argv)
+    if args.rows is None:
+        rows = [r for r in ROWS if r != "imagenet" or args.imagenet_weights]
+    else:
+        rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        p.error(f"unknown row(s) {', '.join(unknown)}; known rows: {', '.join(ROWS)}")
+    if "imagenet" in rows:
+        if not args.imagenet_weights:
+            p.error("the imagenet row needs --imagenet-weights (a ResNet50 'notop' .h5 file)")
+        if not Path(args.imagenet_weights).is_file():
+            p.error(f"--imagenet-weights: {args.imagenet_weights} does not exist")
+    args.rows = rows
+    return args
+
+
+def _pipeline_args(args, seed):
+    """The run_pipeline options the shared data steps read."""
+    return pipeline.parse_args(
+        ["--profile", args.profile, "--seed", str(seed), "--logs-dir", args.logs_dir]
+        + (["--archive", args.archive, "--phenology", args.phenology] if args.archive else [])
+        + (["--voc", args.voc] if args.voc else [])
+        + (["--data-dir", args.data_dir] if args.data_dir else []))
+
+
+def pretrain(row, args, run, seed):
+    """Return the encoder file a row starts from (None: random initialisation)."""
+    profile = pipeline.PROFILES[args.profile]
+    out = run.result("select")["out_dir"]
+    common = ["--logs-dir", str(run.dir), "--seed", str(seed)]
+    if row in ("random", "scratch"):
+        return None
+    if row == "imagenet":
+        return args.imagenet_weights
+    if row in ("pde_class", "pde_grading"):
+        p_args = _pipeline_args(args, seed)
+        p_args.method = "class" if row == "pde_class" else "grading"
+        return pipeline.step_pretrain(p_args, run, profile)["encoder_path"]
+    if row in SSL_ROWS:
+        from other_ssl import train_ssl
+
+        result = train_ssl.main(pipeline._argv(["--method", row, "--image-dir", out],
+                                               common, SSL_ARGS[args.profile]))
+    else:  # supervised phenological classification
+        from other_ssl import train_supervised
+
+        result = train_supervised.main(pipeline._argv(["--image-dir", out], common,
+                                                      SSL_ARGS[args.profile]))
+    return str(result["encoder_path"])
+
+
+def downstream(row, encoder, args, run, seed):
+    """Frozen-only and fine-tuned U-Nets from one encoder; their test metrics."""
+    import train
+
+    profile = pipeline.PROFILES[args.profile]
+    data = run.result("orchard")
+    freeze, total = profile["unet_epochs"]
+    base = pipeline._argv(["--voc-path", data["voc"], "--logs-dir", run.dir, "--seed", seed,
+                           "--freeze-epoch", freeze, "--unfreeze-epoch", total],
+                          ["--model-path", encoder] if encoder else [])
+    extra = pipeline._argv(profile["unet"], args.unet_args)
+    if row == "scratch":
+        tuned = train.main(base + ["--from-scratch"] + extra)["test_metrics"]
+        return None, tuned
+    frozen = train.main(base + ["--frozen-only"] + extra)["test_metrics"]
+    tuned = train.main(base + extra)["test_metrics"]
+    return frozen, tuned
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / len(values)
+    return mean, var ** 0.5
+
+
+def summarise(rows_done, seeds):
+    """Per row: mean and std over seeds of the four table numbers."""
+    keys = (("frozen", "mIoU"), ("frozen", "mPA"), ("tuned", "mIoU"), ("tuned", "mPA"))
+    table = {}
+    for row, runs in rows_done.items():
+        table[row] = {f"{phase} {metric}": _mean_std([(r[phase] or {}).get(metric)
+                                                     for r in runs.values()])
+                      for phase, metric in keys}
+    return table
+
+
+def _cell(stat):
+    mean, std = stat
+    if mean is None:
+        return None
+    return f"{mean:.4f}" if std is None or std == 0 else f"{mean:.4f} ± {std:.4f}"
+
+
+def render(summary, data_label):
+    lines, csv_rows = [], []
+    for row, stats in summary.items():
+        label, pub_data, *pub = PUBLISHED[row]
+        cells = [_cell(stats[k]) for k in ("frozen mIoU", "frozen mPA", "tuned mIoU", "tuned mPA")]
+        lines.append((f"{label}, this run", data_label.get(row, "—"), *cells))
+        lines.append((f"{label}, published", pub_data, *pub))
+        csv_rows.append({"row": row, **{k: v[0] for k, v in stats.items()},
+                         **{k + " std": v[1] for k, v in stats.items()}})
+    return markdown_table(lines), csv_rows
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    set_seed(args.seed)
+    if args.resume:
+        run = pipeline.Run(args.resume)
+        if not run.dir.is_dir():
+            raise SystemExit(f"--resume: {run.dir} is not a run folder")
+    else:
+        run = pipeline.Run(make_run_dir(f"paper_table_{args.profile}", args, root=args.logs_dir))
+    print(f"Run folder: {run.dir}")
+    p_args = _pipeline_args(args, args.seed)
+    profile = pipeline.PROFILES[args.profile]
+    for step in ("orchard", "select", "pairs"):
+        if not run.done(step):
+            start = time.time()
+            run.finish(step, pipeline.STEP_FUNCS[step](p_args, run, profile), time.time() - start)
+    rows_path = run.dir / "rows.json"
+    done = json.loads(rows_path.read_text()) if rows_path.exists() else {}
+    seeds = [args.seed + k for k in range(args.seeds)]
+    for row in args.rows:
+        for seed in seeds:
+            if str(seed) in done.get(row, {}):
+                print(f"{row} (seed {seed}): done earlier, skipped")
+                continue
+            print(f"== {row} (seed {seed})", flush=True)
+            start = time.time()
+            set_seed(seed)
+            encoder = pretrain(row, args, run, seed)
+            frozen, tuned = downstream(row, encoder, args, run, seed)
+            done.setdefault(row, {})[str(seed)] = {
+                "encoder": encoder, "frozen": frozen and _metrics(frozen),
+                "tuned": _metrics(tuned), "seconds": round(time.time() - start, 1)}
+            write_json(rows_path, done)
+            print(f"== {row} (seed {seed}) finished in {time.time() - start:.0f} s", flush=True)
+    pairs = run.result("pairs")
+    n_pairs = sum(pairs.get("counts", {}).values())
+    n_images = pairs.get("n_images")
+    pde_data = f"{n_pairs:,} pairs from {n_images:,} images" if n_images else "pairs"
+    img_data = f"{n_images:,} stage images" if n_images else "stage images"
+    data_label = {"random": "none", "scratch": "none", "imagenet": "ImageNet weights file",
+                  "pde_class": pde_data, "pde_grading": pde_data,
+                  **{r: img_data for r in (*SSL_ROWS, "supervised")}}
+    summary = summarise({r: done[r] for r in args.rows if r in done}, seeds)
+    table, csv_rows = render(summary, data_label)
+    (run.dir / "table.md").write_text(table + "\n")
+    with open(run.dir / "table.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(csv_rows[0]))
+        writer.writeheader()
+        writer.writerows(csv_rows)
+    total = sum(s["seconds"] for r in done.values() for s in r.values())
+    print("\n" + table + "\n")
+    print(f"Rows took {total:.0f} s in all ({len(seeds)} seed(s)). Results: {run.dir}")
+    return {"run_dir": run.dir, "table": table, "rows": done, "summary": summary}
+
+
+def _metrics(m):
+    return {k: m[k] for k in ("mIoU", "mPA", "accuracy") if k in m}
+
+
+if __name__ == "__main__":
+    main()

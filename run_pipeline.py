@@ -1,0 +1,353 @@
+"""The numbered PDE steps end to end, on the built-in synthetic orchard or your own data.
+
+    python run_pipeline.py                      # demo profile on the synthetic orchard
+    python run_pipeline.py --init random        # the same, random encoder (baseline row)
+    python run_pipeline.py --profile tiny       # a minute or two, for a smoke test
+    python run_pipeline.py --archive A --phenology P.toml --voc VOCdevkit   # your data
+
+Steps: orchard (generate the synthetic data if needed) -> priors (step 1) -> select
+(step 2) -> pairs (step 3) -> pretrain (step 5, or step 4 with --method grading) ->
+unet_frozen and unet_finetune (step 6, each evaluated on the test split) -> predict
+(a few test images) -> growth (class shares over the season for one view) -> table.
+Every step writes into one run folder; ``--resume RUN_DIR`` skips the finished ones.
+"""
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from benchmarks.published import PUBLISHED, markdown_table  # noqa: E402
+from utils.utils import make_run_dir, set_seed, write_json  # noqa: E402
+
+STEPS = ("orchard", "priors", "select", "pairs", "pretrain", "unet_frozen",
+         "unet_finetune", "predict", "growth")
+
+# Each profile: the synthetic orchard it generates and the options of every step.
+# Step options are command-line fragments of the step's own script, so anything a
+# profile sets can be overridden with --<step>-args "...".
+PROFILES = {
+    "tiny": {
+        "orchard": dict(cameras=3, presets=(1,), times=("12",), image_size=(64, 64),
+                        n_train=4, n_val=2, n_test=2),
+        "pairs": "--per-class 24 --drop-empty-classes",
+        "pretrain": "--input-shape 64 64 --load-size 72 72 --batch-size 4 --test-batch-size 4 "
+                    "--epochs 1 --steps-per-epoch 2 --run-eagerly",
+        # Eager steps: at this size tracing a ResNet50 graph costs more than the steps.
+        "unet": "--input-shape 64 64 --freeze-batch-size 2 --unfreeze-batch-size 2 "
+                "--steps-per-epoch 2 --run-eagerly",
+        "unet_epochs": (1, 2),     # (frozen-phase epochs, total epochs)
+        "predict_images": 2,
+        "growth": "",
+    },
+    "demo": {
+        "orchard": dict(cameras=4, presets=(1, 2), times=("12",), image_size=(128, 224),
+                        n_train=60, n_val=20, n_test=40),
+        "pairs": "--per-class 2000",
+        # GAP instead of the original's Flatten head: at CPU sizes the Flatten dense
+        # (tens of millions of weights) made Adam diverge in our runs.
+        "pretrain": "--input-shape 96 160 --load-size 112 192 --batch-size 16 "
+                    "--test-batch-size 16 --epochs 2 --steps-per-epoch 50 --pool gap",
+        "unet": "--input-shape 96 160 --freeze-batch-size 8 --unfreeze-batch-size 8",
+        "unet_epochs": (6, 12),
+        "predict_images": 4,
+        "growth": "",
+    },
+    "paper": {
+        "orchard": dict(cameras=4, presets=(1, 2, 3, 4, 5), times=("09", "12", "15"),
+                        image_size=(576, 1024), n_train=60, n_val=20, n_test=40),
+        "pairs": "",          # the original's 200,000 pairs per class
+        "pretrain": "",       # the original's 288x512, batch 72, 20 epochs
+        "unet": "",           # the original's 576x1024, batch 18 / 8
+        "unet_epochs": (60, 120),
+        "predict_images": 8,
+        "growth": "",
+    },
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", choices=sorted(PROFILES), default="demo",
+                   help="sizes and epochs: tiny (tests, a minute or two), demo (default, "
+                        "about 15 minutes on a 2-core CPU), paper (the original's, for a GPU)")
+    p.add_argument("--method", choices=("class", "grading"), default="class",
+                   help="PDE distance: class = step 5 (classification, the published row), "
+                        "grading = step 4")
+    p.add_argument("--init", default="pde",
+                   help="encoder initialisation for the U-Net: pde (pretrain here, default), "
+                        "random (Glorot uniform, the baseline row), or a weights file")
+    p.add_argument("--archive", help="your camera archive <root>/<camera>/<preset>_<date>_<HH>.jpg "
+                                     "(default: the synthetic orchard)")
+    p.add_argument("--phenology", help="phenology priors TOML for --archive")
+    p.add_argument("--voc", help="your labelled set (a VOCdevkit folder)")
+    p.add_argument("--data-dir", default=None,
+                   help="where the synthetic orchard is generated or found "
+                        "(default demo_data/<profile>)")
+    p.add_argument("--steps", default=",".join(STEPS),
+                   help=f"comma-separated subset of: {','.join(STEPS)} (default all)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder, skipping "
+                                                       "the steps it has finished")
+    p.add_argument("--logs-dir", default="logs", help="parent of the run folder (default logs/)")
+    p.add_argument("--growth-camera", help="camera for the growth curves (default: first test camera)")
+    p.add_argument("--seed", type=int, default=11, help="random seed for every step (default 11)")
+    for step in ("select", "pairs", "pretrain", "unet", "growth"):
+        p.add_argument(f"--{step}-args", default="", metavar="'OPTS'",
+                       help=f"extra options passed to the {step} step's script "
+                            f"(override the profile's)")
+    args = p.parse_args(argv)
+    args.steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    unknown = sorted(set(args.steps) - set(STEPS))
+    if unknown:
+        p.error(f"unknown step(s) {', '.join(unknown)}; choose from {', '.join(STEPS)}")
+    if bool(args.archive) != bool(args.phenology):
+        p.error("--archive and --phenology go together")
+    return args
+
+
+class Run:
+    """The run folder and its record of finished steps (``steps.json``)."""
+
+    def __init__(self, run_dir):
+        self.dir = Path(run_dir)
+        self.record_path = self.dir / "steps.json"
+        self.record = json.loads(self.record_path.read_text()) if self.record_path.exists() else {}
+
+    def done(self, step):
+        return step in self.record
+
+    def finish(self, step, result, seconds):
+        self.record[step] = {"seconds": round(seconds, 1), "result": result}
+        write_json(self.record_path, self.record)
+
+    def result(self, step):
+        return self.record.get(step, {}).get("result", {})
+
+
+def _argv(*fragments):
+    out = []
+    for f in fragments:
+        out += shlex.split(f) if isinstance(f, str) else [str(x) for x in f]
+    return out
+
+
+def _plain(d):
+    """Paths to strings, so step results fit in steps.json."""
+    return json.loads(json.dumps(d, default=str))
+
+
+def step_orchard(args, run, profile):
+    if args.archive:
+        return {"archive": args.archive, "phenology": args.phenology, "voc": args.voc}
+    from data_processing.synthetic_orchard import generate_orchard
+
+    data_dir = Path(args.data_dir or Path("demo_data") / args.profile)
+    spec = dict(profile["orchard"], seed=args.seed)
+    spec_path = data_dir / "orchard_spec.json"
+    if spec_path.exists():
+        if json.loads(spec_path.read_text()) != _plain(spec):
+            raise SystemExit(f"{data_dir} holds an orchard generated with other settings "
+                             f"({spec_path}); pass another --data-dir.")
+        print(f"  reusing the synthetic orchard in {data_dir}")
+        return {"archive": str(data_dir / "archive"), "phenology": str(data_dir / "phenology.toml"),
+                "voc": str(data_dir / "VOCdevkit")}
+    made = generate_orchard(data_dir, contact_sheet=data_dir / "contact_sheet.png", **spec)
+    write_json(spec_path, spec)
+    return _plain({k: made[k] for k in ("archive", "phenology", "voc")})
+
+
+def step_priors(args, run, profile):
+    from data_processing import date_pro
+
+    data = run.result("orchard")
+    return _plain(date_pro.main(["--phenology", data["phenology"], "--archive", data["archive"]]) or {})
+
+
+def step_select(args, run, profile):
+    from data_processing import select_img
+
+    data = run.result("orchard")
+    result = select_img.main(_argv(["--archive", data["archive"], "--phenology", data["phenology"],
+                                    "--out", run.dir / "out", "--seed", args.seed],
+                                   args.select_args))
+    return _plain(result)
+
+
+def step_pairs(args, run, profile):
+    from data_processing import make_dataset
+
+    out = run.result("select")["out_dir"]
+    pairs = run.dir / "pairs"
+    result = make_dataset.main(_argv(["--image-dir", out, "--out-x", pairs / "X.npy",
+                                      "--out-y", pairs / "Y.npy", "--split", "0.8", "0.1", "0.1",
+                                      "--split-by", "date",
+                                      "--seed", args.seed],
+                                     profile["pairs"], args.pairs_args))
+    return _plain(result)
+
+
+def step_pretrain(args, run, profile):
+    if args.init != "pde":
+        return {"encoder_path": None if args.init == "random" else args.init}
+    if args.method == "class":
+        from pde_self_supervised import con_train_resnet_class as script
+    else:
+        from pde_self_supervised import con_train_resnet as script
+    out = run.result("select")["out_dir"]
+    splits = run.result("pairs")["splits"]
+    result = script.main(_argv(["--image-dir", out,
+                                "--pairs-x", splits["train"][0], "--pairs-y", splits["train"][1],
+                                "--val-pairs-x", splits["val"][0], "--val-pairs-y", splits["val"][1],
+                                "--test-pairs-x", splits["test"][0], "--test-pairs-y", splits["test"][1],
+                                "--logs-dir", run.dir, "--seed", args.seed],
+                               profile["pretrain"], args.pretrain_args))
+    return _plain({"run_dir": result["run_dir"], "encoder_path": result["encoder_path"],
+                   "test_metrics": result.get("test_metrics", {})})
+
+
+def _train_unet(args, run, profile, frozen_only):
+    import train
+
+    data = run.result("orchard")
+    freeze, total = profile["unet_epochs"]
+    encoder = run.result("pretrain").get("encoder_path")
+    argv = _argv(["--voc-path", data["voc"], "--logs-dir", run.dir, "--seed", args.seed,
+                  "--freeze-epoch", freeze, "--unfreeze-epoch", total],
+                 ["--model-path", encoder] if encoder else [],
+                 ["--frozen-only"] if frozen_only else [],
+                 profile["unet"], args.unet_args)
+    result = train.main(argv)
+    return _plain({"run_dir": result["run_dir"], "model_path": result["model_path"],
+                   "test_metrics": result["test_metrics"]})
+
+
+def step_unet_frozen(args, run, profile):
+    return _train_unet(args, run, profile, frozen_only=True)
+
+
+def step_unet_finetune(args, run, profile):
+    return _train_unet(args, run, profile, frozen_only=False)
+
+
+def _split_ids(voc, split):
+    path = Path(voc) / "VOC2007" / "ImageSets" / "Segmentation" / f"{split}.txt"
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def step_predict(args, run, profile):
+    import predict
+
+    data = run.result("orchard")
+    model = run.result("unet_finetune").get("model_path") or run.result("unet_frozen")["model_path"]
+    ids = _split_ids(data["voc"], "test")[: profile["predict_images"]]
+    images = [str(Path(data["voc"]) / "VOC2007" / "JPEGImages" / f"{i}.jpg") for i in ids]
+    pick = run.dir / "predict_input"
+    pick.mkdir(exist_ok=True)
+    for src in images:
+        dst = pick / Path(src).name
+        if not dst.exists():
+            os.link(src, dst) if _same_device(src, pick) else dst.write_bytes(Path(src).read_bytes())
+    out = run.dir / "predictions"
+    result = predict.main(_argv(["--mode", "dir_predict", "--model-path", model,
+                                 "--dir-origin-path", pick, "--dir-save-path", out],
+                                _unet_shape_args(profile, args)))
+    return _plain(result or {"out_dir": out})
+
+
+def _same_device(a, b):
+    return os.stat(a).st_dev == os.stat(b).st_dev
+
+
+def _unet_shape_args(profile, args):
+    """Pass the U-Net's --input-shape on to inference scripts."""
+    tokens = shlex.split(profile["unet"]) + shlex.split(args.unet_args)
+    shape = []
+    for i, t in enumerate(tokens):
+        if t == "--input-shape":
+            shape = ["--input-shape", tokens[i + 1], tokens[i + 2]]
+    return shape
+
+
+def step_growth(args, run, profile):
+    from growth_modeling import unet_gm
+
+    data = run.result("orchard")
+    model = run.result("unet_finetune").get("model_path") or run.result("unet_frozen")["model_path"]
+    camera = args.growth_camera or sorted(p.name for p in Path(data["archive"]).iterdir()
+                                          if p.is_dir())[-1]
+    from data_processing.names import parse_archive_name
+
+    first = next(p for p in sorted((Path(data["archive"]) / camera).iterdir()) if p.suffix == ".jpg")
+    name = parse_archive_name(first)
+    result = unet_gm.main(_argv(["--archive", data["archive"], "--camera", camera,
+                                 "--preset", name.preset, "--time", name.hour,
+                                 "--model-path", model, "--phenology", data["phenology"],
+                                 "--logs-dir", run.dir],
+                                _unet_shape_args(profile, args), profile["growth"],
+                                args.growth_args))
+    return _plain(result)
+
+
+STEP_FUNCS = {s: globals()[f"step_{s}"] for s in STEPS}
+
+
+def results_table(args, run):
+    """The run's row(s) beside the published ones, in the published layout."""
+    frozen = run.result("unet_frozen").get("test_metrics", {})
+    tuned = run.result("unet_finetune").get("test_metrics", {})
+    pairs = run.result("pairs").get("counts", {})
+    n_pairs = sum(pairs.values()) if isinstance(pairs, dict) else None
+    n_images = run.result("pairs").get("n_images")
+    if args.init == "pde":
+        key = "pde_class" if args.method == "class" else "pde_grading"
+        data = f"{n_pairs:,} pairs" if n_pairs else "pairs"
+        data += f" from {n_images:,} images" if n_images else ""
+    elif args.init == "random":
+        key, data = "random", "none"
+    else:
+        key, data = None, f"weights {args.init}"
+    label = (PUBLISHED[key][0] if key else "Given encoder") + ", this run"
+    rows = [(label, data, frozen.get("mIoU"), frozen.get("mPA"), tuned.get("mIoU"), tuned.get("mPA"))]
+    for k in dict.fromkeys([key, "random", "pde_class"]):
+        if k:
+            rows.append((PUBLISHED[k][0] + ", published", *PUBLISHED[k][1:]))
+    return markdown_table(rows)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    set_seed(args.seed)
+    profile = PROFILES[args.profile]
+    if args.resume:
+        run = Run(args.resume)
+        if not run.dir.is_dir():
+            raise SystemExit(f"--resume: {run.dir} is not a run folder")
+    else:
+        run = Run(make_run_dir(f"pipeline_{args.profile}", args, root=args.logs_dir))
+    print(f"Run folder: {run.dir}")
+    steps = [s for s in STEPS if s in args.steps]
+    # Later steps read what earlier ones recorded; a subset needs those already done.
+    for i, step in enumerate(steps, start=1):
+        if run.done(step):
+            print(f"[{i}/{len(steps)}] {step}: done earlier, skipped")
+            continue
+        print(f"[{i}/{len(steps)}] {step} ...", flush=True)
+        start = time.time()
+        result = STEP_FUNCS[step](args, run, profile)
+        run.finish(step, result, time.time() - start)
+        print(f"[{i}/{len(steps)}] {step} finished in {time.time() - start:.0f} s", flush=True)
+    table = results_table(args, run)
+    (run.dir / "results.md").write_text(table + "\n")
+    total = sum(v["seconds"] for v in run.record.values())
+    print("\n" + table + "\n")
+    print(f"Steps took {total:.0f} s in all. Everything is in {run.dir}")
+    return {"run_dir": run.dir, "table": table, "steps": run.record}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""run_pipeline.py and benchmarks/paper_table.py end to end on the tiny profile.
+
+One tiny orchard serves both; every model step runs eagerly at 64x64 for 2 steps.
+The end-to-end tests are marked slow (about 3 + 3 CPU-minutes on 2 cores, over the
+suite's budget): run them with ``python -m pytest tests/test_run_pipeline.py --runslow``.
+"""
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import run_pipeline
+from benchmarks import paper_table
+
+pytestmark = pytest.mark.xdist_group("pipeline")
+
+NUMBER_ROW = re.compile(r"^\| (?P<label>[^|]+, this run) \|[^|]+\|"
+                        r"(?P<cells>( [0-9.]+ \|){4})$", re.M)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    result = run_pipeline.main(["--profile", "tiny", "--logs-dir", str(root / "logs"),
+                                "--data-dir", str(root / "data")])
+    return root, result
+
+
+@pytest.mark.slow
+def test_every_step_leaves_its_artifacts(tiny_run):
+    root, result = tiny_run
+    run = Path(result["run_dir"])
+    steps = json.loads((run / "steps.json").read_text())
+    assert list(steps) == list(run_pipeline.STEPS)
+    assert (root / "data" / "archive").is_dir() and (root / "data" / "phenology.toml").is_file()
+    assert (run / "out" / "manifest.csv").is_file()
+    for name in ("train", "val", "test"):
+        x, y = steps["pairs"]["result"]["splits"][name]
+        assert Path(x).is_file() and Path(y).is_file()
+    assert Path(steps["pretrain"]["result"]["encoder_path"]).is_file()
+    for step in ("unet_frozen", "unet_finetune"):
+        unet = steps[step]["result"]
+        assert Path(unet["model_path"]).is_file()
+        assert (Path(unet["run_dir"]) / "miou_test" / "metrics.json").is_file()
+        assert 0.0 <= unet["test_metrics"]["mIoU"] <= 1.0
+    assert len(list((run / "predictions").glob("*"))) == run_pipeline.PROFILES["tiny"]["predict_images"]
+    growth = steps["growth"]["result"]
+    assert Path(growth["shares_csv"]).is_file() and all(Path(p).is_file() for p in growth["plots"])
+    assert (run / "results.md").read_text().strip() == result["table"].strip()
+
+
+@pytest.mark.slow
+def test_table_has_this_runs_numbers_beside_the_published_row(tiny_run):
+    _, result = tiny_run
+    table = result["table"]
+    rows = NUMBER_ROW.findall(table)
+    assert len(rows) == 1, table
+    values = [float(v) for v in re.findall(r"[0-9.]+", rows[0][1])]
+    assert len(values) == 4 and all(0 <= v <= 1 for v in values)
+    assert "PDE (classification distance), published | 600,000 pairs from 3,100 images | 0.5502" in table
+
+
+@pytest.mark.slow
+def test_resume_skips_finished_steps(tiny_run, capsys):
+    root, result = tiny_run
+    again = run_pipeline.main(["--profile", "tiny", "--resume", str(result["run_dir"]),
+                               "--data-dir", str(root / "data")])
+    out = capsys.readouterr().out
+    assert out.count("done earlier, skipped") == len(run_pipeline.STEPS)
+    assert again["table"] == result["table"]
+
+
+def test_unknown_step_and_lone_archive_are_refused():
+    with pytest.raises(SystemExit):
+        run_pipeline.parse_args(["--steps", "orchard,nonsense"])
+    with pytest.raises(SystemExit):
+        run_pipeline.parse_args(["--archive", "somewhere"])
+
+
+@pytest.mark.slow
+def test_paper_table_tiny_writes_csv_and_markdown(tiny_run):
+    root, _ = tiny_run
+    result = paper_table.main(["--profile", "tiny", "--rows", "random,pde_class",
+                               "--logs-dir", str(root / "table"), "--data-dir", str(root / "data")])
+    run = Path(result["run_dir"])
+    with open(run / "table.csv") as f:
+        rows = {r["row"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"random", "pde_class"}
+    for r in rows.values():
+        for key in ("frozen mIoU", "frozen mPA", "tuned mIoU", "tuned mPA"):
+            assert 0.0 <= float(r[key]) <= 1.0
+    md = (run / "table.md").read_text()
+    assert "Glorot uniform (random), this run" in md and "0.2309" in md
+    # A rerun of the same folder computes nothing again.
+    again = paper_table.main(["--profile", "tiny", "--rows", "random,pde_class",
+                              "--resume", str(run), "--data-dir", str(root / "data")])
+    assert again["rows"] == result["rows"]
+
+
+def test_paper_table_refuses_unknown_rows_and_missing_imagenet_file(tmp_path):
+    with pytest.raises(SystemExit):
+        paper_table.parse_args(["--rows", "random,byol_v9"])
+    with pytest.raises(SystemExit):
+        paper_table.parse_args(["--rows", "imagenet"])
+    with pytest.raises(SystemExit):
+        paper_table.parse_args(["--rows", "imagenet", "--imagenet-weights", str(tmp_path / "no.h5")])
