@@ -74,8 +74,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", choices=sorted(PROFILES), default="demo",
-                   help="sizes and epochs: tiny (tests, a minute or two), demo (default, "
-                        "about 15 minutes on a 2-core CPU), paper (the original's, for a GPU)")
+                   help="sizes and epochs: tiny (a wiring check of every step), demo (default: "
+                        "CPU-sized; its end-to-end time is not measured yet), paper (the "
+                        "original's sizes and epochs, for a GPU)")
     p.add_argument("--method", choices=("class", "grading"), default="class",
                    help="PDE distance: class = step 5 (classification, the published row), "
                         "grading = step 4")
