@@ -1,0 +1,462 @@
+"""What the two PDE training scripts share: options, data checks, the run loop.
+
+``con_train_resnet_class.py`` and ``con_train_resnet.py`` each describe their model,
+loss and defaults in a :class:`MethodSpec` and call :func:`run`.
+"""
+import argparse
+import csv
+import dataclasses
+import os
+import re
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from nets.encoders import check_input_shape
+from pde_self_supervised.dataloader_2img import (PairDataError, bad_images_message,
+                                                 build_image_cache, cache_bytes,
+                                                 check_all_present, drop_pairs_with,
+                                                 find_bad_images, find_undecodable,
+                                                 load_pair_index, pair_dataset,
+                                                 split_by_fractions)
+from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,
+                         make_run_dir, set_mixed_precision, set_seed, write_json)
+
+# The file names the original's make_dataset.py gave the pair index.
+DEFAULT_PAIRS_X = "x_out_inx200000.npy"
+DEFAULT_PAIRS_Y = "y_out_inx200000.npy"
+CHECKPOINT_PATTERN = "ep{epoch:03d}-loss{loss:.3f}-val_loss{val_loss:.3f}.keras"
+CHECKPOINT_RE = re.compile(r"^ep(\d+)-.*\.keras$")
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass
+class MethodSpec:
+    """One PDE variant: how to build, compile and name it."""
+    run_name: str                      # run folder prefix, e.g. "pde_class"
+    kind: str                          # "class" or "grading": the targets
+    build_model: Callable              # args -> keras.Model
+    make_optimizer: Callable           # args -> keras optimizer
+    make_loss: Callable                # args -> loss
+    metrics: list
+    epochs: int
+    split: tuple                       # default (train, val) fractions; test is the rest
+    split_note: str                    # the original's split, for the help text
+
+
+def add_arguments(parser, spec):
+    """The options both training scripts take, with the original's defaults."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--image-dir", default="out",
+                      help="folder of stage images from step 2 (original: out/)")
+    data.add_argument("--pairs-x", default=DEFAULT_PAIRS_X,
+                      help=f"pair index: image names, (n, 2) .npy from step 3 "
+                           f"(original: {DEFAULT_PAIRS_X})")
+    data.add_argument("--pairs-y", default=DEFAULT_PAIRS_Y,
+                      help=f"pair index: classes 0..3, (n,) .npy (original: {DEFAULT_PAIRS_Y})")
+    for split in ("val", "test"):
+        data.add_argument(f"--{split}-pairs-x", default=None,
+                          help=f"explicit {split} split names .npy (with --{split}-pairs-y); "
+                               f"then --pairs-x/-y are the whole training split")
+        data.add_argument(f"--{split}-pairs-y", default=None,
+                          help=f"explicit {split} split classes .npy")
+    data.add_argument("--split", type=float, nargs=2, metavar=("TRAIN", "VAL"),
+                      default=list(spec.split),
+                      help=f"fractions of the pair index, in file order, for training and "
+                           f"validation; the rest is the test split (original: "
+                           f"{spec.split_note}; default {spec.split[0]} {spec.split[1]})")
+    data.add_argument("--input-shape", type=int, nargs=2, metavar=("H", "W"), default=[288, 512],
+                      help="network input, after the random crop; divisible by 32 "
+                           "(original: 288 512)")
+    data.add_argument("--load-size", type=int, nargs=2, metavar=("H", "W"), default=[432, 768],
+                      help="size images are resized to before the crop (original: 432 768)")
+    data.add_argument("--no-augment", action="store_true",
+                      help="centre crop, no flips or colour changes (original: augment)")
+    data.add_argument("--skip-bad-images", action="store_true",
+                      help="leave out the pairs of unreadable images instead of stopping")
+    data.add_argument("--cache-images", choices=("auto", "on", "off"), default="auto",
+                      help="keep every image, resized to the load size, in memory (decoded "
+                           "once instead of once per pair); auto = on when it fits in "
+                           "--cache-mb (default auto)")
+    data.add_argument("--cache-mb", type=int, default=4096,
+                      help="largest image cache 'auto' builds, in MB (default 4096)")
+    train = parser.add_argument_group("training")
+    train.add_argument("--batch-size", type=int, default=72, help="pairs per step (original: 72)")
+    train.add_argument("--test-batch-size", type=int, default=64,
+                       help="pairs per step of the test evaluation (original: 64)")
+    train.add_argument("--epochs", type=int, default=spec.epochs,
+                       help=f"(original: {spec.epochs})")
+    train.add_argument("--steps-per-epoch", type=int, default=None,
+                       help="steps per epoch; fewer than one pass for quick runs, more for "
+                            "several passes per epoch (original: one pass, n_train // batch "
+                            "size)")
+    train.add_argument("--validation-steps", type=int, default=None,
+                       help="cap on validation steps per epoch (default: the whole split)")
+    train.add_argument("--learning-rate", type=float, default=1e-3,
+                       help="(original: the Keras default, 0.001)")
+    train.add_argument("--pool", choices=("flatten", "gap"), default="flatten",
+                       help="how each tower reduces its last feature map: flatten (original) or "
+                            "global average pooling (far fewer parameters at large inputs)")
+    train.add_argument("--shared-towers", action="store_true",
+                       help="one encoder for both images (original: two towers)")
+    train.add_argument("--keep-checkpoints", type=int, default=0, metavar="N",
+                       help="keep only the N newest checkpoints this command wrote (0 = "
+                            "all, as the original). A checkpoint holds the weights and the "
+                            "optimizer state: about 4.2 GB at 288x512 with --pool flatten")
+    train.add_argument("--run-eagerly", action="store_true",
+                       help="debugging: run the train step eagerly (slow per step, but no "
+                            "graph tracing)")
+    train.add_argument("--resume", default=None, metavar="RUN_DIR",
+                       help="continue a run from its last checkpoint (weights, optimizer, "
+                            "epoch), writing into the same folder")
+    add_common_training_args(parser)
+    return parser
+
+
+def _read_split(x_path, y_path, what):
+    if (x_path is None) != (y_path is None):
+        raise PairDataError(f"give both --{what}-pairs-x and --{what}-pairs-y, or neither")
+    return load_pair_index(x_path, y_path)
+
+
+def load_splits(args):
+    """``{"train": (x, y), "val": ..., "test": ...}`` from the options."""
+    explicit = [args.val_pairs_x, args.val_pairs_y, args.test_pairs_x, args.test_pairs_y]
+    if any(v is not None for v in explicit):
+        if any(v is None for v in explicit):
+            raise PairDataError("explicit splits need all of --val-pairs-x/-y and "
+                                "--test-pairs-x/-y; otherwise use --split")
+        splits = {"train": load_pair_index(args.pairs_x, args.pairs_y),
+                  "val": _read_split(args.val_pairs_x, args.val_pairs_y, "val"),
+                  "test": _read_split(args.test_pairs_x, args.test_pairs_y, "test")}
+    else:
+        x, y = load_pair_index(args.pairs_x, args.pairs_y)
+        splits = split_by_fractions(x, y, *args.split)
+    check_not_empty(splits)
+    return splits
+
+
+def check_not_empty(splits):
+    for name in SPLITS:
+        if len(splits[name][0]) == 0:
+            sizes = ", ".join(f"{k} {len(v[0])}" for k, v in splits.items())
+            raise PairDataError(f"the {name} split is empty ({sizes} pairs); give more pairs, "
+                                f"change --split, or pass the split files")
+
+
+def _all_names(splits):
+    return np.concatenate([splits[s][0].reshape(-1) for s in SPLITS])
+
+
+def _want_cache(args, n_images):
+    if args.cache_images != "auto":
+        return args.cache_images == "on"
+    if args.strategy == "multiworker":
+        return False  # untested across machines; each worker would hold a full copy
+    size_mb = cache_bytes(n_images, args.load_size) / 2**20
+    try:
+        free_mb = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (ValueError, OSError, AttributeError):
+        free_mb = float("inf")
+    return size_mb <= min(args.cache_mb, free_mb / 2)
+
+
+def prepare_data(args):
+    """Read the splits, check every file, drop bad pairs (with --skip-bad-images),
+    build the image cache. Returns ``(splits, cache or None)``."""
+    splits = load_splits(args)
+    names = _all_names(splits)
+    check_all_present(names, args.image_dir, index_name=args.pairs_x)
+    bad = find_bad_images(names, args.image_dir)
+    if bad and not args.skip_bad_images:
+        raise PairDataError(bad_images_message(bad, args.image_dir))
+    n_images = len(np.unique(names))
+    cache = None
+    if _want_cache(args, n_images):
+        size_mb = cache_bytes(n_images, args.load_size) / 2**20
+        print(f"Caching {n_images} images at {args.load_size[0]}x{args.load_size[1]} "
+              f"({size_mb:.0f} MB; --cache-images off to read files per pair)")
+        good = np.setdiff1d(np.unique(names), list(bad))
+        cache = build_image_cache(good, args.image_dir, args.load_size,
+                                  skip_bad=args.skip_bad_images)
+        bad.update(cache.bad)
+    if bad:
+        removed = 0
+        for name in SPLITS:
+            x, y, k = drop_pairs_with(*splits[name], bad)
+            splits[name] = (x, y)
+            removed += k
+        print(f"--skip-bad-images: {len(bad)} unreadable image(s) left out, {removed} pairs "
+              f"dropped; first: {', '.join(list(bad)[:5])}")
+        check_not_empty(splits)
+    print("Pairs: " + ", ".join(f"{s} {len(splits[s][0])}" for s in SPLITS))
+    return splits, cache
+
+
+def last_checkpoint(run_dir):
+    """``(path, epoch)`` of the newest ``epNNN-*.keras`` in ``run_dir``."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"--resume: run folder not found: {run_dir}")
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir()
+             if (m := CHECKPOINT_RE.match(p.name))]
+    if not found:
+        raise FileNotFoundError(f"--resume: no checkpoint ep*.keras in {run_dir}")
+    epoch, path = max(found)
+    return path, epoch
+
+
+def fresh_path(path):
+    """``path``, or ``stem_2.ext``, ``stem_3.ext`` ... whichever does not exist yet."""
+    path = Path(path)
+    if not path.exists():
+        return path
+    name, suffix = path.name.split(".", 1)
+    k = 2
+    while (candidate := path.with_name(f"{name}_{k}.{suffix}")).exists():
+        k += 1
+    return candidate
+
+
+def read_csv_log(path):
+    """Columns of a Keras CSVLogger file as ``{name: [floats]}`` (empty when absent)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = rows[0].keys() if rows else []
+    return {k: [float(r[k]) for r in rows if r.get(k) not in (None, "")] for k in columns}
+
+
+def _callbacks(args, run_dir):
+    import keras
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    csv_path = run_dir / "training_log.csv"
+
+    class PairsPerSecond(keras.callbacks.Callback):
+        """Adds ``pairs_per_s`` to the progress bar and the per-epoch log."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = self.last = time.perf_counter()
+            self.steps = 0
+
+        def rate(self):
+            return self.steps * args.batch_size / (time.perf_counter() - self.start)
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps += 1
+            if logs is not None:
+                logs["pairs_per_s"] = self.rate()
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                logs["pairs_per_s"] = self.rate()
+
+    class LossPlot(keras.callbacks.Callback):
+        """Redraws loss.png from the whole CSV log (earlier runs of a resumed run too)."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            log = read_csv_log(csv_path)
+            if not log.get("loss"):
+                return
+            fig, ax = plt.subplots(figsize=(6, 4))
+            epochs = [int(e) + 1 for e in log.get("epoch", range(len(log["loss"])))]
+            ax.plot(epochs, log["loss"], label="train loss")
+            if log.get("val_loss"):
+                ax.plot(epochs[:len(log["val_loss"])], log["val_loss"], label="val loss")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("loss")
+            ax.legend()
+            fig.tight_layout()
+            fig.savefig(run_dir / "loss.png", dpi=100)
+            plt.close(fig)
+
+    class PruneCheckpoints(keras.callbacks.Callback):
+        """Deletes this command's older checkpoints beyond the ``keep`` newest; files
+        that were in the folder before it started are never touched."""
+
+        def __init__(self, keep):
+            super().__init__()
+            self.keep = keep
+            self.before = set(run_dir.glob("ep*.keras"))
+
+        def on_epoch_end(self, epoch, logs=None):
+            ours = sorted((p for p in run_dir.glob("ep*.keras") if p not in self.before),
+                          key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)))
+            for path in ours[:-self.keep]:
+                path.unlink()
+
+    class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+        """EarlyStopping that, in a resumed run, counts the epochs already logged."""
+
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            if self.monitor_op is None:
+                self._set_monitor_op()
+            for value in read_csv_log(csv_path).get(self.monitor, []):
+                self.wait += 1
+                if self._is_improvement(value, self.best):
+                    self.best, self.wait = value, 0
+
+    class EpochSummaries(keras.callbacks.Callback):
+        """Per-epoch scalars as TensorBoard event files (``train/`` and ``validation/``).
+
+        Written with ``tf.summary.write``, which needs only TensorFlow: Keras's
+        TensorBoard callback needs the tensorboard package installed.
+        """
+
+        def on_train_begin(self, logs=None):
+            import tensorflow as tf
+            from tensorflow.core.framework import summary_pb2
+
+            self.tf = tf
+            self.metadata = summary_pb2.SummaryMetadata(
+                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+            self.writers = {part: tf.summary.create_file_writer(str(run_dir / "tensorboard" / part))
+                            for part in ("train", "validation")}
+
+        def on_epoch_end(self, epoch, logs=None):
+            for key, value in (logs or {}).items():
+                part, tag = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+                with self.writers[part].as_default():
+                    self.tf.summary.write("epoch_" + tag, self.tf.constant(float(value)),
+                                          step=epoch, metadata=self.metadata)
+            for writer in self.writers.values():
+                writer.flush()
+
+        def on_train_end(self, logs=None):
+            for writer in self.writers.values():
+                writer.close()
+
+    callbacks = [
+        PairsPerSecond(),
+        keras.callbacks.CSVLogger(str(csv_path), append=True),
+        keras.callbacks.ModelCheckpoint(str(run_dir / CHECKPOINT_PATTERN), monitor="val_loss",
+                                        save_best_only=False, save_weights_only=False),
+        EpochSummaries(),
+        LossPlot(),
+        ResumableEarlyStopping(monitor="val_loss", mode="min", min_delta=0.001, patience=3,
+                               verbose=1),
+    ]
+    if args.keep_checkpoints > 0:
+        callbacks.insert(3, PruneCheckpoints(args.keep_checkpoints))
+    return callbacks
+
+
+def _compile(model, spec, args, optimizer=None):
+    model.compile(optimizer=optimizer or spec.make_optimizer(args), loss=spec.make_loss(args),
+                  metrics=list(spec.metrics), run_eagerly=args.run_eagerly,
+                  jit_compile=False if args.run_eagerly else jit_compile_default())
+    return model
+
+
+def build_training_state(model, element_spec):
+    """Create the optimizer's and the metrics' variables before the first step.
+
+    Outside a distribution strategy Keras creates them inside the first traced train
+    step, and TensorFlow then traces that step a second time: for a two-tower ResNet50
+    that is a minute or more of CPU time saved per run.
+    """
+    model.optimizer.build(model.trainable_variables)
+    symbolic_build = getattr(model, "_symbolic_build", None)  # Keras 3 internal
+    if symbolic_build is not None:
+        symbolic_build(data_batch=element_spec)
+
+
+def run(spec, args):
+    """Train one PDE variant as ``args`` say; see the scripts' ``main`` for the result."""
+    import keras
+    import tensorflow as tf
+
+    from utils.weights import save_encoder
+
+    import pde_self_supervised.layers  # noqa: F401  (custom layers for checkpoints)
+    import pde_self_supervised.losses  # noqa: F401
+
+    set_seed(args.seed)
+    shape = (args.input_shape[0], args.input_shape[1], 3)
+    check_input_shape(shape, "resnet50")
+    if args.input_shape[0] > args.load_size[0] or args.input_shape[1] > args.load_size[1]:
+        raise ValueError(f"--input-shape {args.input_shape} is larger than --load-size "
+                         f"{args.load_size}; the input is a crop of the loaded image")
+    for option in ("batch_size", "test_batch_size", "epochs"):
+        if getattr(args, option) < 1:
+            raise ValueError(f"--{option.replace('_', '-')} must be at least 1")
+
+    resume_from, initial_epoch = None, 0
+    if args.resume:
+        resume_from, initial_epoch = last_checkpoint(args.resume)
+    splits, cache = prepare_data(args)
+
+    policy = set_mixed_precision(args.mixed_precision)
+    strategy = get_strategy(args.strategy)
+    if resume_from:
+        run_dir = Path(args.resume)
+        write_json(fresh_path(run_dir / "args_resume.json"), vars(args))
+        print(f"Resuming {run_dir} from {resume_from.name} (epoch {initial_epoch})")
+    else:
+        run_dir = make_run_dir(spec.run_name, args, root=args.logs_dir)
+    print(f"Run folder: {run_dir}  (precision {policy}, strategy {args.strategy}, "
+          f"{strategy.num_replicas_in_sync} replica(s))")
+
+    common = dict(kind=spec.kind, grades=getattr(args, "grades", None) or (1.0, 1.0, 0.0, 0.0),
+                  load_size=tuple(args.load_size), input_size=tuple(args.input_shape),
+                  seed=args.seed, augment=not args.no_augment, skip_errors=args.skip_bad_images,
+                  cache=cache)
+    n_train = len(splits["train"][0])
+    steps = args.steps_per_epoch or n_train // args.batch_size
+    if n_train < args.batch_size:
+        raise PairDataError(f"the training split has {n_train} pairs, fewer than one batch of "
+                            f"{args.batch_size}; lower --batch-size")
+    train_ds = pair_dataset(*splits["train"], args.image_dir, args.batch_size, training=True,
+                            steps_per_epoch=steps, first_epoch=initial_epoch, **common)
+    val_ds = pair_dataset(*splits["val"], args.image_dir, args.batch_size, training=False, **common)
+    test_ds = pair_dataset(*splits["test"], args.image_dir, args.test_batch_size,
+                           training=False, **common)
+
+    with strategy.scope():
+        if resume_from:
+            # compile=True restores the optimizer with its state; compile again for XLA
+            # and metrics as this run asks, keeping that optimizer.
+            model = keras.models.load_model(resume_from, safe_mode=False)
+            model = _compile(model, spec, args, optimizer=model.optimizer)
+        else:
+            model = _compile(spec.build_model(args), spec, args)
+        build_training_state(model, train_ds.element_spec)
+    model.summary(line_length=110)
+
+    try:
+        history = model.fit(train_ds, steps_per_epoch=steps, epochs=args.epochs,
+                            initial_epoch=initial_epoch, validation_data=val_ds,
+                            validation_steps=args.validation_steps,
+                            callbacks=_callbacks(args, run_dir))
+        test_metrics = model.evaluate(test_ds, return_dict=True)
+    except tf.errors.InvalidArgumentError as exc:
+        if cache is None:
+            bad = find_undecodable(_all_names(splits), args.image_dir)
+            if bad:
+                raise PairDataError(bad_images_message(bad, args.image_dir)) from exc
+        raise
+    test_metrics = {k: float(v) for k, v in test_metrics.items()}
+    print("Test split: " + ", ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()))
+    write_json(fresh_path(run_dir / "test_metrics.json"), test_metrics)
+
+    encoder_path = save_encoder(model.get_layer("resnet50"),
+                                fresh_path(run_dir / "encoder.weights.h5"), backbone="resnet50")
+    print(f"Encoder (tower 1) saved to {encoder_path}")
+    return {"run_dir": run_dir, "encoder_path": Path(encoder_path),
+            "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+            "test_metrics": test_metrics, "model": model}
+
+
+def make_parser(spec, description):
+    return add_arguments(argparse.ArgumentParser(description=description), spec)

@@ -1,0 +1,221 @@
+"""PDE training scripts end to end on a tiny learnable pair set.
+
+One real training run (module fixture) serves the run-folder, loss, encoder-reload
+and resume tests: the first traced step of a ResNet50 Siamese model costs about half
+a minute of CPU, so the file trains once. The resumed epoch runs eagerly (no trace).
+"""
+import io
+import shutil
+import zipfile
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from pde_self_supervised import con_train_resnet, con_train_resnet_class, train_common
+from pde_self_supervised.dataloader_2img import PairDataError
+
+pytestmark = pytest.mark.xdist_group("pde_train")
+
+# Shared towers, global pooling and 32x32 keep the one training run cheap. The
+# training split is exactly one batch, so every step sees the same batch statistics
+# and the loss falls steadily (with batches that vary, batch norm at batch 8 makes a
+# fresh ResNet50's loss jump around for far more than a few dozen steps).
+QUICK = ["--input-shape", "32", "32", "--load-size", "32", "32", "--batch-size", "8",
+         "--test-batch-size", "8", "--pool", "gap", "--shared-towers", "--no-augment"]
+
+
+def make_pair_set(folder):
+    """Four images (view = red or green, stage = low or high blue) and four pair types,
+    one per prior class, twice: a pair set a network can learn in a few steps."""
+    rng = np.random.default_rng(0)
+    names = {}
+    for view in range(2):
+        for stage in range(2):
+            a = np.zeros((32, 32, 3), np.uint8)
+            a[..., view] = 200
+            a[..., 2] = 40 if stage == 0 else 220
+            a = np.clip(a.astype(int) + rng.integers(-10, 10, a.shape), 0, 255).astype(np.uint8)
+            names[view, stage] = f"v{view}s{stage}.png"
+            Image.fromarray(a).save(folder / names[view, stage])
+    base = np.array([[names[0, 0], names[0, 0]], [names[0, 0], names[0, 1]],
+                     [names[0, 0], names[1, 0]], [names[0, 0], names[1, 1]]])
+    files = {}
+    for split in ("train", "val", "test"):
+        files[split] = (folder / f"x_{split}.npy", folder / f"y_{split}.npy")
+        np.save(files[split][0], np.tile(base, (2, 1)))
+        np.save(files[split][1], np.tile(np.arange(4), 2))
+    return files
+
+
+def data_args(folder, files, logs):
+    return ["--image-dir", str(folder), "--pairs-x", str(files["train"][0]),
+            "--pairs-y", str(files["train"][1]),
+            "--val-pairs-x", str(files["val"][0]), "--val-pairs-y", str(files["val"][1]),
+            "--test-pairs-x", str(files["test"][0]), "--test-pairs-y", str(files["test"][1]),
+            "--logs-dir", str(logs)]
+
+
+@pytest.fixture(scope="module")
+def pair_set(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pairs")
+    return folder, make_pair_set(folder)
+
+
+@pytest.fixture(scope="module")
+def trained(pair_set, tmp_path_factory):
+    import tensorflow as tf
+
+    folder, files = pair_set
+    logs = tmp_path_factory.mktemp("logs")
+    # TensorFlow's graph optimizer takes a third of the first step's ~30 s on a CPU and
+    # gains nothing in 20 small steps; switched off for this run only.
+    saved = tf.config.optimizer.get_experimental_options()
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    try:
+        result = con_train_resnet_class.main(
+            data_args(folder, files, logs) + QUICK + ["--epochs", "2", "--steps-per-epoch", "10"])
+    finally:
+        tf.config.optimizer.set_experimental_options(
+            {"disable_meta_optimizer": saved.get("disable_meta_optimizer", False)})
+    return result, folder, files
+
+
+def test_run_folder_holds_the_record(trained):
+    result, _, _ = trained
+    run = result["run_dir"]
+    assert run.name.startswith("pde_class_")
+    for name in ("args.json", "training_log.csv", "loss.png", "test_metrics.json",
+                 "encoder.weights.h5"):
+        assert (run / name).is_file(), name
+    assert sorted(p.name[:5] for p in run.glob("ep*.keras")) == ["ep001", "ep002"]
+    assert list((run / "tensorboard" / "train").glob("events.out.tfevents.*"))
+    log = train_common.read_csv_log(run / "training_log.csv")
+    assert log["epoch"] == [0.0, 1.0] and len(log["val_loss"]) == 2 and log["pairs_per_s"][0] > 0
+    assert set(result["test_metrics"]) >= {"loss", "acc", "mse"}
+    assert result["encoder_path"] == run / "encoder.weights.h5"
+
+
+def test_a_few_dozen_steps_bring_the_loss_down(trained):
+    loss = trained[0]["history"]["loss"]
+    assert len(loss) == 2 and loss[1] < loss[0]
+
+
+def test_saved_encoder_reloads_with_identical_outputs_and_into_a_unet(trained):
+    from nets.encoders import build_encoder, weighted_layers
+    from nets.unet import Unet, get_encoder
+    from utils.weights import load_weights_by_name
+
+    result, _, _ = trained
+    tower = result["model"].get_layer("resnet50")
+    encoder = build_encoder((32, 32, 3), "resnet50")
+    encoder.load_weights(result["encoder_path"])
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
+    for a, b in zip(encoder(x, training=False), tower(x, training=False)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    unet = Unet((32, 32, 3), 5, "resnet50")
+    report = load_weights_by_name(unet, result["encoder_path"])
+    encoder_layers = [layer.name for layer in weighted_layers(get_encoder(unet))]
+    assert len(encoder_layers) == 106 and report.loaded == encoder_layers
+    assert not report.mismatched and not set(report.missing) & set(encoder_layers)
+    # Step 6 may also be given a whole Siamese checkpoint: tower 1 matches by name.
+    checkpoint = sorted(result["run_dir"].glob("ep002-*.keras"))[0]
+    assert load_weights_by_name(unet, checkpoint).loaded == encoder_layers
+
+
+def _optimizer_iterations(checkpoint):
+    with zipfile.ZipFile(checkpoint) as z, z.open("model.weights.h5") as f:
+        with h5py.File(io.BytesIO(f.read()), "r") as h:
+            return int(h["optimizer/vars/0"][()])
+
+
+def test_resume_continues_at_the_next_epoch(trained, tmp_path):
+    result, folder, files = trained
+    run = tmp_path / "run"
+    run.mkdir()
+    # A run stopped after epoch 1: its first checkpoint and the first row of its log.
+    first = sorted(result["run_dir"].glob("ep001-*.keras"))[0]
+    (run / first.name).hardlink_to(first)
+    shutil.copy(result["run_dir"] / "args.json", run / "args.json")
+    lines = (result["run_dir"] / "training_log.csv").read_text().splitlines()
+    (run / "training_log.csv").write_text("\n".join(lines[:2]) + "\n")
+
+    again = con_train_resnet_class.main(
+        data_args(folder, files, tmp_path / "unused") + QUICK
+        + ["--epochs", "2", "--steps-per-epoch", "1", "--validation-steps", "1",
+           "--resume", str(run), "--run-eagerly"])
+    assert again["run_dir"] == run
+    assert len(again["history"]["loss"]) == 1
+    log = train_common.read_csv_log(run / "training_log.csv")
+    assert log["epoch"] == [0.0, 1.0]
+    resumed = sorted(run.glob("ep002-*.keras"))
+    assert len(resumed) == 1 and (run / first.name).exists() and (run / "args_resume.json").exists()
+    # Optimizer state carried over: 10 steps of epoch 1, then 1 more.
+    assert _optimizer_iterations(first) == 10
+    assert _optimizer_iterations(resumed[0]) == 11
+    assert not (tmp_path / "unused").exists()
+
+
+def test_bad_inputs_fail_before_training(pair_set, tmp_path):
+    folder, files = pair_set
+    base = data_args(folder, files, tmp_path / "logs") + QUICK
+    with pytest.raises(ValueError, match="not divisible by 32"):
+        con_train_resnet_class.main(base + ["--input-shape", "48", "64"])
+
+    x_missing = tmp_path / "x_missing.npy"
+    np.save(x_missing, np.array([["v0s0.png", "gone_a.jpg"], ["gone_b.jpg", "v0s1.png"]] * 4))
+    with pytest.raises(PairDataError, match=r"2 of 6 images .* missing .*gone_a\.jpg, gone_b\.jpg"):
+        con_train_resnet_class.main(base + ["--pairs-x", str(x_missing)])
+
+    with pytest.raises(PairDataError, match="the val split is empty"):
+        con_train_resnet.main(["--image-dir", str(folder), "--pairs-x", str(files["train"][0]),
+                               "--pairs-y", str(files["train"][1]), "--split", "1.0", "0.0",
+                               "--logs-dir", str(tmp_path / "logs")] + QUICK)
+
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        con_train_resnet_class.main(base + ["--resume", str(tmp_path)])
+    assert not (tmp_path / "logs").exists()
+
+
+def test_corrupt_image_is_named_or_skipped(pair_set, tmp_path):
+    folder, files = pair_set
+    images = tmp_path / "images"
+    shutil.copytree(folder, images)
+    jpeg = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(jpeg, format="JPEG")
+    (images / "cut.jpg").write_bytes(jpeg.getvalue()[:300])
+    x = np.load(files["train"][0])
+    x[:2, 1] = "cut.jpg"
+    np.save(tmp_path / "x.npy", x)
+    args = (data_args(images, files, tmp_path / "logs") + QUICK
+            + ["--pairs-x", str(tmp_path / "x.npy")])
+    with pytest.raises(PairDataError, match=r"cut\.jpg: truncated JPEG"):
+        con_train_resnet_class.main(args)
+    splits, cache = train_common.prepare_data(
+        con_train_resnet_class.parse_args(args + ["--skip-bad-images"]))
+    assert len(splits["train"][0]) == 6 and "cut.jpg" not in splits["train"][0]
+    assert cache is not None and "cut.jpg" not in cache.index
+
+
+def test_grading_options_are_checked():
+    args = con_train_resnet.parse_args([])
+    assert (args.temperature, args.grades, args.distance, args.epochs, args.batch_size) == \
+        (0.5, [1.0, 1.0, 0.0, 0.0], "cosine", 10, 72)
+    assert args.split == [0.425, 0.05]
+    assert con_train_resnet_class.parse_args([]).split == [0.9, 0.05]
+    with pytest.raises(SystemExit):
+        con_train_resnet.parse_args(["--grades", "1", "2", "0", "0"])
+
+
+def test_prune_keeps_only_the_newest_checkpoints_this_run_wrote(tmp_path):
+    import keras  # noqa: F401
+
+    (tmp_path / "ep001-loss1.000-val_loss1.000.keras").write_text("earlier run")
+    args = con_train_resnet_class.parse_args(["--keep-checkpoints", "1"])
+    prune = [c for c in train_common._callbacks(args, tmp_path)
+             if type(c).__name__ == "PruneCheckpoints"][0]
+    for epoch in (2, 3):
+        (tmp_path / f"ep{epoch:03d}-loss1.000-val_loss1.000.keras").write_text("new")
+        prune.on_epoch_end(epoch - 1)
+    assert sorted(p.name[:5] for p in tmp_path.glob("ep*.keras")) == ["ep001", "ep003"]
