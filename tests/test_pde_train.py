@@ -75,7 +75,7 @@ def trained(pair_set, tmp_path_factory):
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     try:
         result = con_train_resnet_class.main(
-            data_args(folder, files, logs) + QUICK + ["--epochs", "2", "--steps-per-epoch", "10"])
+            data_args(folder, files, logs) + QUICK + ["--epochs", "2", "--steps-per-epoch", "8"])
     finally:
         tf.config.optimizer.set_experimental_options(
             {"disable_meta_optimizer": saved.get("disable_meta_optimizer", False)})
@@ -97,9 +97,9 @@ def test_run_folder_holds_the_record(trained):
     assert result["encoder_path"] == run / "encoder.weights.h5"
 
 
-def test_a_few_dozen_steps_bring_the_loss_down(trained):
+def test_sixteen_steps_bring_the_loss_down(trained):
     loss = trained[0]["history"]["loss"]
-    assert len(loss) == 2 and loss[1] < loss[0]
+    assert len(loss) == 2 and loss[1] < 0.7 * loss[0]
 
 
 def test_saved_encoder_reloads_with_identical_outputs_and_into_a_unet(trained):
@@ -151,9 +151,9 @@ def test_resume_continues_at_the_next_epoch(trained, tmp_path):
     assert log["epoch"] == [0.0, 1.0]
     resumed = sorted(run.glob("ep002-*.keras"))
     assert len(resumed) == 1 and (run / first.name).exists() and (run / "args_resume.json").exists()
-    # Optimizer state carried over: 10 steps of epoch 1, then 1 more.
-    assert _optimizer_iterations(first) == 10
-    assert _optimizer_iterations(resumed[0]) == 11
+    # Optimizer state carried over: 8 steps of epoch 1, then 1 more.
+    assert _optimizer_iterations(first) == 8
+    assert _optimizer_iterations(resumed[0]) == 9
     assert not (tmp_path / "unused").exists()
 
 
