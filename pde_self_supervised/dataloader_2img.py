@@ -107,7 +107,8 @@ def check_image_file(path):
     if size == 0:
         return "empty file"
     if head[:3] == b"\xff\xd8\xff":
-        return None if b"\xff\xd9" in tail.rstrip(b"\x00\r\n ")[-4:] else "truncated JPEG (no end marker)"
+        end = tail.rstrip(b"\x00\r\n ")[-4:]
+        return None if b"\xff\xd9" in end else "truncated JPEG (no end marker)"
     if head == b"\x89PNG\r\n\x1a\n":
         return None if b"IEND" in tail else "truncated PNG (no IEND chunk)"
     if head[:2] == b"BM" or head[:4] in (b"GIF8",):
@@ -271,9 +272,10 @@ def pair_dataset(x, y, image_dir, batch_size, kind="class", grades=DEFAULT_GRADE
         passes = -(-take // n)
 
         def one_epoch(epoch):
-            order = tf.concat([tf.random.experimental.stateless_shuffle(
-                tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch * passes + k]))
-                for k in range(passes)], axis=0)[:take]
+            # One random permutation of the pairs per pass, drawn from (seed, epoch).
+            epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
+            keys = tf.random.stateless_uniform([passes, n], epoch_seed)
+            order = tf.cast(tf.reshape(tf.argsort(keys, axis=1), [-1])[:take], tf.int64)
             return tf.data.Dataset.from_tensor_slices((order, tf.range(take, dtype=tf.int64))).map(
                 lambda i, position: (i, epoch, position))
 

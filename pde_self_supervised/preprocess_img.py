@@ -83,9 +83,10 @@ def color_jitter(x, seeds, strength=JITTER_STRENGTH):
     The brightness delta is on the 0..255 scale, as in the original (so at most
     0.56 grey levels); contrast, saturation and hue do not depend on the scale.
     """
+    contrast, saturation = 0.8 * strength[1], 0.8 * strength[2]
     x = tf.image.stateless_random_brightness(x, 0.8 * strength[0], seeds[0])
-    x = tf.image.stateless_random_contrast(x, 1 - 0.8 * strength[1], 1 + 0.8 * strength[1], seeds[1])
-    x = tf.image.stateless_random_saturation(x, 1 - 0.8 * strength[2], 1 + 0.8 * strength[2], seeds[2])
+    x = tf.image.stateless_random_contrast(x, 1 - contrast, 1 + contrast, seeds[1])
+    x = tf.image.stateless_random_saturation(x, 1 - saturation, 1 + saturation, seeds[2])
     x = tf.image.stateless_random_hue(x, 0.2 * strength[3], seeds[3])
     return tf.clip_by_value(x, 0.0, 255.0)
 

@@ -98,6 +98,12 @@ def test_each_epoch_sees_every_pair_once(grey):
     for epoch in (batches[:3], batches[3:]):
         ids = np.concatenate([level_id(b[0]["self_input1"]) for b in epoch])
         assert sorted(ids) == list(range(12))
+    # An epoch longer than the split: whole passes, each a new permutation.
+    ds = pair_dataset(x, y, folder, 4, load_size=LOAD, input_size=INPUT, seed=1, augment=False,
+                      steps_per_epoch=6)
+    ids = np.concatenate([level_id(b[0]["self_input1"]) for b in first_batches(ds, 6)])
+    assert sorted(ids[:12]) == sorted(ids[12:]) == list(range(12))
+    assert list(ids[:12]) != list(ids[12:])
 
 
 def test_two_images_of_a_pair_are_augmented_independently(noise):
