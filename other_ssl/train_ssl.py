@@ -26,7 +26,7 @@ from other_ssl.base import POOLS, CollapseMonitor  # noqa: E402
 from other_ssl.dataset import (check_batch_size, list_images, make_image_dataset,  # noqa: E402
                                stage_labels)
 from other_ssl.methods import METHODS, get_method  # noqa: E402
-from other_ssl.training import (OPTIMIZERS, PeriodicCheckpoint, make_optimizer,  # noqa: E402
+from other_ssl.training import (OPTIMIZERS, PeriodicCheckpoint, epoch_steps, make_optimizer,  # noqa: E402
                                 plot_history)
 from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,  # noqa: E402
                          make_run_dir, set_mixed_precision, set_seed, write_json)
@@ -111,10 +111,7 @@ def main(argv=None):
     paths = list_images(args.image_dir)
     check_batch_size(len(paths), args.batch_size, args.image_dir)
     labels = stage_labels(paths) if args.probe_labels else None
-    steps = len(paths) // args.batch_size
-    capped = args.steps_per_epoch is not None and args.steps_per_epoch < steps
-    if capped:
-        steps = args.steps_per_epoch
+    steps, capped = epoch_steps(len(paths), args.batch_size, args.steps_per_epoch)
 
     set_seed(args.seed)
     set_mixed_precision(args.mixed_precision)

@@ -29,7 +29,7 @@ from nets.encoders import BACKBONES, build_encoder, check_input_shape  # noqa: E
 from other_ssl.base import POOLS  # noqa: E402
 from other_ssl.dataset import (check_batch_size, list_images, make_image_dataset,  # noqa: E402
                                stage_labels)
-from other_ssl.training import OPTIMIZERS, make_optimizer, plot_history  # noqa: E402
+from other_ssl.training import OPTIMIZERS, epoch_steps, make_optimizer, plot_history  # noqa: E402
 from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,  # noqa: E402
                          make_run_dir, set_mixed_precision, set_seed, write_json)
 from utils.weights import save_encoder  # noqa: E402
@@ -120,10 +120,7 @@ def main(argv=None):
     train_idx, val_idx = split_indices(labels, args.val_split, args.seed)
     check_batch_size(len(train_idx), args.batch_size,
                      f"{args.image_dir} (training split)")
-    steps = len(train_idx) // args.batch_size
-    capped = args.steps_per_epoch is not None and args.steps_per_epoch < steps
-    if capped:
-        steps = args.steps_per_epoch
+    steps, capped = epoch_steps(len(train_idx), args.batch_size, args.steps_per_epoch)
 
     set_seed(args.seed)
     set_mixed_precision(args.mixed_precision)

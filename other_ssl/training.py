@@ -6,6 +6,14 @@ import keras
 OPTIMIZERS = ("adam", "sgd")
 
 
+def epoch_steps(n_images, batch_size, cap=None):
+    """Steps per epoch over ``n_images`` and whether ``cap`` shortened it (then the
+    dataset must repeat, so each epoch continues where the last one stopped)."""
+    steps = n_images // batch_size
+    capped = cap is not None and cap < steps
+    return (cap if capped else steps), capped
+
+
 def make_optimizer(name="adam", learning_rate=1e-3, weight_decay=0.0, momentum=0.9):
     """Adam (the original's, Keras defaults) or SGD with momentum (SimSiam's published
     choice); ``weight_decay`` is decoupled (Keras' ``weight_decay``)."""
