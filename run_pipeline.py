@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -235,33 +236,28 @@ def step_unet_finetune(args, run, profile):
     return _train_unet(args, run, profile, frozen_only=False)
 
 
-def _split_ids(voc, split):
-    path = Path(voc) / "VOC2007" / "ImageSets" / "Segmentation" / f"{split}.txt"
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-
-
 def step_predict(args, run, profile):
     import predict
+    from get_miou import image_path, read_split
 
     data = run.result("orchard")
     model = run.result("unet_finetune").get("model_path") or run.result("unet_frozen")["model_path"]
-    ids = _split_ids(data["voc"], "test")[: profile["predict_images"]]
-    images = [str(Path(data["voc"]) / "VOC2007" / "JPEGImages" / f"{i}.jpg") for i in ids]
+    ids = read_split(data["voc"], "test")[: profile["predict_images"]]
     pick = run.dir / "predict_input"
     pick.mkdir(exist_ok=True)
-    for src in images:
-        dst = pick / Path(src).name
+    for image_id in ids:
+        src = image_path(data["voc"], image_id)
+        dst = pick / src.name
         if not dst.exists():
-            os.link(src, dst) if _same_device(src, pick) else dst.write_bytes(Path(src).read_bytes())
+            try:
+                os.link(src, dst)          # no copy where the data and run share a disk
+            except OSError:
+                shutil.copyfile(src, dst)
     out = run.dir / "predictions"
     result = predict.main(_argv(["--mode", "dir_predict", "--model-path", model,
                                  "--dir-origin-path", pick, "--dir-save-path", out],
                                 _unet_shape_args(profile, args)))
     return _plain(result or {"out_dir": out})
-
-
-def _same_device(a, b):
-    return os.stat(a).st_dev == os.stat(b).st_dev
 
 
 def _unet_shape_args(profile, args):

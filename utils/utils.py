@@ -1,7 +1,6 @@
 """Small helpers every entry point shares: seeding, run folders, image basics."""
 import datetime
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -82,10 +81,6 @@ def resize_image(image, size):
     canvas = Image.new("RGB", size, (128, 128, 128))
     canvas.paste(image, ((w - nw) // 2, (h - nh) // 2))
     return canvas, nw, nh
-
-
-def env_flag(name):
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")
 
 
 def jit_compile_default():
