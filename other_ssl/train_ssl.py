@@ -30,6 +30,7 @@ from other_ssl.training import (OPTIMIZERS, PeriodicCheckpoint, epoch_steps, mak
                                 plot_history)
 from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,  # noqa: E402
                          make_run_dir, set_mixed_precision, set_seed, write_json)
+from utils.precise_bn import add_precise_bn_arg, recalibrate_batchnorm  # noqa: E402
 from utils.weights import save_encoder  # noqa: E402
 
 # Method hyperparameters settable from the command line; None = the method's default.
@@ -81,6 +82,7 @@ def parse_args(argv=None):
                         "pretraining (the probe's gradient never reaches the encoder)")
     p.add_argument("--collapse-ratio", type=float, default=0.1,
                    help="warn when the embedding std falls below this times 1/sqrt(width)")
+    add_precise_bn_arg(p)
     p.add_argument("--save-period", type=int, default=10,
                    help="save a checkpoint every N epochs, and after the last")
     p.add_argument("--run-eagerly", action="store_true",
@@ -142,6 +144,13 @@ def main(argv=None):
                         verbose=1 if sys.stdout.isatty() else 2)
     history = {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
+    if args.precise_bn:
+        def forward(batch):
+            images = batch[0] if isinstance(batch, tuple) else batch
+            return model.backbone(model.augmenter(images, training=True), training=True)
+
+        used = recalibrate_batchnorm(model.backbone, dataset, args.precise_bn, forward)
+        print(f"Precise BN: encoder statistics re-estimated from {used} training batches")
     encoder_path = save_encoder(model.backbone, run_dir / "encoder.weights.h5",
                                 backbone=args.backbone)
     plot_history(history, run_dir / "loss.png", keys=("loss",), secondary=("emb_std",))

@@ -32,6 +32,7 @@ from other_ssl.dataset import (check_batch_size, list_images, make_image_dataset
 from other_ssl.training import OPTIMIZERS, epoch_steps, make_optimizer, plot_history  # noqa: E402
 from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,  # noqa: E402
                          make_run_dir, set_mixed_precision, set_seed, write_json)
+from utils.precise_bn import add_precise_bn_arg, recalibrate_batchnorm  # noqa: E402
 from utils.weights import save_encoder  # noqa: E402
 
 
@@ -61,6 +62,7 @@ def parse_args(argv=None):
                    help="cap on steps per epoch (None: one pass over the training split)")
     p.add_argument("--run-eagerly", action="store_true",
                    help="no tf.function (debugging; skips graph tracing in very short runs)")
+    add_precise_bn_arg(p)
     add_common_training_args(p)
     return p.parse_args(argv)
 
@@ -157,6 +159,9 @@ def main(argv=None):
     history = {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
     encoder = model.get_layer(args.backbone)
+    if args.precise_bn:
+        used = recalibrate_batchnorm(model, train_ds, args.precise_bn)
+        print(f"Precise BN: statistics re-estimated from {used} training batches")
     encoder_path = save_encoder(encoder, run_dir / "encoder.weights.h5", backbone=args.backbone)
     plot_history(history, run_dir / "loss.png", keys=("loss",), secondary=("accuracy",))
     val_accs = history.get("val_accuracy") or [None]

@@ -21,6 +21,7 @@ from pde_self_supervised.dataloader_2img import (PairDataError, bad_images_messa
                                                  find_bad_images, find_undecodable,
                                                  load_pair_index, pair_dataset,
                                                  split_by_fractions)
+from utils.precise_bn import add_precise_bn_arg, recalibrate_batchnorm
 from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,
                          make_run_dir, set_mixed_precision, set_seed, write_json)
 
@@ -101,6 +102,7 @@ def add_arguments(parser, spec):
                             "global average pooling (far fewer parameters at large inputs)")
     train.add_argument("--shared-towers", action="store_true",
                        help="one encoder for both images (original: two towers)")
+    add_precise_bn_arg(train)
     train.add_argument("--keep-checkpoints", type=int, default=0, metavar="N",
                        help="keep only the N newest checkpoints this command wrote (0 = "
                             "all, as the original). A checkpoint holds the weights and the "
@@ -439,6 +441,13 @@ def run(spec, args):
                             initial_epoch=initial_epoch, validation_data=val_ds,
                             validation_steps=args.validation_steps,
                             callbacks=_callbacks(args, run_dir))
+        if args.precise_bn:
+            used = recalibrate_batchnorm(model, train_ds, args.precise_bn)
+            print(f"Precise BN: moving statistics re-estimated from {used} training batches; "
+                  f"val after it: " + ", ".join(
+                      f"{k} {v:.4f}" for k, v in model.evaluate(val_ds, return_dict=True,
+                                                                steps=args.validation_steps,
+                                                                verbose=0).items()))
         test_metrics = model.evaluate(test_ds, return_dict=True)
     except tf.errors.InvalidArgumentError as exc:
         if cache is None:

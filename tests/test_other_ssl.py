@@ -251,7 +251,7 @@ def test_each_method_saves_a_resnet50_encoder_train_py_loads(name, tmp_path, une
 
 # End to end.
 
-def test_train_ssl_main_end_to_end(tmp_path, stage_dir, unet_encoder):
+def test_train_ssl_main_end_to_end(tmp_path, stage_dir, unet_encoder, capsys):
     from other_ssl import train_ssl
 
     # MoCo: the real ResNet50 with its momentum copy and queue. One eager SGD step
@@ -259,8 +259,10 @@ def test_train_ssl_main_end_to_end(tmp_path, stage_dir, unet_encoder):
     result = train_ssl.main(["--method", "moco", "--image-dir", str(stage_dir),
                              "--input-shape", "32", "32", "--pool", "gap", "--epochs", "1",
                              "--steps-per-epoch", "1", "--batch-size", "2", "--queue-size", "8",
-                             "--optimizer", "sgd", "--run-eagerly",
+                             "--optimizer", "sgd", "--run-eagerly", "--precise-bn", "1",
                              "--logs-dir", str(tmp_path), "--seed", "3"])
+    assert "Precise BN: encoder statistics re-estimated from 1 training batches" in \
+        capsys.readouterr().out
     run_dir = result["run_dir"]
     assert run_dir.parent == tmp_path and run_dir.name.startswith("ssl_moco_")
     for name in ("args.json", "history.csv", "loss.png", "results.json", "encoder.weights.h5"):
@@ -273,13 +275,16 @@ def test_train_ssl_main_end_to_end(tmp_path, stage_dir, unet_encoder):
     assert_loads_whole(unet_encoder, result["encoder_path"])
 
 
-def test_train_supervised_main_end_to_end(tmp_path, stage_dir, unet_encoder):
+def test_train_supervised_main_end_to_end(tmp_path, stage_dir, unet_encoder, capsys):
     from other_ssl import train_supervised
 
     result = train_supervised.main(["--image-dir", str(stage_dir), "--input-shape", "32", "32",
                                     "--epochs", "1", "--batch-size", "2", "--val-split", "0.34",
                                     "--steps-per-epoch", "1", "--optimizer", "sgd",
-                                    "--run-eagerly", "--logs-dir", str(tmp_path)])
+                                    "--run-eagerly", "--precise-bn", "1",
+                                    "--logs-dir", str(tmp_path)])
+    assert "Precise BN: statistics re-estimated from 1 training batches" in \
+        capsys.readouterr().out
     run_dir = result["run_dir"]
     assert run_dir.name.startswith("supervised_stage_") and result["num_stages"] == 3
     for name in ("args.json", "history.csv", "loss.png", "results.json"):
