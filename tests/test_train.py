@@ -204,10 +204,33 @@ def test_defaults_and_phase_plans():
     (["--from-scratch", "--model-path", "x.h5"], "drop --model-path"),
     (["--cls-weights", "1", "2"], "--cls-weights has 2 values for 5 classes"),
     (["--input-shape", "100", "64"], "not divisible by 32"),
+    (["--init-model", "a.keras", "--model-path", "x.h5"], "drop --model-path / --resume"),
 ])
 def test_contradictory_options_fail_early(argv, message):
     with pytest.raises(ValueError, match=message):
         train.main(argv)
+
+
+def test_fine_tuning_from_the_frozen_phase_checkpoint_repeats_the_full_run(run, tmp_path,
+                                                                         capsys):
+    """--init-model <ep001 of a run> --init-epoch 1 trains only the unfrozen epoch, and
+    with the same seed ends where the run that trained both phases ended."""
+    first = run["result"]["run_dir"]
+    start = next(first.glob("ep001-*.keras"))
+    result = train.main(base_argv(run["voc"], tmp_path / "logs")
+                        + ["--init-model", str(start), "--init-epoch", "1",
+                           "--save-period", "0", "--eval-split", "none"])
+    assert "Loaded the whole U-Net from" in capsys.readouterr().out
+    assert result["history"]["epoch"] == [1]
+    assert sorted(p.name for p in result["run_dir"].glob("*.keras")) == \
+        ["best_epoch.keras", "last_epoch.keras"]
+    ours = keras.models.load_model(result["model_path"], compile=False)
+    full = keras.models.load_model(first / "last_epoch.keras", compile=False)
+    for a, b in zip(_weights(ours), _weights(full)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="--init-model"):
+        train.main(base_argv(run["voc"], tmp_path / "logs")
+                   + ["--init-model", str(tmp_path / "missing.keras")])
 
 
 def test_resume_needs_a_run_folder(tmp_path):
@@ -252,3 +275,37 @@ def test_early_stopping_counts_the_epochs_logged_before_a_resume():
     assert stopper.wait == 2 and stopper.best == 1.0
     stopper.on_epoch_end(3, {"val_loss": 1.05})
     assert model.stop_training
+
+
+def test_checkpoint_save_period_keeps_last_and_best(tmp_path):
+    """save_period=2 names every second epoch; last/best are always current, and a best
+    epoch that got no named file survives later epochs."""
+    from utils.callbacks import EpochCheckpoint
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    checkpoint = EpochCheckpoint(tmp_path, save_period=2, verbose=0)
+    checkpoint.set_model(model)
+    for epoch, miou in enumerate((0.2, 0.5, 0.4)):   # best at epoch 2 (index 1)
+        model.layers[0].kernel.assign(np.full((3, 1), float(epoch), np.float32))
+        checkpoint.on_epoch_end(epoch, {"loss": 1.0, "val_loss": 1.0, "val_mIoU": miou})
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["best_epoch.keras", "ep002-loss1.000-val_loss1.000.keras", "last_epoch.keras"]
+
+    def kernel(name):
+        return float(keras.models.load_model(tmp_path / name).layers[0].kernel.numpy()[0, 0])
+
+    assert kernel("last_epoch.keras") == 2.0 and kernel("best_epoch.keras") == 1.0
+
+    # save_period=0: no named files; a best epoch written as last survives the next epoch.
+    other = tmp_path / "none"
+    other.mkdir()
+    checkpoint = EpochCheckpoint(other, save_period=0, verbose=0)
+    checkpoint.set_model(model)
+    for epoch, miou in enumerate((0.5, 0.1)):
+        model.layers[0].kernel.assign(np.full((3, 1), 10.0 + epoch, np.float32))
+        checkpoint.on_epoch_end(epoch, {"loss": 1.0, "val_loss": 1.0, "val_mIoU": miou})
+    assert sorted(p.name for p in other.iterdir()) == ["best_epoch.keras", "last_epoch.keras"]
+    assert (float(keras.models.load_model(other / "best_epoch.keras").layers[0].kernel.numpy()[0, 0])
+            == 10.0)
+    with pytest.raises(ValueError, match="save_period"):
+        EpochCheckpoint(tmp_path, save_period=-1)

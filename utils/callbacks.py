@@ -197,7 +197,10 @@ def tensorboard(log_dir):
 def save_without_optimizer(model, path):
     """``model.save`` minus the optimizer state: a third of the size with Adam, like the
     original's weights-only checkpoints, and still a whole loadable model."""
-    optimizer = model.optimizer
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        model.save(path)
+        return
     model.optimizer = None
     try:
         model.save(path)
@@ -219,19 +222,25 @@ def _link_or_copy(src, dst):
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Save the model (without optimizer state) every epoch, and keep ``last_epoch.keras`` and
-    ``best_epoch.keras`` (best ``monitor`` so far) beside it.
+    """Save the model (without optimizer state) after every epoch as ``last_epoch.keras``,
+    keep ``best_epoch.keras`` (best ``monitor`` so far) beside it, and every
+    ``save_period`` epochs also a named copy.
 
-    The per-epoch name is ``filename`` formatted with ``epoch`` (1-based) and the logs,
-    e.g. ``ep{epoch:03d}-loss{loss:.3f}-val_loss{val_loss:.3f}.keras`` as the original.
+    The named copy is ``filename`` formatted with ``epoch`` (1-based) and the logs,
+    e.g. ``ep{epoch:03d}-loss{loss:.3f}-val_loss{val_loss:.3f}.keras`` as the original,
+    which kept one per epoch (``save_period=1``); ``save_period=0`` keeps none. Copies
+    are hard links where the file system allows, so they cost no extra disk.
     ``best`` carries over from a resumed run.
     """
 
     def __init__(self, run_dir, filename="ep{epoch:03d}-loss{loss:.3f}-val_loss{val_loss:.3f}.keras",
-                 monitor="val_mIoU", mode="max", best=None, verbose=1):
+                 monitor="val_mIoU", mode="max", best=None, verbose=1, save_period=1):
         super().__init__()
+        if save_period < 0:
+            raise ValueError(f"save_period must be 0 or more, not {save_period}")
         self.run_dir = Path(run_dir)
         self.filename = filename
+        self.save_period = save_period
         self.monitor = monitor
         self.sign = 1.0 if mode == "max" else -1.0
         self.best = best
@@ -240,11 +249,19 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
-        path = self.run_dir / self.filename.format(epoch=epoch + 1, **logs)
-        if path.exists():
-            raise FileExistsError(f"{path} exists; refusing to overwrite a checkpoint")
-        save_without_optimizer(self.model, path)
-        _link_or_copy(path, self.run_dir / "last_epoch.keras")
+        named = self.save_period and (epoch + 1) % self.save_period == 0
+        if named:
+            path = self.run_dir / self.filename.format(epoch=epoch + 1, **logs)
+            if path.exists():
+                raise FileExistsError(f"{path} exists; refusing to overwrite a checkpoint")
+            save_without_optimizer(self.model, path)
+            _link_or_copy(path, self.run_dir / "last_epoch.keras")
+        else:
+            # Written beside and then moved over, so a crash never leaves a broken file.
+            path = self.run_dir / "last_epoch.keras"
+            tmp = path.with_name("last_epoch.tmp.keras")
+            save_without_optimizer(self.model, tmp)
+            os.replace(tmp, path)
         value = logs.get(self.monitor)
         if value is not None and not np.isnan(value) and (
                 self.best is None or self.sign * value > self.sign * self.best):
