@@ -2,7 +2,7 @@
 
     python run_pipeline.py                      # demo profile on the synthetic orchard
     python run_pipeline.py --init random        # the same, random encoder (baseline row)
-    python run_pipeline.py --profile tiny       # a minute or two, for a smoke test
+    python run_pipeline.py --profile tiny       # a smoke test of every step (minutes)
     python run_pipeline.py --archive A --phenology P.toml --voc VOCdevkit   # your data
 
 Steps: orchard (generate the synthetic data if needed) -> priors (step 1) -> select
@@ -37,7 +37,7 @@ PROFILES = {
                         n_train=4, n_val=2, n_test=2),
         "pairs": "--per-class 24 --drop-empty-classes",
         "pretrain": "--input-shape 64 64 --load-size 72 72 --batch-size 4 --test-batch-size 4 "
-                    "--epochs 1 --steps-per-epoch 2 --run-eagerly",
+                    "--epochs 1 --steps-per-epoch 2 --run-eagerly --precise-bn 1",
         # Eager steps: at this size tracing a ResNet50 graph costs more than the steps.
         "unet": "--input-shape 64 64 --freeze-batch-size 2 --unfreeze-batch-size 2 "
                 "--steps-per-epoch 2 --run-eagerly",
@@ -49,12 +49,19 @@ PROFILES = {
         "orchard": dict(cameras=4, presets=(1, 2), times=("12",), image_size=(128, 224),
                         n_train=60, n_val=20, n_test=40),
         "pairs": "--per-class 2000",
-        # GAP instead of the original's Flatten head: at CPU sizes the Flatten dense
-        # (tens of millions of weights) made Adam diverge in our runs.
-        "pretrain": "--input-shape 96 160 --load-size 112 192 --batch-size 16 "
-                    "--test-batch-size 16 --epochs 2 --steps-per-epoch 50 --pool gap",
-        "unet": "--input-shape 96 160 --freeze-batch-size 8 --unfreeze-batch-size 8",
-        "unet_epochs": (6, 12),
+        # CPU-sized PDE: 150 steps. GAP instead of the original's Flatten head (its
+        # tens of millions of Dense weights made Adam diverge here), one shared tower
+        # and no augmentation (with either, the pair accuracy stayed at chance for 180
+        # steps in our runs), and precise BN (the running averages are far from
+        # converged after 150 steps).
+        "pretrain": "--input-shape 64 128 --load-size 64 128 --batch-size 16 "
+                    "--test-batch-size 32 --epochs 3 --steps-per-epoch 50 --pool gap "
+                    "--shared-towers --no-augment --learning-rate 3e-4 --precise-bn 20",
+        # The frozen decoder needs ~200 steps at 10x the original rate to learn more
+        # than background and leaf.
+        "unet": "--input-shape 64 128 --freeze-batch-size 8 --unfreeze-batch-size 8 "
+                "--freeze-lr 1e-3 --unfreeze-lr 1e-4",
+        "unet_epochs": (20, 30),
         "predict_images": 4,
         "growth": "",
     },
@@ -76,7 +83,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", choices=sorted(PROFILES), default="demo",
                    help="sizes and epochs: tiny (a wiring check of every step), demo (default: "
-                        "CPU-sized; its end-to-end time is not measured yet), paper (the "
+                        "CPU-sized: about 26 min on a 2-core CPU), paper (the "
                         "original's sizes and epochs, for a GPU)")
     p.add_argument("--method", choices=("class", "grading"), default="class",
                    help="PDE distance: class = step 5 (classification, the published row), "
@@ -212,18 +219,43 @@ def step_pretrain(args, run, profile):
                    "test_metrics": result.get("test_metrics", {})})
 
 
+def frozen_phase_checkpoint(run_dir, freeze):
+    """The ``epNNN-*.keras`` a frozen-only run saved at the end of its frozen phase
+    (epoch ``freeze``), or None."""
+    if not run_dir:
+        return None
+    found = sorted(Path(run_dir).glob(f"ep{int(freeze):03d}-*.keras"))
+    return found[0] if found else None
+
+
+def unet_argv(voc, logs_dir, seed, freeze, total, encoder, frozen_only, extra,
+              frozen_run=None):
+    """train.py options for one of the two U-Nets of a row.
+
+    The frozen-only run keeps a checkpoint at the end of its frozen phase; the fine-tuned
+    run starts from it (``--init-model``) instead of repeating that phase, which is the
+    same training with the same seeds. Without such a checkpoint (an early stop, or a
+    ``--save-period`` override) it trains both phases itself.
+    """
+    start = frozen_phase_checkpoint(frozen_run, freeze) if not frozen_only else None
+    return _argv(["--voc-path", voc, "--logs-dir", logs_dir, "--seed", seed,
+                  "--freeze-epoch", freeze, "--unfreeze-epoch", total,
+                  "--save-period", freeze if frozen_only else 0],
+                 ["--frozen-only"] if frozen_only else [],
+                 ["--init-model", start, "--init-epoch", freeze] if start
+                 else (["--model-path", encoder] if encoder else []),
+                 extra)
+
+
 def _train_unet(args, run, profile, frozen_only):
     import train
 
     data = run.result("orchard")
     freeze, total = profile["unet_epochs"]
-    encoder = run.result("pretrain").get("encoder_path")
-    argv = _argv(["--voc-path", data["voc"], "--logs-dir", run.dir, "--seed", args.seed,
-                  "--freeze-epoch", freeze, "--unfreeze-epoch", total],
-                 ["--model-path", encoder] if encoder else [],
-                 ["--frozen-only"] if frozen_only else [],
-                 profile["unet"], args.unet_args)
-    result = train.main(argv)
+    result = train.main(unet_argv(data["voc"], run.dir, args.seed, freeze, total,
+                                  run.result("pretrain").get("encoder_path"), frozen_only,
+                                  _argv(profile["unet"], args.unet_args),
+                                  frozen_run=run.result("unet_frozen").get("run_dir")))
     return _plain({"run_dir": result["run_dir"], "model_path": result["model_path"],
                    "test_metrics": result["test_metrics"]})
 

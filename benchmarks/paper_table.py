@@ -37,7 +37,9 @@ SSL_ROWS = ("simclr", "moco", "simsiam")
 # pipeline's profile); the rest of each script's options keep the original values.
 SSL_ARGS = {
     "tiny": "--input-shape 64 64 --batch-size 4 --epochs 1 --steps-per-epoch 2 --pool gap",
-    "demo": "--input-shape 96 160 --batch-size 16 --epochs 3 --steps-per-epoch 60 --pool gap",
+    # The PDE demo's input, batch, steps, learning rate and precise BN.
+    "demo": "--input-shape 64 128 --batch-size 16 --epochs 3 --steps-per-epoch 50 --pool gap "
+            "--learning-rate 3e-4 --precise-bn 20",
     "paper": "",
 }
 
@@ -123,16 +125,18 @@ def downstream(row, encoder, args, run, seed):
     profile = pipeline.PROFILES[args.profile]
     data = run.result("orchard")
     freeze, total = profile["unet_epochs"]
-    base = pipeline._argv(["--voc-path", data["voc"], "--logs-dir", run.dir, "--seed", seed,
-                           "--freeze-epoch", freeze, "--unfreeze-epoch", total],
-                          ["--model-path", encoder] if encoder else [])
     extra = pipeline._argv(profile["unet"], args.unet_args)
+
+    def argv(frozen_only, frozen_run=None):
+        return pipeline.unet_argv(data["voc"], run.dir, seed, freeze, total, encoder,
+                                  frozen_only, extra, frozen_run=frozen_run)
+
     if row == "scratch":
-        tuned = train.main(base + ["--from-scratch"] + extra)["test_metrics"]
+        tuned = train.main(argv(False) + ["--from-scratch"])["test_metrics"]
         return None, tuned
-    frozen = train.main(base + ["--frozen-only"] + extra)["test_metrics"]
-    tuned = train.main(base + extra)["test_metrics"]
-    return frozen, tuned
+    frozen = train.main(argv(True))
+    tuned = train.main(argv(False, frozen_run=frozen["run_dir"]))["test_metrics"]
+    return frozen["test_metrics"], tuned
 
 
 def _mean_std(values):

@@ -45,6 +45,12 @@ def test_every_step_leaves_its_artifacts(tiny_run):
         assert Path(unet["model_path"]).is_file()
         assert (Path(unet["run_dir"]) / "miou_test" / "metrics.json").is_file()
         assert 0.0 <= unet["test_metrics"]["mIoU"] <= 1.0
+    # The fine-tuned U-Net continued the frozen-only one's frozen phase (epoch 1).
+    frozen_dir = Path(steps["unet_frozen"]["result"]["run_dir"])
+    tuned_args = json.loads((Path(steps["unet_finetune"]["result"]["run_dir"]) / "args.json")
+                            .read_text())
+    assert Path(tuned_args["init_model"]).parent == frozen_dir
+    assert tuned_args["init_epoch"] == 1 and not tuned_args["model_path"]
     assert len(list((run / "predictions").glob("*"))) == run_pipeline.PROFILES["tiny"]["predict_images"]
     growth = steps["growth"]["result"]
     assert Path(growth["shares_csv"]).is_file() and all(Path(p).is_file() for p in growth["plots"])
@@ -70,6 +76,25 @@ def test_resume_skips_finished_steps(tiny_run, capsys):
     out = capsys.readouterr().out
     assert out.count("done earlier, skipped") == len(run_pipeline.STEPS)
     assert again["table"] == result["table"]
+
+
+def test_fine_tuned_unet_starts_from_the_frozen_phase_checkpoint(tmp_path):
+    common = ("voc", "logs", 3, 20, 30, "enc.weights.h5")
+    frozen = run_pipeline.unet_argv(*common, frozen_only=True, extra=["--input-shape", "64", "64"])
+    assert frozen[frozen.index("--save-period") + 1] == "20" and "--frozen-only" in frozen
+    assert frozen[frozen.index("--model-path") + 1] == "enc.weights.h5"
+    assert frozen[-3:] == ["--input-shape", "64", "64"]     # profile options last: they win
+
+    # No checkpoint at epoch 20 (an early stop): the fine-tuned run trains both phases.
+    (tmp_path / "ep010-loss0.500-val_loss0.500.keras").write_text("")
+    tuned = run_pipeline.unet_argv(*common, frozen_only=False, extra=[], frozen_run=tmp_path)
+    assert "--init-model" not in tuned and "--model-path" in tuned
+    start = tmp_path / "ep020-loss0.400-val_loss0.400.keras"
+    start.write_text("")
+    tuned = run_pipeline.unet_argv(*common, frozen_only=False, extra=[], frozen_run=tmp_path)
+    assert tuned[tuned.index("--init-model") + 1] == str(start)
+    assert tuned[tuned.index("--init-epoch") + 1] == "20" and "--model-path" not in tuned
+    assert tuned[tuned.index("--save-period") + 1] == "0" and "--frozen-only" not in tuned
 
 
 def test_unknown_step_and_lone_archive_are_refused():
