@@ -152,9 +152,10 @@ def check_args(args):
     if args.frozen_only and (args.from_scratch or not args.freeze_train):
         raise ValueError("--frozen-only needs the frozen phase: drop --from-scratch / "
                          "--no-freeze-train")
-    if args.init_model and (args.model_path or args.resume):
-        raise ValueError("--init-model already holds the encoder: drop --model-path / --resume")
-    if args.init_model and not Path(args.init_model).is_file():
+    if args.init_model and args.model_path:
+        raise ValueError("--init-model already holds the encoder: drop --model-path")
+    # A resumed run starts from its own last_epoch.keras, whatever it started from.
+    if args.init_model and not args.resume and not Path(args.init_model).is_file():
         raise FileNotFoundError(f"--init-model {args.init_model}: no such file")
     if args.from_scratch and args.model_path:
         raise ValueError("--from-scratch trains a random encoder; drop --model-path")

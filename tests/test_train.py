@@ -204,7 +204,7 @@ def test_defaults_and_phase_plans():
     (["--from-scratch", "--model-path", "x.h5"], "drop --model-path"),
     (["--cls-weights", "1", "2"], "--cls-weights has 2 values for 5 classes"),
     (["--input-shape", "100", "64"], "not divisible by 32"),
-    (["--init-model", "a.keras", "--model-path", "x.h5"], "drop --model-path / --resume"),
+    (["--init-model", "a.keras", "--model-path", "x.h5"], "already holds the encoder"),
 ])
 def test_contradictory_options_fail_early(argv, message):
     with pytest.raises(ValueError, match=message):
@@ -228,6 +228,9 @@ def test_fine_tuning_from_the_frozen_phase_checkpoint_repeats_the_full_run(run, 
     full = keras.models.load_model(first / "last_epoch.keras", compile=False)
     for a, b in zip(_weights(ours), _weights(full)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # Resuming it (complete: nothing to train) reads its own last epoch, not ep001.
+    again = train.main(["--resume", str(result["run_dir"]), "--eval-split", "none"])
+    assert again["initial_epoch"] == 2 and again["history"]["epoch"] == [1]
     with pytest.raises(FileNotFoundError, match="--init-model"):
         train.main(base_argv(run["voc"], tmp_path / "logs")
                    + ["--init-model", str(tmp_path / "missing.keras")])
