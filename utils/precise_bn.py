@@ -14,6 +14,8 @@ import numpy as np
 import tensorflow as tf
 import keras
 
+from nets.encoders import weighted_layers
+
 
 def add_precise_bn_arg(parser):
     """The ``--precise-bn N`` option every pretraining script takes."""
@@ -26,20 +28,9 @@ def add_precise_bn_arg(parser):
 
 
 def batchnorm_layers(model):
-    """Every BatchNormalization inside ``model``, nested models included, each once."""
-    found, seen = [], set()
-
-    def walk(layer):
-        if id(layer) in seen:
-            return
-        seen.add(id(layer))
-        if isinstance(layer, keras.layers.BatchNormalization):
-            found.append(layer)
-        for child in getattr(layer, "layers", None) or []:
-            walk(child)
-
-    walk(model)
-    return found
+    """Every BatchNormalization inside ``model``, nested models included, in order."""
+    return [layer for layer in weighted_layers(model)
+            if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def recalibrate_batchnorm(model, batches, steps, forward=None):
