@@ -23,13 +23,24 @@ class SquaredDifference(keras.layers.Layer):
         return input_shape[0]
 
 
-@keras.saving.register_keras_serializable(package="pde")
-class CosineDistance(keras.layers.Layer):
-    """``(1 - cos(z1, z2)) / 2`` in [0, 1]: (batch, d), (batch, d) -> (batch, 1)."""
+class _ScalarDistance(keras.layers.Layer):
+    """A distance of two embeddings, one value per pair: (batch, d), (batch, d) -> (batch, 1),
+    with an ``epsilon`` that keeps it finite for degenerate embeddings."""
 
     def __init__(self, epsilon=1e-7, **kwargs):
         super().__init__(**kwargs)
         self.epsilon = epsilon
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], 1)
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="pde")
+class CosineDistance(_ScalarDistance):
+    """``(1 - cos(z1, z2)) / 2`` in [0, 1]."""
 
     def call(self, inputs):
         z1, z2 = inputs
@@ -38,31 +49,15 @@ class CosineDistance(keras.layers.Layer):
         # The epsilon only matters for an all-zero embedding, where the original divided by 0.
         return (1.0 - dot / ops.maximum(norms, self.epsilon)) / 2.0
 
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0][0], 1)
-
-    def get_config(self):
-        return {**super().get_config(), "epsilon": self.epsilon}
-
 
 @keras.saving.register_keras_serializable(package="pde")
-class EuclideanDistance(keras.layers.Layer):
-    """``sqrt(max(sum((z1 - z2) ** 2), eps))``: (batch, d), (batch, d) -> (batch, 1)."""
-
-    def __init__(self, epsilon=1e-7, **kwargs):
-        super().__init__(**kwargs)
-        self.epsilon = epsilon
+class EuclideanDistance(_ScalarDistance):
+    """``sqrt(max(sum((z1 - z2) ** 2), eps))``."""
 
     def call(self, inputs):
         z1, z2 = inputs
         sum_square = ops.sum(ops.square(z1 - z2), axis=1, keepdims=True)
         return ops.sqrt(ops.maximum(sum_square, self.epsilon))
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0][0], 1)
-
-    def get_config(self):
-        return {**super().get_config(), "epsilon": self.epsilon}
 
 
 DISTANCES = {"cosine": CosineDistance, "euclidean": EuclideanDistance}
