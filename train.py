@@ -370,8 +370,10 @@ def main(argv=None):
         "best_epoch": best_epoch, "best_val_mIoU": best_value,
         "eval_split": args.eval_split, "eval_checkpoint": args.eval_checkpoint,
         "test_metrics": test_metrics})
+    evaluated = best_path if args.eval_checkpoint == "best" and best_path.is_file() else \
+        run_dir / "last_epoch.keras"
     return {"run_dir": run_dir, "initial_epoch": args.init_epoch,
-            "model_path": run_dir / "last_epoch.keras",
+            "model_path": run_dir / "last_epoch.keras", "evaluated_model_path": evaluated,
             "best_model_path": best_path, "history": history, "test_metrics": test_metrics}
 
 

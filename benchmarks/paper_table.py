@@ -38,8 +38,8 @@ SSL_ROWS = ("simclr", "moco", "simsiam")
 SSL_ARGS = {
     "tiny": "--input-shape 64 64 --batch-size 4 --epochs 1 --steps-per-epoch 2 --pool gap",
     # The PDE demo's input, batch, steps, learning rate and precise BN.
-    "demo": "--input-shape 64 128 --batch-size 16 --epochs 3 --steps-per-epoch 50 --pool gap "
-            "--learning-rate 3e-4 --precise-bn 20",
+    "demo": "--input-shape 32 64 --batch-size 32 --epochs 3 --steps-per-epoch 100 --pool gap "
+            "--learning-rate 1e-3 --precise-bn 20",
     "paper": "",
 }
 

@@ -40,11 +40,16 @@ def test_every_step_leaves_its_artifacts(tiny_run):
         x, y = steps["pairs"]["result"]["splits"][name]
         assert Path(x).is_file() and Path(y).is_file()
     assert Path(steps["pretrain"]["result"]["encoder_path"]).is_file()
-    for step in ("unet_frozen", "unet_finetune"):
+    for step in ("unet_frozen", "unet_finetune", "random_frozen", "random_finetune"):
         unet = steps[step]["result"]
-        assert Path(unet["model_path"]).is_file()
         assert (Path(unet["run_dir"]) / "miou_test" / "metrics.json").is_file()
         assert 0.0 <= unet["test_metrics"]["mIoU"] <= 1.0
+    # Only the U-Net the predictions used is kept; the encoder file stays.
+    kept = run_pipeline.kept_unet(run_pipeline.Run(run))
+    assert [str(p) for p in run.rglob("*.keras")] == [kept]
+    random_args = json.loads((Path(steps["random_frozen"]["result"]["run_dir"]) / "args.json")
+                             .read_text())
+    assert not random_args["model_path"] and not random_args["init_model"]
     # The fine-tuned U-Net continued the frozen-only one's frozen phase (epoch 1).
     frozen_dir = Path(steps["unet_frozen"]["result"]["run_dir"])
     tuned_args = json.loads((Path(steps["unet_finetune"]["result"]["run_dir"]) / "args.json")
@@ -62,9 +67,11 @@ def test_table_has_this_runs_numbers_beside_the_published_row(tiny_run):
     _, result = tiny_run
     table = result["table"]
     rows = NUMBER_ROW.findall(table)
-    assert len(rows) == 1, table
-    values = [float(v) for v in re.findall(r"[0-9.]+", rows[0][1])]
-    assert len(values) == 4 and all(0 <= v <= 1 for v in values)
+    assert [r[0] for r in rows] == ["PDE (classification distance), this run",
+                                    "Glorot uniform (random), this run"], table
+    for row in rows:
+        values = [float(v) for v in re.findall(r"[0-9.]+", row[1])]
+        assert len(values) == 4 and all(0 <= v <= 1 for v in values)
     assert "PDE (classification distance), published | 600,000 pairs from 3,100 images | 0.5502" in table
 
 
@@ -131,3 +138,49 @@ def test_paper_table_refuses_unknown_rows_and_missing_imagenet_file(tmp_path):
         paper_table.parse_args(["--rows", "imagenet"])
     with pytest.raises(SystemExit):
         paper_table.parse_args(["--rows", "imagenet", "--imagenet-weights", str(tmp_path / "no.h5")])
+
+
+def _fake_run(tmp_path):
+    """A run record with both rows finished, and the files the U-Net steps leave."""
+    run = run_pipeline.Run(tmp_path)
+    metrics = {"mIoU": 0.5, "mPA": 0.6, "IoU": [0.9, 0.1, 0.7, 0.3, 0.5]}
+    run.record["pairs"] = {"result": {"counts": {"0": 10, "1": 10}, "n_images": 8}}
+    run.record["pretrain"] = {"result": {"test_metrics": {"acc": 0.66}}}
+    (tmp_path / "pde").mkdir()
+    (tmp_path / "pde" / "ep003-loss1.0-val_loss1.0.keras").write_text("x")
+    (tmp_path / "pde" / "encoder.weights.h5").write_text("x")
+    for step, best in (("unet_frozen", 0.40), ("unet_finetune", 0.35),
+                       ("random_frozen", 0.30), ("random_finetune", 0.20)):
+        folder = tmp_path / step
+        folder.mkdir()
+        for name in ("best_epoch.keras", "last_epoch.keras"):
+            (folder / name).write_text("x")
+        (folder / "results.json").write_text(json.dumps({"best_val_mIoU": best}))
+        run.record[step] = {"result": {"run_dir": str(folder),
+                                       "model_path": str(folder / "best_epoch.keras"),
+                                       "test_metrics": dict(metrics, mIoU=best)}}
+    return run
+
+
+def test_one_run_prints_the_pde_row_and_the_random_row(tmp_path):
+    run = _fake_run(tmp_path)
+    args = run_pipeline.parse_args([])
+    assert args.baseline and set(run_pipeline.BASELINE_STEPS) < set(run_pipeline.STEPS)
+    table = run_pipeline.results_table(args, run)
+    assert "| PDE (classification distance), this run | 20 pairs from 8 images | 0.4000 |" in table
+    assert "| Glorot uniform (random), this run | none | 0.3000 | 0.6000 | 0.2000 |" in table
+    lines = run_pipeline.summary_lines(run, ["bg", "fruit", "leaf", "trunk", "flower"])
+    assert lines[0].startswith("PDE pretext: held-out pair accuracy 0.660")
+    assert any(l.startswith("random_frozen") and "fruit 0.100" in l for l in lines)
+    # --init random is that row already: no second random row.
+    assert not run_pipeline.parse_args(["--init", "random"]).baseline
+
+
+def test_pruning_keeps_the_encoder_and_the_better_unet_only(tmp_path):
+    run = _fake_run(tmp_path)
+    # The frozen-only U-Net has the higher best val_mIoU (0.40 > 0.35): it is kept.
+    assert run_pipeline.kept_unet(run) == str(tmp_path / "unet_frozen" / "best_epoch.keras")
+    run_pipeline.prune_checkpoints(run)
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.keras"))
+    assert left == ["unet_frozen/best_epoch.keras"]
+    assert (tmp_path / "pde" / "encoder.weights.h5").is_file()
