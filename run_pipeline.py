@@ -91,7 +91,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", choices=sorted(PROFILES), default="demo",
                    help="sizes and epochs: tiny (a wiring check of every step), demo (default: "
-                        "CPU-sized, both rows: DEMO_TIME on a 2-core CPU), paper (the "
+                        "CPU-sized, both rows: 16 min on a 2-core CPU), paper (the "
                         "original's sizes and epochs, for a GPU)")
     p.add_argument("--method", choices=("class", "grading"), default="class",
                    help="PDE distance: class = step 5 (classification, the published row), "

@@ -263,21 +263,25 @@ def _callbacks(args, run_dir):
                 logs["pairs_per_s"] = self.rate()
 
     class LossPlot(keras.callbacks.Callback):
-        """Redraws loss.png from the whole CSV log (earlier runs of a resumed run too)."""
+        """Redraws loss.png from the whole CSV log (earlier runs of a resumed run too):
+        the loss, and beside it the pair accuracy when the model logs one."""
 
         def on_epoch_end(self, epoch, logs=None):
             log = read_csv_log(csv_path)
             if not log.get("loss"):
                 return
-            fig, ax = plt.subplots(figsize=(6, 4))
+            panels = [("loss", "loss")] + ([("acc", "pair accuracy")] if log.get("acc") else [])
+            fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
             epochs = [int(e) + 1 for e in log.get("epoch", range(len(log["loss"])))]
-            ax.plot(epochs, log["loss"], label="train loss")
-            if log.get("val_loss"):
-                ax.plot(epochs[:len(log["val_loss"])], log["val_loss"], label="val loss")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_xlabel("epoch")
-            ax.set_ylabel("loss")
-            ax.legend()
+            for ax, (key, title) in zip(axes[0], panels):
+                ax.plot(epochs[:len(log[key])], log[key], label=f"train {title}")
+                if log.get(f"val_{key}"):
+                    ax.plot(epochs[:len(log[f"val_{key}"])], log[f"val_{key}"],
+                            label=f"val {title}")
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.set_xlabel("epoch")
+                ax.set_ylabel(title)
+                ax.legend()
             fig.tight_layout()
             fig.savefig(run_dir / "loss.png", dpi=100)
             plt.close(fig)
