@@ -424,7 +424,7 @@ def summary_lines(run, names):
     if "acc" in pretext:
         lines.append(f"PDE pretext: held-out pair accuracy {pretext['acc']:.3f} on the test "
                      f"dates' pairs (chance 0.25)")
-    for step in ("unet_frozen", "unet_finetune", "random_frozen", "random_finetune"):
+    for step in ("unet_frozen", "unet_finetune", *BASELINE_STEPS):
         iou = run.result(step).get("test_metrics", {}).get("IoU")
         if iou:
             lines.append(f"{step:16s} test IoU " + ", ".join(
@@ -443,7 +443,8 @@ def main(argv=None):
     else:
         run = Run(make_run_dir(f"pipeline_{args.profile}", args, root=args.logs_dir))
     print(f"Run folder: {run.dir}")
-    steps = [s for s in STEPS if s in args.steps and (args.baseline or s not in BASELINE_STEPS)]
+    planned = [s for s in STEPS if args.baseline or s not in BASELINE_STEPS]
+    steps = [s for s in planned if s in args.steps]
     # Later steps read what earlier ones recorded; a subset needs those already done.
     for i, step in enumerate(steps, start=1):
         if run.done(step):
@@ -461,8 +462,7 @@ def main(argv=None):
     (run.dir / "results.md").write_text(table + "\n\n" + "\n".join(summary) + "\n")
     total = sum(v["seconds"] for v in run.record.values())
     print("\n" + table + "\n\n" + "\n".join(summary) + "\n")
-    everything = [s for s in STEPS if args.baseline or s not in BASELINE_STEPS]
-    if not args.keep_checkpoints and all(run.done(s) for s in everything):
+    if not args.keep_checkpoints and all(run.done(s) for s in planned):
         print(f"Deleted {prune_checkpoints(run):.0f} MB of checkpoints no step needs any "
               f"more (--keep-checkpoints keeps them).")
     print(f"Steps took {total:.0f} s in all. Everything is in {run.dir}")

@@ -349,11 +349,13 @@ def main(argv=None):
     else:
         best_epoch = None
 
+    evaluated = best_path if args.eval_checkpoint == "best" and best_path.is_file() else \
+        run_dir / "last_epoch.keras"
     test_metrics = {}
     if args.eval_split.lower() != "none":
         from get_miou import evaluate_split
 
-        if args.eval_checkpoint == "best" and best_path.is_file():
+        if evaluated == best_path:
             model.load_weights(str(best_path))
         # A resumed run evaluates again beside, not over, the earlier evaluation.
         out_dir, k = run_dir / f"miou_{args.eval_split}", 1
@@ -370,8 +372,6 @@ def main(argv=None):
         "best_epoch": best_epoch, "best_val_mIoU": best_value,
         "eval_split": args.eval_split, "eval_checkpoint": args.eval_checkpoint,
         "test_metrics": test_metrics})
-    evaluated = best_path if args.eval_checkpoint == "best" and best_path.is_file() else \
-        run_dir / "last_epoch.keras"
     return {"run_dir": run_dir, "initial_epoch": args.init_epoch,
             "model_path": run_dir / "last_epoch.keras", "evaluated_model_path": evaluated,
             "best_model_path": best_path, "history": history, "test_metrics": test_metrics}

@@ -26,7 +26,7 @@ MODES = ("frozen", "decoder", "unfrozen")
 def time_mode(args, mode, mixed):
     import keras
 
-    from nets.unet import Unet, get_encoder
+    from nets.unet import Unet, get_encoder, unet_decoder
     from nets.unet_training import get_loss
     from utils.utils import set_mixed_precision, set_seed
 
@@ -40,7 +40,9 @@ def time_mode(args, mode, mixed):
     y = np.eye(6, dtype="float32")[rng.integers(0, 5, (args.batch_size, *args.input_shape))]
     model = unet
     if mode == "decoder":
-        model = decoder_from_unet(unet, encoder)
+        # The same decoder, fed the five features directly.
+        features = [keras.Input(t.shape[1:]) for t in encoder.outputs]
+        model = keras.Model(features, unet_decoder(features, 5, "resnet50"))
         x = [np.asarray(f, "float32") for f in encoder(x, training=False)]
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=get_loss("dice_focal", np.ones(5)),
                   jit_compile=False)
@@ -52,22 +54,6 @@ def time_mode(args, mode, mixed):
     elapsed = (time.perf_counter() - start) / args.steps
     set_mixed_precision(False)
     return policy, elapsed
-
-
-def decoder_from_unet(unet, encoder):
-    """A model from the five encoder features to the U-Net's output, sharing its layers
-    (the decoder of ``nets.unet.Unet``: upsample, concatenate the skip, two convs)."""
-    import keras
-
-    feats = [keras.Input(t.shape[1:]) for t in encoder.outputs]
-    ups = [l for l in unet.layers if isinstance(l, keras.layers.UpSampling2D)]
-    cats = [l for l in unet.layers if isinstance(l, keras.layers.Concatenate)]
-    convs = [l for l in unet.layers if isinstance(l, keras.layers.Conv2D)]
-    x = feats[4]
-    for i, skip in enumerate((feats[3], feats[2], feats[1], feats[0])):
-        x = convs[2 * i + 1](convs[2 * i](cats[i]([skip, ups[i](x)])))
-    x = convs[9](convs[8](ups[4](x)))
-    return keras.Model(feats, convs[10](x))
 
 
 def parse_args(argv=None):

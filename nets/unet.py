@@ -21,7 +21,14 @@ def Unet(input_shape=(576, 1024, 3), num_classes=5, backbone="resnet50"):
     check_input_shape(input_shape, backbone)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     encoder = build_encoder(input_shape, backbone)
-    feat1, feat2, feat3, feat4, feat5 = encoder(inputs)
+    outputs = unet_decoder(encoder(inputs), num_classes, backbone)
+    return keras.Model(inputs, outputs, name=f"unet_{backbone}")
+
+
+def unet_decoder(features, num_classes=5, backbone="resnet50"):
+    """The decoder on the encoder's five feature maps (strides low to high); returns
+    the (H, W, num_classes) softmax tensor."""
+    feat1, feat2, feat3, feat4, feat5 = features
     x = feat5
     for skip, filters in zip((feat4, feat3, feat2, feat1), DECODER_FILTERS):
         x = layers.UpSampling2D(2)(x)
@@ -35,8 +42,7 @@ def Unet(input_shape=(576, 1024, 3), num_classes=5, backbone="resnet50"):
         x = layers.UpSampling2D(2)(x)
         x = _conv(DECODER_FILTERS[-1])(x)
         x = _conv(DECODER_FILTERS[-1])(x)
-    outputs = layers.Conv2D(num_classes, 1, activation="softmax", name="seg_output")(x)
-    return keras.Model(inputs, outputs, name=f"unet_{backbone}")
+    return layers.Conv2D(num_classes, 1, activation="softmax", name="seg_output")(x)
 
 
 def get_encoder(model):
