@@ -1,0 +1,125 @@
+"""CSCL, multitask self-supervision and CMID: heads on hand-made tensors, the loss falls
+over 20 steps on tiny images, and the pretrained ResNet50 encoder loads whole (106/106
+layers) into the U-Net; CSCL's whole U-Net loads into train.py's U-Net.
+
+The learning tests use tiny conv networks (ResNet50's graph tracing alone costs 20-40 s
+here); the transfer tests build the real ResNet50 once per module and run eagerly.
+"""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nets import unet as unet_net
+from other_ssl import losses
+from other_ssl.cscl import CSCL, ContextSelfSimilarity
+from utils.weights import load_weights_by_name
+
+RESNET50_LAYERS = 106
+
+
+@pytest.fixture(scope="module")
+def unet_encoder():
+    return unet_net.get_encoder(unet_net.Unet((32, 32, 3), 5))
+
+
+def assert_loads_whole(encoder, path):
+    report = load_weights_by_name(encoder, path, verbose=False)
+    assert len(report.loaded) == RESNET50_LAYERS, report.summary()
+    assert not report.missing and not report.mismatched
+
+
+def blocks(n, size, seed=0, classes=3):
+    """``n`` label maps of 4x4-pixel blocks and images whose colour follows the label."""
+    rng = np.random.RandomState(seed)
+    labels = np.kron(rng.randint(0, classes, (n, size // 4, size // 4)),
+                     np.ones((1, 4, 4), int))
+    palette = rng.rand(classes, 3).astype("float32")
+    images = palette[labels] + 0.05 * rng.randn(n, size, size, 3).astype("float32")
+    return images, labels
+
+
+# CSCL.
+
+def test_cscl_head_shapes_and_border_keys():
+    keras.utils.set_random_seed(0)
+    head = ContextSelfSimilarity(attn_channels=4, kernel_size=3)
+    e = tf.random.normal((1, 4, 4, 6))
+    s = head(e).numpy()
+    assert s.shape == (1, 4, 4, 3, 3) and np.abs(s).max() <= 1 + 1e-5
+    # At (0, 0) the window's top-left key is padding: zero plus the position embeddings.
+    q = e.numpy()[0, 0, 0] @ head.query.kernel.numpy()[0, 0]
+    k = np.concatenate([head.rel_h.numpy()[0], head.rel_w.numpy()[0]])
+    want = q @ k / np.linalg.norm(q) / np.linalg.norm(k)
+    assert s[0, 0, 0, 0, 0] == pytest.approx(want, abs=1e-5)
+    # The centre compares each pixel's query with its own key (+ the middle embeddings).
+    kc = e.numpy()[0, 2, 1] @ head.key.kernel.numpy()[0, 0]
+    kc = kc + np.concatenate([head.rel_h.numpy()[1], head.rel_w.numpy()[1]])
+    qc = e.numpy()[0, 2, 1] @ head.query.kernel.numpy()[0, 0]
+    assert s[0, 2, 1, 1, 1] == pytest.approx(qc @ kc / np.linalg.norm(qc) / np.linalg.norm(kc),
+                                             abs=1e-5)
+
+
+def tiny_unet(size=16, classes=3):
+    """Any model with a ``seg_output`` classifier stands in for the U-Net."""
+    image = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(image)
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(x)
+    out = keras.layers.Conv2D(classes, 1, activation="softmax", name="seg_output")(x)
+    return keras.Model(image, out)
+
+
+def test_cscl_loss_falls_and_leaves_the_classifier_alone():
+    keras.utils.set_random_seed(0)
+    unet = tiny_unet()
+    model = CSCL(unet, attn_channels=8)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=False)
+    images, labels = blocks(2, 16)
+    onehot = tf.one_hot(labels, 4)
+    classifier = unet.get_layer("seg_output").get_weights()[0].copy()
+    step = tf.function(model.train_step)
+    found = []
+    for _ in range(20):
+        model.loss_tracker.reset_state()
+        found.append(float(step((images, onehot))["loss"]))
+    assert np.mean(found[-5:]) < np.mean(found[:5]) - 0.05, found
+    np.testing.assert_array_equal(unet.get_layer("seg_output").get_weights()[0], classifier)
+
+
+def test_train_cscl_end_to_end_and_both_transfers(tmp_path, unet_encoder):
+    from other_ssl import train_cscl
+    from test_train import make_voc
+
+    voc = make_voc(tmp_path, counts=(("train", 2), ("val", 2)), size=(40, 32))
+    result = train_cscl.main(["--voc-path", str(voc), "--input-shape", "32", "32",
+                              "--batch-size", "2", "--epochs", "1", "--num-workers", "1",
+                              "--run-eagerly", "--logs-dir", str(tmp_path / "logs")])
+    run_dir = result["run_dir"]
+    assert run_dir.name.startswith("cscl_")
+    for name in ("args.json", "history.csv", "loss.png", "results.json"):
+        assert (run_dir / name).is_file(), name
+    assert np.isfinite(result["history"]["loss"][0]) and "val_loss" in result["history"]
+    # Encoder-only transfer (the table's frozen column): every layer.
+    assert_loads_whole(unet_encoder, result["encoder_path"])
+    # Whole-network transfer: the file train.py --init-model loads into its own U-Net.
+    # Two U-Nets start from different random weights; after loading, their decoders agree.
+    first, second = unet_net.Unet((32, 32, 3), 5), unet_net.Unet((32, 32, 3), 5)
+    for model in (first, second):
+        model.load_weights(str(result["unet_path"]))
+    convs = [[l for l in m.layers if isinstance(l, keras.layers.Conv2D)] for m in (first, second)]
+    for a, b in zip(*convs):
+        np.testing.assert_array_equal(a.get_weights()[0], b.get_weights()[0])
+
+
+def test_train_cscl_bad_input(tmp_path):
+    from other_ssl import train_cscl
+    from test_train import make_voc
+
+    voc = make_voc(tmp_path, counts=(("train", 2),), size=(40, 32))
+    with pytest.raises(ValueError, match="fewer than --batch-size 32"):
+        train_cscl.main(["--voc-path", str(voc), "--input-shape", "32", "32",
+                         "--logs-dir", str(tmp_path / "logs")])
+    with pytest.raises(ValueError, match="--kernel-size 4"):
+        train_cscl.main(["--voc-path", str(voc), "--input-shape", "32", "32",
+                         "--kernel-size", "4"])
+    assert not (tmp_path / "logs").exists()
