@@ -68,20 +68,18 @@ def clone_network(model, name):
     return copy
 
 
-class SSLMethod(keras.Model):
-    """Base of every method: two augmented views per image, one optimiser step.
+class PretextMethod(keras.Model):
+    """What every registered method shares: hyperparameters and the backbone.
 
     ``defaults`` lists the method's hyperparameters and their default values; they are
-    set as attributes and can be overridden as keyword arguments. ``probe_classes > 0``
-    adds an online linear probe (Dense on the stop-gradient encoder output of the first
-    view) trained on integer labels given as ``(images, labels)`` batches.
+    set as attributes and can be overridden as keyword arguments. ``backbone`` (image ->
+    feature maps) is what ``train_ssl.py`` saves for ``train.py``.
     """
 
     defaults = {}
 
-    def __init__(self, backbone=None, input_shape=(288, 512, 3), width=256,
-                 pool="flatten", backbone_name="resnet50", augmenter=None,
-                 probe_classes=0, name=None, **hyperparameters):
+    def __init__(self, backbone=None, input_shape=(288, 512, 3), backbone_name="resnet50",
+                 name=None, **hyperparameters):
         super().__init__(name=name or type(self).__name__.lower())
         unknown = sorted(set(hyperparameters) - set(self.defaults))
         if unknown:
@@ -91,9 +89,23 @@ class SSLMethod(keras.Model):
         self.hyperparameters = {**self.defaults, **hyperparameters}
         for key, value in self.hyperparameters.items():
             setattr(self, key, value)
-        self.width = int(width)
         self.backbone = backbone if backbone is not None else build_encoder(
             input_shape, backbone_name)
+
+
+class SSLMethod(PretextMethod):
+    """Base of the two-view methods: two augmented views per image, one optimiser step.
+
+    ``probe_classes > 0`` adds an online linear probe (Dense on the stop-gradient
+    encoder output of the first view) trained on integer labels given as
+    ``(images, labels)`` batches.
+    """
+
+    def __init__(self, backbone=None, input_shape=(288, 512, 3), width=256,
+                 pool="flatten", backbone_name="resnet50", augmenter=None,
+                 probe_classes=0, name=None, **hyperparameters):
+        super().__init__(backbone, input_shape, backbone_name, name, **hyperparameters)
+        self.width = int(width)
         self.encoder = wrap_encoder(self.backbone, self.width, pool)
         self.projector = projection_head(self.width)
         self.predictor = self.build_predictor()

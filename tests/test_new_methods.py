@@ -13,6 +13,7 @@ import tensorflow as tf
 from nets import unet as unet_net
 from other_ssl import losses
 from other_ssl.cscl import CSCL, ContextSelfSimilarity
+from other_ssl.methods import METHODS
 from utils.weights import load_weights_by_name
 
 RESNET50_LAYERS = 106
@@ -123,3 +124,86 @@ def test_train_cscl_bad_input(tmp_path):
         train_cscl.main(["--voc-path", str(voc), "--input-shape", "32", "32",
                          "--kernel-size", "4"])
     assert not (tmp_path / "logs").exists()
+
+
+# Multitask self-supervision.
+
+def tiny_backbone(shape=(32, 32, 3)):
+    image = keras.Input(shape)
+    a = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(image)
+    b = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(a)
+    return keras.Model(image, [a, b], name="tiny")
+
+
+def random_images(n, seed=0, size=32):
+    return tf.constant((np.random.RandomState(seed).rand(n, size, size, 3) * 255)
+                       .astype("float32"))
+
+
+def run_steps(model, images, n):
+    step = tf.function(model.train_step)
+    found = []
+    for _ in range(n):
+        for metric in model.metrics:
+            metric.reset_state()
+        logs = step(images)
+        found.append(float(logs["loss"]))
+    return found, {k: float(v) for k, v in logs.items()}
+
+
+@pytest.fixture(scope="module")
+def resnet50_backbone():
+    from nets.encoders import build_encoder
+
+    return build_encoder((32, 32, 3), "resnet50")
+
+
+def test_dihedral_classes_and_per_sample_choice():
+    from other_ssl import augment
+
+    x = tf.reshape(tf.range(4, dtype=tf.float32), (1, 2, 2, 1)) * tf.ones((1, 1, 1, 3))
+    grid = lambda t: t.numpy()[0, :, :, 0].tolist()  # noqa: E731
+    # hflip, vflip, identity, 90, 180, 270 degrees anticlockwise, as the class indices.
+    assert [grid(op(x)) for op in augment.DIHEDRAL] == [
+        [[1, 0], [3, 2]], [[2, 3], [0, 1]], [[0, 1], [2, 3]], [[1, 3], [0, 2]],
+        [[3, 2], [1, 0]], [[2, 0], [3, 1]]]
+    both = augment.apply_per_sample(tf.concat([x, x], 0), tf.constant([0, 4]), augment.DIHEDRAL)
+    assert grid(both[:1]) == [[1, 0], [3, 2]] and grid(both[1:]) == [[3, 2], [1, 0]]
+
+
+def test_corrupt_block_changes_one_square():
+    from other_ssl import augment
+
+    keras.utils.set_random_seed(3)
+    images = tf.random.uniform((4, 30, 45, 3))
+    changed = np.abs(augment.corrupt_block(images).numpy() - images.numpy()).max(-1) > 1e-4
+    for mask in changed:
+        rows, cols = np.where(mask)
+        assert len(rows)
+        # Inside one square of side 0.2-1/3 of the short side (30): at most 10 pixels.
+        assert rows.max() - rows.min() < 10 and cols.max() - cols.min() < 10
+
+
+def test_multitask_loss_falls():
+    keras.utils.set_random_seed(0)
+    model = METHODS["multitask"](backbone=tiny_backbone(), width=16)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
+    found, logs = run_steps(model, random_images(2), 20)
+    assert {"inpainting_loss", "recognition_loss", "exemplar_loss", "agr_acc"} <= set(logs)
+    assert np.isfinite(found).all()
+    assert np.mean(found[-5:]) < np.mean(found[:5]) - 1.0, found
+    # The inpainting decoder returns the input's size and channels.
+    assert tuple(model.inpainter.outputs[0].shape[1:]) == (32, 32, 3)
+
+
+def test_multitask_resnet50_encoder_loads_whole(resnet50_backbone, unet_encoder, tmp_path):
+    from other_ssl.multitask import Multitask
+    from utils.weights import save_encoder
+
+    model = Multitask(backbone=resnet50_backbone)
+    # The authors' decoder widths come from the skips: 1024, 512, 256, 64, then 32.
+    widths = [l.filters for l in model.inpainter.layers
+              if isinstance(l, keras.layers.Conv2D) and l.name.startswith("inpaint")]
+    assert widths == [1024, 512, 256, 64, 32, 3]
+    path = save_encoder(model.backbone, tmp_path / "encoder.weights.h5")
+    assert_loads_whole(unet_encoder, path)
