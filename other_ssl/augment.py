@@ -54,14 +54,19 @@ def crop_and_resize(images, boxes):
 def random_resized_crop(images, scale=DEFAULTS["scale"], ratio=DEFAULTS["ratio"]):
     """Crop a box of random area fraction ``scale`` and log-uniform aspect ``ratio``
     (relative to the image's own aspect) from each image, resized back to full size."""
-    n = tf.shape(images)[0]
+    return crop_and_resize(images, random_boxes(tf.shape(images)[0], scale, ratio))
+
+
+def random_boxes(n, scale=DEFAULTS["scale"], ratio=DEFAULTS["ratio"]):
+    """``n`` crop boxes (y1, x1, y2, x2 in 0..1) of random area fraction ``scale`` and
+    log-uniform aspect ``ratio`` relative to the image's own, at random places."""
     area = tf.random.uniform((n,), scale[0], scale[1])
     aspect = tf.exp(tf.random.uniform((n,), math.log(ratio[0]), math.log(ratio[1])))
     h = tf.clip_by_value(tf.sqrt(area / aspect), 0.0, 1.0)
     w = tf.clip_by_value(tf.sqrt(area * aspect), 0.0, 1.0)
     top = tf.random.uniform((n,)) * (1.0 - h)
     left = tf.random.uniform((n,)) * (1.0 - w)
-    return crop_and_resize(images, tf.stack([top, left, top + h, left + w], axis=1))
+    return tf.stack([top, left, top + h, left + w], axis=1)
 
 
 def random_brightness(images, strength):
@@ -203,3 +208,42 @@ def random_crop_ratio(images, low, high):
     top = tf.random.uniform((n,)) * (1.0 - r)
     left = tf.random.uniform((n,)) * (1.0 - r)
     return crop_and_resize(images, tf.stack([top, left, top + r, left + r], axis=1))
+
+
+def gaussian_blur(images, sigma_range=(0.1, 2.0), kernel_sizes=(3, 5, 7)):
+    """Blur each image with a Gaussian of random sigma and odd kernel side (the batch
+    shares one side, drawn per call), depthwise and separable."""
+    sigma = tf.random.uniform((tf.shape(images)[0],), *sigma_range)
+
+    def blur(k):
+        offsets = tf.range(k, dtype=tf.float32) - (k - 1) / 2
+        # One 1-D kernel per image: (B, k), applied along rows, then columns.
+        kernel = tf.exp(-0.5 * tf.square(offsets[None, :] / sigma[:, None]))
+        kernel = kernel / tf.reduce_sum(kernel, axis=1, keepdims=True)
+        pad = k // 2
+        x = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+        h, w = tf.shape(images)[1], tf.shape(images)[2]
+        rows = sum(x[:, i:i + h] * kernel[:, i, None, None, None] for i in range(k))
+        return sum(rows[:, :, i:i + w] * kernel[:, i, None, None, None] for i in range(k))
+
+    side = tf.random.uniform((), 0, len(kernel_sizes), dtype=tf.int32)
+    return tf.switch_case(side, [lambda k=k: blur(k) for k in kernel_sizes])
+
+
+def random_noise(images, p, std_range=(10 ** 0.5 / 255, 50 ** 0.5 / 255)):
+    """Gaussian noise (std drawn per image; albumentations' variance 10-50 on 0..255)
+    on each image with probability ``p``."""
+    std = _per_sample(images, *std_range)
+    noisy = tf.clip_by_value(images + std * tf.random.normal(tf.shape(images)), 0.0, 1.0)
+    return tf.where(_per_sample(images, 0.0, 1.0) < p, noisy, images)
+
+
+def random_solarize(images, p, threshold=0.5):
+    """Invert the pixels at or above ``threshold`` in each image with probability ``p``."""
+    solar = tf.where(images >= threshold, 1.0 - images, images)
+    return tf.where(_per_sample(images, 0.0, 1.0) < p, solar, images)
+
+
+def random_apply(images, p, op):
+    """``op(images)`` for each image with probability ``p``, else the image."""
+    return tf.where(_per_sample(images, 0.0, 1.0) < p, op(images), images)

@@ -237,10 +237,16 @@ class MomentumSSLMethod(SSLMethod):
         return tf.stop_gradient(self.m_projector(h, training=training))
 
     def after_step(self, out):
-        c = tf.cast(self.momentum_coeff, tf.float32)
-        pairs = list(zip(self.encoder.weights, self.m_encoder.weights)) + list(
-            zip(self.projector.weights, self.m_projector.weights))
-        for online, momentum in pairs:
+        ema_update([(self.encoder, self.m_encoder), (self.projector, self.m_projector)],
+                   self.momentum_coeff)
+
+
+def ema_update(pairs, coeff):
+    """``momentum <- coeff * momentum + (1 - coeff) * online`` for every float weight of
+    each ``(online, momentum)`` pair of networks, BN statistics included."""
+    c = tf.cast(coeff, tf.float32)
+    for online_net, momentum_net in pairs:
+        for online, momentum in zip(online_net.weights, momentum_net.weights):
             if not momentum.dtype.startswith("float"):
                 continue
             value = c * tf.cast(momentum, tf.float32) + (1.0 - c) * tf.cast(online, tf.float32)

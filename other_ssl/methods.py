@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from other_ssl import losses
 from other_ssl.base import MomentumSSLMethod, SSLMethod, prediction_head
+from other_ssl.cmid import CMID
 from other_ssl.multitask import Multitask
 
 
@@ -171,7 +172,8 @@ class DINO(MomentumSSLMethod):
 
 METHODS = {"simclr": SimCLR, "moco": MoCo, "simsiam": SimSiam, "byol": BYOL,
            "barlow_twins": BarlowTwins, "nnclr": NNCLR, "dcclr": DCCLR,
-           "hsictwins": HSICTwins, "twist": TWIST, "dino": DINO, "multitask": Multitask}
+           "hsictwins": HSICTwins, "twist": TWIST, "dino": DINO, "multitask": Multitask,
+           "cmid": CMID}
 
 
 def get_method(name):

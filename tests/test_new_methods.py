@@ -207,3 +207,82 @@ def test_multitask_resnet50_encoder_loads_whole(resnet50_backbone, unet_encoder,
     assert widths == [1024, 512, 256, 64, 32, 3]
     path = save_encoder(model.backbone, tmp_path / "encoder.weights.h5")
     assert_loads_whole(unet_encoder, path)
+
+
+# CMID.
+
+def tiny_pyramid(shape=(32, 32, 3)):
+    image = keras.Input(shape)
+    a = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(image)
+    b = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(a)
+    c = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(b)
+    return keras.Model(image, [a, b, c], name="tiny")
+
+
+def test_cmid_cell_centres_follow_crop_and_flip():
+    from other_ssl.cmid import cell_centres
+
+    whole = tf.constant([[0.0, 0.0, 1.0, 1.0], [0.5, 0.5, 1.0, 1.0]])
+    got = cell_centres(whole, tf.constant([False, True]), (2, 2), (4, 8)).numpy()
+    # Whole 4x8 image, 2x2 cells: centres at rows 1, 3 and columns 2, 6, row-major.
+    np.testing.assert_allclose(got[0], [[1, 2], [1, 6], [3, 2], [3, 6]])
+    # The bottom-right quarter, flipped: the first column shows its right edge.
+    np.testing.assert_allclose(got[1], [[2.5, 7], [2.5, 5], [3.5, 7], [3.5, 5]])
+
+
+def test_cmid_match_cells_keeps_the_nearest_pairs_in_order():
+    from other_ssl.cmid import match_cells
+
+    a = tf.constant([[[0.0, 0.0], [0.0, 10.0], [10.0, 0.0]]])
+    b = tf.constant([[[0.0, 1.0], [9.0, 0.0], [50.0, 50.0]]])
+    # Nearest distances 1 (a0-b0), 9 (a1-b0), 1 (a2-b1): keep a0 and a2.
+    keep, partner = match_cells(a, b, 2)
+    assert keep.numpy().tolist() == [[0, 2]] and partner.numpy().tolist() == [[0, 1]]
+    # More matches asked than cells: every cell.
+    assert match_cells(a, b, 20)[0].shape == (1, 3)
+
+
+def test_cmid_patch_mask_ratio():
+    from other_ssl.cmid import patch_mask
+
+    mask = patch_mask(3, (4, 4), (2, 2), 0.6).numpy()
+    # ceil(0.6 * 4) = 3 of 4 cells, each 2x2 at stride 4.
+    assert mask.shape == (3, 4, 4) and (mask.sum(axis=(1, 2)) == 12).all()
+    assert set(np.unique(mask)) == {0.0, 1.0}
+
+
+def test_cmid_loss_falls_and_teacher_follows():
+    keras.utils.set_random_seed(0)
+    model = METHODS["cmid"](backbone=tiny_pyramid(), width=16, queue_size=16, hidden=32,
+                            local_dim=64)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
+    queue = model.queue.numpy().copy()
+    history = model.fit(random_images(2), batch_size=2, epochs=20, shuffle=False,
+                        verbose=0).history
+    found = history["loss"]
+    assert {"rec_loss", "global_loss", "local_loss", "emb_std"} <= set(history)
+    assert np.isfinite(found).all()
+    assert np.mean(found[-5:]) < np.mean(found[:5]) - 0.05, found
+    assert np.abs(model.mask_token.numpy()).sum() > 0  # the token learned
+    assert not np.allclose(queue, model.queue.numpy())
+    # The schedules ran: momentum to 1 by the cosine, teacher temperature warming up.
+    assert 0.996 < float(model.tau) <= 1.0
+    assert 0.04 < float(model.teacher_temp) < 0.07
+    student, teacher = model.backbone.weights[0].numpy(), model.m_backbone.weights[0].numpy()
+    assert not np.allclose(student, teacher)
+
+
+def test_cmid_resnet50_mask_token_at_stem_and_encoder_loads_whole(resnet50_backbone,
+                                                                 unet_encoder, tmp_path):
+    from other_ssl.cmid import CMID
+    from utils.weights import save_encoder
+
+    model = CMID(backbone=resnet50_backbone, queue_size=8)
+    # The token joins after the max pool: stride 4, 64 channels.
+    assert tuple(model.stem.outputs[0].shape[1:]) == (8, 8, 64)
+    assert tuple(model.mask_token.shape) == (1, 1, 1, 64)
+    x = tf.random.uniform((1, 32, 32, 3))
+    np.testing.assert_allclose(model.trunk(model.stem(x)), resnet50_backbone(x)[-1], atol=1e-5)
+    assert model.reconstructor.layers[-1].filters == 32 * 32 * 3
+    path = save_encoder(model.backbone, tmp_path / "encoder.weights.h5")
+    assert_loads_whole(unet_encoder, path)
