@@ -111,8 +111,8 @@ def color_jitter(images, brightness, contrast, saturation, hue):
 
 def random_grayscale(images, p):
     """Each image turned grey (three equal channels) with probability ``p``."""
-    grey = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(images))
-    return tf.where(_per_sample(images, 0.0, 1.0) < p, grey, images)
+    return random_apply(images, p,
+                        lambda x: tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x)))
 
 
 def rotate90(images, k):
@@ -234,14 +234,13 @@ def random_noise(images, p, std_range=(10 ** 0.5 / 255, 50 ** 0.5 / 255)):
     """Gaussian noise (std drawn per image; albumentations' variance 10-50 on 0..255)
     on each image with probability ``p``."""
     std = _per_sample(images, *std_range)
-    noisy = tf.clip_by_value(images + std * tf.random.normal(tf.shape(images)), 0.0, 1.0)
-    return tf.where(_per_sample(images, 0.0, 1.0) < p, noisy, images)
+    return random_apply(images, p, lambda x: tf.clip_by_value(
+        x + std * tf.random.normal(tf.shape(x)), 0.0, 1.0))
 
 
 def random_solarize(images, p, threshold=0.5):
     """Invert the pixels at or above ``threshold`` in each image with probability ``p``."""
-    solar = tf.where(images >= threshold, 1.0 - images, images)
-    return tf.where(_per_sample(images, 0.0, 1.0) < p, solar, images)
+    return random_apply(images, p, lambda x: tf.where(x >= threshold, 1.0 - x, x))
 
 
 def random_apply(images, p, op):
