@@ -24,6 +24,8 @@ from other_ssl.losses import embedding_std
 
 # The authors' mask patch at their 224-pixel input; scaled with the input's short side.
 MASK_PATCH_AT_224 = 32
+# The authors' queue; with queue_size 0 (sized to the data) it is the most used.
+AUTHORS_QUEUE = 65536
 
 
 def _unit_rows(shape, dtype=None):
@@ -169,8 +171,14 @@ class CMIDViews(keras.layers.Layer):
 class CMID(PretextMethod):
     """CMID with a ResNet-50 (or any backbone with a stride-4 map). ``width`` is the
     global projection's size (authors: 256); ``pool`` is not used (GAP, as the authors).
-    No linear probe."""
-    defaults = {"temperature": 0.2, "queue_size": 65536, "momentum_coeff": 0.996,
+    No linear probe.
+
+    ``queue_size`` 0 sizes the queue to the data: 2 x (images per epoch - batch), at
+    most the authors' 65,536, so it never holds a key of an image in the current batch
+    (two keys per image and step; a key of the same image would be a negative that is
+    really a positive). Any other value is used as given.
+    """
+    defaults = {"temperature": 0.2, "queue_size": 0, "momentum_coeff": 0.996,
                 "num_matches": 20, "student_temperature": 0.1,
                 "teacher_temperature": 0.04, "final_teacher_temperature": 0.07,
                 "teacher_warmup_epochs": 50, "center_momentum": 0.9, "mask_ratio": 0.6,
@@ -201,8 +209,11 @@ class CMID(PretextMethod):
         self.m_backbone = clone_network(self.backbone, "m_backbone")
         self.m_projector = clone_network(self.projector, "m_projector")
         self.m_local_head = clone_network(self.local_head, "m_local_head")
-        self.queue = self.add_weight(shape=(int(self.queue_size), self.width),
+        self.queue = self.add_weight(shape=(int(self.queue_size) or AUTHORS_QUEUE, self.width),
                                      initializer=_unit_rows, trainable=False, name="queue")
+        # Steps per epoch, set by CMIDSchedule (0: unknown), to size the queue's used part.
+        self.epoch_steps = self.add_weight(shape=(), dtype="int32", trainable=False,
+                                           initializer="zeros", name="epoch_steps")
         self.center = self.add_weight(shape=(self.local_dim,), initializer="zeros",
                                       trainable=False, name="center")
         # Set by CMIDSchedule during fit; the start values otherwise.
@@ -242,6 +253,17 @@ class CMID(PretextMethod):
         x = x + tf.cast(self.mask_token, x.dtype) * tf.cast(mask4[..., None], x.dtype)
         return self.trunk(x, training=training)
 
+    def queue_in_use(self, batch):
+        """The newest part of the queue the loss reads (all of it with a given
+        ``queue_size`` or an unknown epoch length)."""
+        queue = tf.convert_to_tensor(self.queue)
+        steps = tf.convert_to_tensor(self.epoch_steps)
+        if self.queue_size:
+            return queue
+        used = tf.where(steps > 0, tf.clip_by_value(2 * (steps - 1) * batch, 0, queue.shape[0]),
+                        queue.shape[0])
+        return queue[:used]
+
     def masked_view(self, view):
         """The view with ``mask_ratio`` of its patches set to its per-channel mean, the
         mask at stride 4 (for the token) and at full size (for the losses)."""
@@ -275,7 +297,8 @@ class CMID(PretextMethod):
         q2 = self.projector(tf.reduce_mean(s2, axis=(1, 2)), training=training)
         k1 = tf.stop_gradient(self.m_projector(tf.reduce_mean(t1, axis=(1, 2)), training=training))
         k2 = tf.stop_gradient(self.m_projector(tf.reduce_mean(t2, axis=(1, 2)), training=training))
-        glob = losses.mocov2_loss(q1, q2, k1, k2, self.queue, self.temperature)
+        glob = losses.mocov2_loss(q1, q2, k1, k2, self.queue_in_use(tf.shape(images)[0]),
+                                  self.temperature)
 
         loc1 = cell_centres(boxes1, flips1, self.grid, self.image_shape)
         loc2 = cell_centres(boxes2, flips2, self.grid, self.image_shape)
@@ -324,12 +347,20 @@ class CMID(PretextMethod):
 class CMIDSchedule(keras.callbacks.Callback):
     """The authors' schedules: EMA momentum from its start value to 1 along a cosine
     over all training steps; teacher temperature linear from its start to its final
-    value over ``teacher_warmup_epochs`` epochs, then constant."""
+    value over ``teacher_warmup_epochs`` epochs, then constant; and, with
+    ``queue_size`` 0, the part of the queue the loss reads (see :class:`CMID`)."""
 
     def on_train_begin(self, logs=None):
         steps = self.params.get("steps") or 1
         self.total = max(1, steps * self.params.get("epochs", 1))
         self.step = 0
+        self.model.epoch_steps.assign(self.params.get("steps") or 0)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        m = self.model
+        base = float(m.momentum_coeff)
+        m.tau.assign(1.0 - (1.0 - base) * (math.cos(math.pi * self.step / self.total) + 1) / 2)
+        self.step += 1
 
     def on_epoch_begin(self, epoch, logs=None):
         m = self.model
@@ -338,8 +369,3 @@ class CMIDSchedule(keras.callbacks.Callback):
         m.teacher_temp.assign(m.teacher_temperature
                               + frac * (m.final_teacher_temperature - m.teacher_temperature))
 
-    def on_train_batch_begin(self, batch, logs=None):
-        m = self.model
-        base = float(m.momentum_coeff)
-        m.tau.assign(1.0 - (1.0 - base) * (math.cos(math.pi * self.step / self.total) + 1) / 2)
-        self.step += 1

