@@ -1,6 +1,7 @@
 """CSCL, multitask self-supervision and CMID: heads on hand-made tensors, the loss falls
-over 20 steps on tiny images, (CMID: its reconstruction; see the test) and the pretrained ResNet50 encoder loads whole (106/106
-layers) into the U-Net; CSCL's whole U-Net loads into train.py's U-Net.
+over 20 steps on tiny images (for CMID its reconstruction term: see that test), and the
+pretrained ResNet50 encoder loads whole (106/106 layers) into the U-Net; CSCL's whole
+U-Net loads into train.py's U-Net.
 
 The learning tests use tiny conv networks (ResNet50's graph tracing alone costs 20-40 s
 here); the transfer tests build the real ResNet50 once per module and run eagerly.
