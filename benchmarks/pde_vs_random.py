@@ -1,10 +1,10 @@
 """The main job's claim over several seeds: PDE against a random encoder.
 
-Each seed runs ``run_pipeline.py`` up to the random row (same orchard, every other
-option of the profile unchanged; ``--seed`` changes the PDE pretraining and the U-Net
-seeds alike), then embeds the stage images with the PDE encoder and with a random
-encoder of the same seed and measures their k-NN stage accuracy (``visualize.py
-embeddings``). It prints, as mean ± std over the seeds: frozen and fine-tuned test mIoU
+Each seed runs ``run_pipeline.py`` up to the random row with every option of the
+profile unchanged (``--seed`` changes the synthetic orchard's trees, the PDE pretraining
+and the U-Net seeds alike), then embeds the stage images with the PDE encoder and with
+a random encoder of the same seed and measures their k-NN stage accuracy
+(``visualize.py embeddings``). It prints, as mean ± std over the seeds: frozen and fine-tuned test mIoU
 and per-class IoU of both rows, the PDE pretext's held-out pair accuracy, the k-NN stage
 accuracies, and whether PDE's frozen mean is above random's by more than twice the
 larger standard deviation.
@@ -44,9 +44,10 @@ def parse_args(argv=None):
     p.add_argument("--profile", default="demo", help="run_pipeline.py profile (default demo)")
     p.add_argument("--seeds", type=int, nargs="+", default=[11, 12, 13],
                    help="one pipeline run per seed (default 11 12 13; at least 3 for a spread)")
-    p.add_argument("--data-dir", default=None,
-                   help="synthetic orchard folder, generated once and shared by every seed "
-                        "(default: run_pipeline's demo_data/<profile>)")
+    p.add_argument("--data-dir", default="demo_data/pde_vs_random",
+                   help="where each seed's synthetic orchard is generated or found, in "
+                        "seed<N>/ (the pipeline's --seed also seeds the orchard, so every seed "
+                        "has its own trees; default demo_data/pde_vs_random)")
     p.add_argument("--pipeline-args", default="",
                    help="extra run_pipeline.py options for every seed, e.g. "
                         "\"--unet-args '--freeze-lr 3e-4'\"")
@@ -84,9 +85,8 @@ def run_seed(args, seed, out_dir):
     import run_pipeline
 
     argv = ["--profile", args.profile, "--seed", str(seed), "--logs-dir", str(out_dir),
-            "--steps", ",".join(ROW_STEPS), *shlex.split(args.pipeline_args)]
-    if args.data_dir:
-        argv += ["--data-dir", args.data_dir]
+            "--steps", ",".join(ROW_STEPS), "--data-dir", str(Path(args.data_dir) / f"seed{seed}"),
+            *shlex.split(args.pipeline_args)]
     start = time.time()
     record = run_pipeline.main(argv)["steps"]
     result = {"seconds": round(time.time() - start, 1),
