@@ -198,9 +198,7 @@ class Run:
             run = cls(args.resume)
             run.write_json(fresh_path(run.dir / "args_resume.json"), vars(args))
             return run
-        run = cls(make_run_dir(name, root=root))
-        run.write_json("args.json", vars(args))
-        return run
+        return cls(make_run_dir(name, args, root=root))
 
     def path(self, name):
         return self.dir / name
@@ -283,9 +281,9 @@ class Run:
         return callbacks
 
 
-def make_run_dir(name, root="logs"):
-    """Create a new, empty folder ``root/<name>_<YYYYmmdd-HHMMSS>[_k]``; an existing
-    folder is never reused."""
+def make_run_dir(name, args=None, root="logs"):
+    """Create a new folder ``root/<name>_<YYYYmmdd-HHMMSS>[_k]`` (an existing folder is
+    never reused) holding ``args`` (a Namespace or dict, if given) as ``args.json``."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     base = root / f"{name}_{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -293,7 +291,11 @@ def make_run_dir(name, root="logs"):
     while True:
         try:
             run_dir.mkdir()
-            return run_dir
+            break
         except FileExistsError:
             k += 1
             run_dir = Path(f"{base}_{k}")
+    if args is not None:
+        data = vars(args) if hasattr(args, "__dict__") else dict(args)
+        Run(run_dir).write_json("args.json", data)
+    return run_dir
