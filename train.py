@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 
 from nets.unet_training import LOSSES, get_loss  # noqa: E402
 from utils.run import (Run, checkpoint_epoch, fresh_path, logged, progress_verbose,  # noqa: E402
-                       resume_args)
+                       read_log, resume_args)
 from utils.utils import (NAME_CLASSES, add_common_training_args, jit_compile_default,  # noqa: E402
                          set_mixed_precision, set_seed, get_strategy)
 
@@ -226,7 +226,10 @@ def main(argv=None):
     # A resume starts after the newest complete last_epoch.keras (a cut-off one never
     # lands: checkpoints are renamed into place) and forgets the log rows after it.
     last = Path(args.resume or ".") / "last_epoch.keras"
-    resume_epoch = checkpoint_epoch(last) if args.resume else None
+    # (A last_epoch.keras from before checkpoints held their epoch: the logged epochs.)
+    epochs = read_log(args.resume).get("epoch") if args.resume else None
+    resume_epoch = checkpoint_epoch(last, max(epochs) + 1 if epochs else None) \
+        if args.resume else None
     if resume_epoch is not None:
         args.init_epoch = resume_epoch
     elif args.resume:

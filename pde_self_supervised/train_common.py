@@ -209,7 +209,8 @@ def last_checkpoint(run_dir):
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"--resume: run folder not found: {run_dir}")
-    path, epoch = newest_checkpoint(p for p in run_dir.iterdir() if CHECKPOINT_RE.match(p.name))
+    path, epoch = newest_checkpoint((p for p in run_dir.iterdir() if CHECKPOINT_RE.match(p.name)),
+                                    legacy=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)))
     if path is None:
         raise FileNotFoundError(f"--resume: no complete checkpoint ep*.keras in {run_dir}")
     return path, epoch

@@ -130,26 +130,30 @@ def logged(log, key, first=0, stop=None):
             if first <= e < stop and isinstance(v, float) and not math.isnan(v)]
 
 
-def checkpoint_epoch(path):
+def checkpoint_epoch(path, legacy=None):
     """The number of epochs a checkpoint written by :meth:`Run.save_model` holds, or
-    None when the file is cut off, unreadable or carries no epoch."""
+    None when the file is cut off or unreadable. A whole file from before checkpoints
+    held their epoch gives ``legacy`` (e.g. the epoch in its name)."""
     path = Path(path)
     try:
         if path.name.endswith(".keras"):
             with zipfile.ZipFile(path) as z:
+                if EPOCH_KEY not in z.namelist():
+                    return legacy
                 return int(json.loads(z.read(EPOCH_KEY))["epoch"])
         import h5py
 
         with h5py.File(path, "r") as f:
-            return int(f.attrs["epoch"])
+            return int(f.attrs["epoch"]) if "epoch" in f.attrs else legacy
     except Exception:  # noqa: BLE001 -- any damage means "not a complete checkpoint"
         return None
 
 
-def newest_checkpoint(paths):
+def newest_checkpoint(paths, legacy=lambda path: None):
     """``(path, epochs)`` of the complete checkpoint holding the most epochs, or
-    ``(None, 0)``; cut-off and foreign files are passed over."""
-    found = [(e, str(p)) for p in paths if (e := checkpoint_epoch(p)) is not None]
+    ``(None, 0)``; cut-off files are passed over. ``legacy(path)``: the epoch of a file
+    from before checkpoints held their epoch."""
+    found = [(e, str(p)) for p in paths if (e := checkpoint_epoch(p, legacy(p))) is not None]
     if not found:
         return None, 0
     epochs, path = max(found)
