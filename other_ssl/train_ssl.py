@@ -28,7 +28,7 @@ from other_ssl.dataset import (check_batch_size, list_images, make_image_dataset
 from other_ssl.methods import METHODS, get_method  # noqa: E402
 from other_ssl.training import CHECKPOINT, OPTIMIZERS, epoch_steps, make_optimizer, resume  # noqa: E402
 from utils.callbacks import Checkpoint  # noqa: E402
-from utils.run import Run, progress_verbose, resume_args  # noqa: E402
+from utils.run import Run, fresh_path, progress_verbose, resume_args  # noqa: E402
 from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,  # noqa: E402
                          set_mixed_precision, set_seed)
 from utils.precise_bn import add_precise_bn_arg, recalibrate_batchnorm  # noqa: E402
@@ -155,7 +155,7 @@ def main(argv=None):
 
         used = recalibrate_batchnorm(model.backbone, dataset, args.precise_bn, forward)
         print(f"Precise BN: encoder statistics re-estimated from {used} training batches")
-    encoder_path = save_encoder(model.backbone, run_dir / "encoder.weights.h5",
+    encoder_path = save_encoder(model.backbone, fresh_path(run_dir / "encoder.weights.h5"),
                                 backbone=args.backbone)
     results = {"method": args.method, "hyperparameters": dict(model.hyperparameters),
                "images": len(paths), "steps_per_epoch": steps,

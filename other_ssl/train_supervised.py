@@ -31,7 +31,7 @@ from other_ssl.dataset import (check_batch_size, list_images, make_image_dataset
                                stage_labels)
 from other_ssl.training import CHECKPOINT, OPTIMIZERS, epoch_steps, make_optimizer, resume  # noqa: E402
 from utils.callbacks import Checkpoint  # noqa: E402
-from utils.run import Run, progress_verbose, resume_args  # noqa: E402
+from utils.run import Run, fresh_path, progress_verbose, resume_args  # noqa: E402
 from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,  # noqa: E402
                          set_mixed_precision, set_seed)
 from utils.precise_bn import add_precise_bn_arg, recalibrate_batchnorm  # noqa: E402
@@ -171,7 +171,8 @@ def main(argv=None):
     if args.precise_bn:
         used = recalibrate_batchnorm(model, train_ds, args.precise_bn)
         print(f"Precise BN: statistics re-estimated from {used} training batches")
-    encoder_path = save_encoder(encoder, run_dir / "encoder.weights.h5", backbone=args.backbone)
+    encoder_path = save_encoder(encoder, fresh_path(run_dir / "encoder.weights.h5"),
+                                backbone=args.backbone)
     val_accs = history.get("val_accuracy") or [None]
     val_acc = val_accs[-1]
     results = {"num_stages": num_stages, "images_per_stage": counts,

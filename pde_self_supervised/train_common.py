@@ -21,7 +21,8 @@ from pde_self_supervised.dataloader_2img import (PairDataError, bad_images_messa
                                                  load_pair_index, pair_dataset,
                                                  split_by_fractions)
 from utils.precise_bn import add_precise_bn_arg, recalibrate_batchnorm
-from utils.run import Run, fresh_path, newest_checkpoint, progress_verbose, resume_args
+from utils.run import (Run, fresh_path, logged, newest_checkpoint, progress_verbose,
+                       resume_args)
 from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,
                          set_mixed_precision, set_seed)
 
@@ -259,7 +260,7 @@ def _callbacks(args, run):
     callbacks = [
         PairsPerSecond(),
         *run.callbacks(),
-        ResumableEarlyStopping(previous=run.log().get("val_loss", []), monitor="val_loss",
+        ResumableEarlyStopping(previous=logged(run.log(), "val_loss"), monitor="val_loss",
                                mode="min", min_delta=0.001, patience=3, verbose=1),
         Checkpoint(run, CHECKPOINT_PATTERN),
     ]

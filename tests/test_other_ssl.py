@@ -298,3 +298,4 @@ def test_train_supervised_main_end_to_end(tmp_path, stage_dir, unet_encoder, cap
     again = train_supervised.main(["--resume", str(run_dir), "--epochs", "2"])
     assert again["run_dir"] == run_dir and len(again["history"]["loss"]) == 2
     assert (run_dir / "args_resume.json").is_file()
+    assert again["encoder_path"] == run_dir / "encoder_2.weights.h5"   # the first one kept
