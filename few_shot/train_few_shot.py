@@ -103,7 +103,10 @@ def parse_args(argv=None):
     train.add_argument("--steps-per-epoch", type=int, default=None,
                        help="stage 2 steps per epoch (default: training images / (P x K), "
                             "at least 1)")
-    train.add_argument("--tsne-perplexity", type=float, default=30.0)
+    train.add_argument("--run-eagerly", action="store_true",
+                       help="no tf.function: faster for very short runs of the small heads")
+    train.add_argument("--tsne-perplexity", type=float, default=30.0,
+                       help="t-SNE perplexity, capped at the held-out images - 1 (default 30)")
     train.add_argument("--seed", type=int, default=11, help="random seed (default 11)")
     train.add_argument("--logs-dir", default="logs", help="parent of the run folder (default logs/)")
     args = p.parse_args(argv)
@@ -115,6 +118,11 @@ class EpochTimer(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.times = []
+
+    def mean(self):
+        """Mean epoch time, leaving out the first epoch (graph tracing) when there are
+        more."""
+        return float(np.mean(self.times[1:] if len(self.times) > 1 else self.times))
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
@@ -181,7 +189,7 @@ class SimilarityModel(keras.Model):
         return self.spec.batch_loss(emb, y, **self.loss_options)
 
     def train_step(self, data):
-        x, y = data
+        x, y = data[:2]
         with tf.GradientTape() as tape:
             loss = self.batch_loss(x, y)
         grads = tape.gradient(loss, self.trainable_variables)
@@ -225,6 +233,12 @@ def pooled_trunk(backbone, mean, std, input_shape):
     return keras.Model(image, keras.layers.GlobalAveragePooling2D(name="gap")(x), name="trunk")
 
 
+def apply_in_batches(fn, x, batch_size=64):
+    """``fn`` on ``x`` in batches, eagerly: no graph to trace for a one-off pass."""
+    return np.concatenate([np.asarray(fn(x[i:i + batch_size], training=False))
+                           for i in range(0, len(x), batch_size)])
+
+
 def _verbose():
     return 1 if sys.stdout.isatty() else 2
 
@@ -264,17 +278,17 @@ def run_transfer(args, run_dir, feats_train, y_train, feats_test, y_test, classe
     probs = keras.layers.Dense(n, activation="softmax", name="classes")(hidden)
     head = keras.Model(features, probs, name="transfer_head")
     head.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
-                 loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                 loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                 run_eagerly=args.run_eagerly)
     timer = EpochTimer()
     head.fit(feats_train, y_train, batch_size=args.batch_size, epochs=args.epochs[0],
              shuffle=True, verbose=_verbose(),
              callbacks=[timer, keras.callbacks.CSVLogger(str(run_dir / "transfer_training_log.csv"))])
-    y_pred = head.predict(feats_test, batch_size=256, verbose=0).argmax(1)
-    hidden_model = keras.Model(features, hidden)
-    emb = hidden_model.predict(feats_test, batch_size=256, verbose=0)
+    y_pred = apply_in_batches(head, feats_test, 256).argmax(1)
+    emb = apply_in_batches(keras.Model(features, hidden), feats_test, 256)
     metrics = evaluate(run_dir, "transfer", y_test, y_pred, emb, classes, args.seed,
                        args.tsne_perplexity, "the Dense-ReLU features")
-    metrics["mean_epoch_seconds"] = float(np.mean(timer.times))
+    metrics["mean_epoch_seconds"] = timer.mean()
     return metrics
 
 
@@ -282,16 +296,16 @@ def run_similarity(args, run_dir, trunk, x_train, y_train, x_test, y_test, class
     """Stage 2: ``x_*`` are pooled features (frozen backbone) or images (--fine-tune)."""
     model = SimilarityModel(trunk, args.embedding_dim, len(classes), args.loss,
                             loss_options(args), name=f"similarity_{args.loss}")
-    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
+    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), run_eagerly=args.run_eagerly)
     sampler = PKSampler(y_train, p, k, seed=args.seed)
     steps = args.steps_per_epoch or max(1, len(y_train) // (p * k))
     timer = EpochTimer()
     model.fit(pk_dataset(x_train, y_train.astype(np.int32), sampler), epochs=args.epochs[1],
-              steps_per_epoch=steps, verbose=_verbose(),
+              steps_per_epoch=steps, verbose=_verbose(), shuffle=False,
               callbacks=[timer, keras.callbacks.CSVLogger(str(run_dir / "similarity_training_log.csv")),
                          keras.callbacks.TerminateOnNaN()])
-    emb_train = model.predict(x_train, batch_size=64, verbose=0)
-    emb_test = model.predict(x_test, batch_size=64, verbose=0)
+    emb_train = apply_in_batches(model, x_train)
+    emb_test = apply_in_batches(model, x_test)
     if model.spec.kind == "angular":
         y_pred = np.asarray(model.cosine(emb_test)).argmax(1)
         rule = "cosine head"
@@ -300,7 +314,7 @@ def run_similarity(args, run_dir, trunk, x_train, y_train, x_test, y_test, class
         rule = "nearest class centroid"
     metrics = evaluate(run_dir, "similarity", y_test, y_pred, emb_test, classes, args.seed,
                        args.tsne_perplexity, f"the {args.loss} embedding")
-    metrics.update(mean_epoch_seconds=float(np.mean(timer.times)), classified_by=rule,
+    metrics.update(mean_epoch_seconds=timer.mean(), classified_by=rule,
                    loss=args.loss, steps_per_epoch=steps, batch=f"{p}x{k}")
     return metrics
 
@@ -342,8 +356,8 @@ def main(argv=None):
     trunk = pooled_trunk(backbone, mean, std, input_shape)
     backbone.trainable = False
     start = time.perf_counter()
-    feats_train = trunk.predict(x_train.astype(np.float32), batch_size=32, verbose=0)
-    feats_test = trunk.predict(x_test.astype(np.float32), batch_size=32, verbose=0)
+    feats_train = apply_in_batches(trunk, x_train.astype(np.float32), 32)
+    feats_test = apply_in_batches(trunk, x_test.astype(np.float32), 32)
     results = {"classes": data.classes, "train_images": int(len(train_idx)),
                "test_images": int(len(test_idx)), "backbone": args.backbone,
                "weights": args.weights, "normalize": args.normalize,
