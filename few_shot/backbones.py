@@ -50,7 +50,6 @@ def _application(name, **extra):
 
 def _project_encoder(backbone):
     def build(input_shape, weights):
-        check_input_shape(input_shape, backbone)
         encoder = build_encoder(tuple(input_shape), backbone)
         return keras.Model(encoder.inputs, encoder.outputs[-1], name=f"encoder_{backbone}")
     return build
@@ -77,13 +76,8 @@ def keras_cache_dir():
     return Path(base) / "models"
 
 
-def build_backbone(name, input_shape, weights="none", verbose=True):
-    """Return ``(model, report)``: the backbone (image -> feature map) and the
-    :class:`utils.weights.TransferReport` of a weights file (None otherwise).
-
-    Raises ``ValueError`` with one clear line for an unknown name, a too-small input,
-    ImageNet weights that are neither cached nor downloadable, or a weights file that
-    matches no layer."""
+def check_backbone(name, input_shape, weights):
+    """The option errors :func:`build_backbone` would meet, without building anything."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
     spec = BACKBONES[name]
@@ -91,13 +85,29 @@ def build_backbone(name, input_shape, weights="none", verbose=True):
     if min(h, w) < spec.min_side:
         raise ValueError(f"--input-shape {h} {w}: {name} needs sides of at least "
                          f"{spec.min_side} pixels")
+    if name.startswith("encoder-"):
+        check_input_shape((h, w), name.split("-", 1)[1])
+    if weights == "imagenet" and not spec.imagenet:
+        raise ValueError(f"{name} has no ImageNet weights in Keras; pass the encoder's "
+                         f"weights file with --weights FILE, or --weights none")
+    if weights not in ("imagenet", "none") and not Path(weights).is_file():
+        raise ValueError(f"--weights {weights}: not 'imagenet', 'none' or an existing file")
+
+
+def build_backbone(name, input_shape, weights="none", verbose=True):
+    """Return ``(model, report)``: the backbone (image -> feature map) and the
+    :class:`utils.weights.TransferReport` of a weights file (None otherwise).
+
+    Raises ``ValueError`` with one clear line for an unknown name, a too-small input,
+    ImageNet weights that are neither cached nor downloadable, or a weights file that
+    matches no layer."""
+    check_backbone(name, input_shape, weights)
+    spec = BACKBONES[name]
+    h, w = input_shape[:2]
     input_shape = (h, w, 3)
     if weights == "none":
         return spec.build(input_shape, None), None
     if weights == "imagenet":
-        if not spec.imagenet:
-            raise ValueError(f"{name} has no ImageNet weights in Keras; pass the encoder's "
-                             f"weights file with --weights FILE, or --weights none")
         try:
             return spec.build(input_shape, "imagenet"), None
         except Exception as exc:  # Keras raises a bare Exception on a failed download
@@ -105,9 +115,6 @@ def build_backbone(name, input_shape, weights="none", verbose=True):
                              f"({keras_cache_dir()}) and could not be downloaded ({exc}); "
                              f"copy the file there on an offline machine, or use "
                              f"--weights none or --weights FILE") from exc
-    path = Path(weights)
-    if not path.is_file():
-        raise ValueError(f"--weights {weights}: not 'imagenet', 'none' or an existing file")
     model = spec.build(input_shape, None)
-    report = load_weights_by_name(model, path, verbose=verbose)
+    report = load_weights_by_name(model, Path(weights), verbose=verbose)
     return model, report

@@ -31,7 +31,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from few_shot.backbones import BACKBONES, build_backbone  # noqa: E402
+from few_shot.backbones import BACKBONES, build_backbone, check_backbone  # noqa: E402
 from few_shot.data import (NORMALIZATIONS, FewShotDataError, PKSampler, load_images,  # noqa: E402
                            normalization_stats, read_class_folders, read_stage_images,
                            split_shots)
@@ -245,8 +245,6 @@ def _verbose():
 
 def check_options(args, n_classes):
     """Every option problem, before any image is decoded."""
-    if args.stages_from_names and not Path(args.image_dir).is_dir():
-        raise FewShotDataError(f"{args.image_dir}: image folder not found")
     p = args.batch_classes or min(n_classes, 8)
     k = args.batch_per_class or min(args.shots, 4)
     if "similarity" in args.stages and p < LOSSES[args.loss].min_classes:
@@ -329,6 +327,7 @@ def main(argv=None):
     """Run the chosen stages; returns {"run_dir", "transfer", "similarity", ...}."""
     args = parse_args(argv)
     try:
+        check_backbone(args.backbone, args.input_shape, args.weights)
         data = (read_stage_images if args.stages_from_names else read_class_folders)(args.image_dir)
         p, k = check_options(args, len(data.classes))
         train_idx, test_idx = split_shots(data.labels, args.shots, args.seed, args.image_dir,
@@ -337,7 +336,7 @@ def main(argv=None):
             PKSampler(data.labels[train_idx], p, k)   # its own checks, before decoding
         size = tuple(args.input_shape)
         images = load_images(data.paths, size, where=args.image_dir)
-    except FewShotDataError as exc:
+    except ValueError as exc:   # FewShotDataError and the backbone's option errors
         raise SystemExit(f"error: {exc}") from None
     set_seed(args.seed)
     y_train, y_test = data.labels[train_idx], data.labels[test_idx]
@@ -346,7 +345,7 @@ def main(argv=None):
     input_shape = (*size, 3)
     try:
         backbone, report = build_backbone(args.backbone, input_shape, args.weights)
-    except (ValueError, FileNotFoundError) as exc:
+    except ValueError as exc:   # ImageNet weights missing offline, or no layer matched
         raise SystemExit(f"error: {exc}") from None
 
     run_dir = make_run_dir("few_shot", args, root=args.logs_dir)
