@@ -5,8 +5,8 @@ The backbones are this project's ResNet50 encoder initialised three ways: from a
 encoder (step 5), at random (Glorot uniform), and from the supervised stage classifier
 (``other_ssl/train_supervised.py``); ``keras.applications`` models can be added as
 ``BACKBONE:WEIGHTS`` rows (e.g. ``mobilenetv2:imagenet`` when the file is in Keras's
-cache). Each row is one ``few_shot/train_few_shot.py`` run on the same K-shot split:
-the "transfer" rows are its stage 1, the loss rows its stage 2.
+cache). Each backbone and K is one ``few_shot/train_few_shot.py`` run (the same K-shot
+split for every backbone): its "transfer" row is stage 1, its loss rows stage 2.
 
     python benchmarks/few_shot_table.py                       # CPU-sized: tiny orchard, tiny encoders
     python benchmarks/few_shot_table.py --pde-encoder logs/pde_class_<time>/encoder.weights.h5 \\
@@ -56,9 +56,9 @@ def parse_args(argv=None):
                         "ResNet50 encoder) and/or BACKBONE:WEIGHTS with a keras.applications "
                         f"backbone ({', '.join(b for b in BACKBONES if not b.startswith('encoder'))}) "
                         "(default pde,random,supervised)")
-    p.add_argument("--losses", default="transfer,contrastive,triplet,arcface",
+    p.add_argument("--losses", default="transfer,triplet,arcface",
                    help="comma-separated: transfer (stage 1) and any of "
-                        f"{', '.join(LOSSES)} (default transfer,contrastive,triplet,arcface)")
+                        f"{', '.join(LOSSES)} (default transfer,triplet,arcface)")
     p.add_argument("--shots", type=int, nargs="+", default=[5, 10], help="K values (default 5 10)")
     p.add_argument("--input-shape", type=int, nargs=2, default=[64, 64], metavar=("H", "W"),
                    help="few-shot input size (the study: 256 256; default 64 64)")
@@ -71,14 +71,14 @@ def parse_args(argv=None):
                    help="a supervised encoder.weights.h5 (default: train a tiny one here)")
     p.add_argument("--pairs-args", default="--per-class 500",
                    help="make_dataset.py options for the tiny PDE run (default '--per-class 500')")
-    p.add_argument("--pde-args", default="--input-shape 64 64 --load-size 64 64 --batch-size 16 "
-                                         "--test-batch-size 16 --epochs 2 --steps-per-epoch 20 "
+    p.add_argument("--pde-args", default="--input-shape 32 32 --load-size 32 32 --batch-size 16 "
+                                         "--test-batch-size 16 --epochs 2 --steps-per-epoch 8 "
                                          "--pool gap --shared-towers --no-augment "
-                                         "--learning-rate 1e-3 --precise-bn 5 "
-                                         "--validation-steps 2 --keep-checkpoints 1",
+                                         "--learning-rate 1e-3 --precise-bn 2 "
+                                         "--validation-steps 2 --keep-checkpoints 1 --run-eagerly",
                    help="con_train_resnet_class.py options for the tiny PDE encoder")
-    p.add_argument("--supervised-args", default="--input-shape 64 64 --batch-size 16 --epochs 2 "
-                                                "--steps-per-epoch 10 --precise-bn 5",
+    p.add_argument("--supervised-args", default="--input-shape 32 32 --batch-size 16 --epochs 2 "
+                                                "--steps-per-epoch 5 --precise-bn 2 --run-eagerly",
                    help="train_supervised.py options for the tiny supervised encoder")
     p.add_argument("--few-shot-args", default="--run-eagerly",
                    help="extra train_few_shot.py options for every row (default --run-eagerly: "
@@ -199,17 +199,19 @@ def main(argv=None):
                       "--weights", str(weights), "--normalize", args.normalize,
                       "--epochs", *map(str, args.epochs), "--seed", str(args.seed),
                       "--logs-dir", str(run_dir / "runs")] + shlex.split(args.few_shot_args)
-            plan = ([("transfer", ["--stages", "transfer"])] if "transfer" in args.losses else [])
-            plan += [(loss, ["--stages", "similarity", "--loss", loss]) for loss in similarity]
-            for loss, extra in plan:
-                print(f"\n== K={shots} {label} {loss}")
-                t = time.perf_counter()
-                out = train_few_shot.main(common + extra)
-                stage = "transfer" if loss == "transfer" else "similarity"
+            stages = (["transfer"] if "transfer" in args.losses else []) + (
+                ["similarity", "--loss", *similarity] if similarity else [])
+            print(f"\n== K={shots} {label}: {', '.join(args.losses)}")
+            t = time.perf_counter()
+            out = train_few_shot.main(common + ["--stages", *stages])
+            seconds = time.perf_counter() - t
+            results = ([("transfer", out["transfer"])] if "transfer" in args.losses else [])
+            results += [(loss, out["similarity"][loss]) for loss in similarity]
+            for loss, metrics in results:
                 rows.append({"shots": shots, "backbone": label, "loss": loss,
-                             **{m: out[stage][m] for m in METRICS},
-                             "run_dir": str(out["run_dir"]), "seconds": time.perf_counter() - t})
-                write_json(run_dir / "rows.json", rows)
+                             **{m: metrics[m] for m in METRICS},
+                             "run_dir": str(out["run_dir"]), "run_seconds": seconds})
+            write_json(run_dir / "rows.json", rows)
     timings["total"] = time.perf_counter() - start
     tables = "\n\n".join(markdown(rows, k) for k in args.shots)
     (run_dir / "table.md").write_text(tables + "\n")

@@ -12,7 +12,7 @@ losses classify by their cosine head, Siamese losses by the nearest class centro
 Each stage is evaluated on the images not among the K shots of each class.
 
 Writes a new run folder ``<logs>/few_shot_<time>/``: ``args.json``, per stage
-``<stage>_training_log.csv``, ``<stage>_report.csv`` (per class), ``<stage>_confusion.png``,
+(``transfer``, and ``similarity_<loss>`` for each ``--loss``) ``<stage>_training_log.csv``, ``<stage>_report.csv`` (per class), ``<stage>_confusion.png``,
 ``<stage>_pca.png`` and ``<stage>_tsne.png`` (held-out embeddings), and ``results.json``.
 """
 import os
@@ -78,8 +78,9 @@ def parse_args(argv=None):
     train = p.add_argument_group("training")
     train.add_argument("--stages", choices=STAGES, nargs="+", default=list(STAGES),
                        help="which stages to run (default both)")
-    train.add_argument("--loss", choices=list(LOSSES), default="arcface",
-                       help="stage 2 loss (default arcface)")
+    train.add_argument("--loss", choices=list(LOSSES), nargs="+", default=["arcface"],
+                       help="stage 2 loss; several run one after another on the same split "
+                            "and backbone features (default arcface)")
     train.add_argument("--margin", type=float, default=None,
                        help="loss margin (default per loss: contrastive, triplet and "
                             "quadruplet 1.0, CosFace and ArcFace 0.5, the study's)")
@@ -198,9 +199,9 @@ class SimilarityModel(keras.Model):
         return {"loss": self.loss_tracker.result()}
 
 
-def loss_options(args):
-    """The options the chosen loss reads, from the command line."""
-    spec = LOSSES[args.loss]
+def loss_options(args, loss):
+    """The options ``loss`` reads, from the command line."""
+    spec = LOSSES[loss]
     values = {"margin": args.margin, "margin2": args.margin2, "scale": args.scale,
               "m": args.sphereface_m, "easy_margin": args.easy_margin}
     return {k: values[k] for k in spec.options if values[k] is not None}
@@ -247,13 +248,14 @@ def check_options(args, n_classes):
     """Every option problem, before any image is decoded."""
     p = args.batch_classes or min(n_classes, 8)
     k = args.batch_per_class or min(args.shots, 4)
-    if "similarity" in args.stages and p < LOSSES[args.loss].min_classes:
-        raise FewShotDataError(f"--loss {args.loss} mines tuples of "
-                               f"{LOSSES[args.loss].min_classes} classes; a batch holds {p} "
-                               f"(the data set has {n_classes} classes)")
-    if "similarity" in args.stages and LOSSES[args.loss].kind == "siamese" and k < 2:
-        raise FewShotDataError(f"--loss {args.loss} needs positives: --batch-per-class must be "
-                               f"at least 2 (and --shots too)")
+    for loss in args.loss if "similarity" in args.stages else ():
+        if p < LOSSES[loss].min_classes:
+            raise FewShotDataError(f"--loss {loss} mines tuples of {LOSSES[loss].min_classes} "
+                                   f"classes; a batch holds {p} (the data set has {n_classes} "
+                                   f"classes)")
+        if LOSSES[loss].kind == "siamese" and k < 2:
+            raise FewShotDataError(f"--loss {loss} needs positives: --batch-per-class must be "
+                                   f"at least 2 (and --shots too)")
     return p, k
 
 
@@ -290,17 +292,19 @@ def run_transfer(args, run_dir, feats_train, y_train, feats_test, y_test, classe
     return metrics
 
 
-def run_similarity(args, run_dir, trunk, x_train, y_train, x_test, y_test, classes, p, k):
-    """Stage 2: ``x_*`` are pooled features (frozen backbone) or images (--fine-tune)."""
-    model = SimilarityModel(trunk, args.embedding_dim, len(classes), args.loss,
-                            loss_options(args), name=f"similarity_{args.loss}")
+def run_similarity(args, loss, run_dir, trunk, x_train, y_train, x_test, y_test, classes, p, k):
+    """Stage 2 with one loss; outputs are named ``similarity_<loss>_*``. ``x_*`` are
+    pooled features (frozen backbone) or images (--fine-tune)."""
+    stage = f"similarity_{loss}"
+    model = SimilarityModel(trunk, args.embedding_dim, len(classes), loss,
+                            loss_options(args, loss), name=stage)
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), run_eagerly=args.run_eagerly)
     sampler = PKSampler(y_train, p, k, seed=args.seed)
     steps = args.steps_per_epoch or max(1, len(y_train) // (p * k))
     timer = EpochTimer()
     model.fit(pk_dataset(x_train, y_train.astype(np.int32), sampler), epochs=args.epochs[1],
               steps_per_epoch=steps, verbose=_verbose(), shuffle=False,
-              callbacks=[timer, keras.callbacks.CSVLogger(str(run_dir / "similarity_training_log.csv")),
+              callbacks=[timer, keras.callbacks.CSVLogger(str(run_dir / f"{stage}_training_log.csv")),
                          keras.callbacks.TerminateOnNaN()])
     emb_train = apply_in_batches(model, x_train)
     emb_test = apply_in_batches(model, x_test)
@@ -310,10 +314,10 @@ def run_similarity(args, run_dir, trunk, x_train, y_train, x_test, y_test, class
     else:
         y_pred = nearest_centroid_predict(emb_train, y_train, emb_test)
         rule = "nearest class centroid"
-    metrics = evaluate(run_dir, "similarity", y_test, y_pred, emb_test, classes, args.seed,
-                       args.tsne_perplexity, f"the {args.loss} embedding")
+    metrics = evaluate(run_dir, stage, y_test, y_pred, emb_test, classes, args.seed,
+                       args.tsne_perplexity, f"the {loss} embedding")
     metrics.update(mean_epoch_seconds=timer.mean(), classified_by=rule,
-                   loss=args.loss, steps_per_epoch=steps, batch=f"{p}x{k}")
+                   loss=loss, steps_per_epoch=steps, batch=f"{p}x{k}")
     return metrics
 
 
@@ -324,7 +328,8 @@ def _describe(metrics):
 
 
 def main(argv=None):
-    """Run the chosen stages; returns {"run_dir", "transfer", "similarity", ...}."""
+    """Run the chosen stages; returns {"run_dir", "transfer": metrics,
+    "similarity": {loss: metrics}, ...}."""
     args = parse_args(argv)
     try:
         check_backbone(args.backbone, args.input_shape, args.weights)
@@ -370,14 +375,20 @@ def main(argv=None):
     if "similarity" in args.stages:
         if args.fine_tune:
             backbone.trainable = True
+            initial = backbone.get_weights()
             inputs = (x_train.astype(np.float32), x_test.astype(np.float32))
             model_trunk = trunk
         else:
             inputs, model_trunk = (feats_train, feats_test), None
-        results["similarity"] = run_similarity(args, run_dir, model_trunk, inputs[0], y_train,
-                                               inputs[1], y_test, data.classes, p, k)
-        print(f"stage 2 (similarity learning, {args.loss}, by "
-              f"{results['similarity']['classified_by']}): " + _describe(results["similarity"]))
+        results["similarity"] = {}
+        for loss in args.loss:
+            if args.fine_tune:   # each loss starts from the same backbone weights
+                backbone.set_weights(initial)
+            m = run_similarity(args, loss, run_dir, model_trunk, inputs[0], y_train, inputs[1],
+                               y_test, data.classes, p, k)
+            results["similarity"][loss] = m
+            print(f"stage 2 (similarity learning, {loss}, by {m['classified_by']}): "
+                  + _describe(m))
     write_json(run_dir / "results.json", results)
     return {"run_dir": run_dir, **results}
 

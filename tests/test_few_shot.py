@@ -226,7 +226,7 @@ def _learning_case(loss, steps=20, seed=0):
     labels = np.repeat(np.arange(4), 8)
     x = centres[labels] + 0.6 * rng.normal(size=(32, 16)).astype(np.float32)
     args = parse_args(["--loss", loss])
-    model = SimilarityModel(None, 8, 4, loss, loss_options(args))
+    model = SimilarityModel(None, 8, 4, loss, loss_options(args, loss))
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     model(x[:2])
     sampler = PKSampler(labels, 4, 4, seed=seed)
@@ -257,15 +257,16 @@ def test_end_to_end_tiny_run(tmp_path):
                                "--steps-per-epoch", "2", "--hidden", "8",
                                "--embedding-dim", "4", "--run-eagerly", "--logs-dir", str(tmp_path / "logs")])
     run = out["run_dir"]
-    for stage in ("transfer", "similarity"):
+    for stage, m in (("transfer", out["transfer"]),
+                     ("similarity_contrastive", out["similarity"]["contrastive"])):
         for suffix in ("_report.csv", "_confusion.png", "_pca.png", "_tsne.png",
                        "_training_log.csv"):
             assert (run / f"{stage}{suffix}").is_file(), stage + suffix
-        m = out[stage]
         for key in ("accuracy", "precision", "recall", "f1"):
             assert 0.0 <= m[key] <= 1.0
         assert m["mean_epoch_seconds"] > 0
-    assert out["test_images"] == 9 and out["similarity"]["classified_by"] == "nearest class centroid"
+    assert out["test_images"] == 9
+    assert out["similarity"]["contrastive"]["classified_by"] == "nearest class centroid"
     with open(run / "transfer_report.csv") as f:
         rows = list(csv.reader(f))
     assert [r[0] for r in rows[1:4]] == ["class_0", "class_1", "class_2"]
@@ -304,6 +305,7 @@ def test_fine_tuned_angular_run_from_a_project_encoder_file(tmp_path):
                                "--epochs", "1", "1", "--batch-per-class", "2",
                                "--steps-per-epoch", "1", "--embedding-dim", "4", "--run-eagerly",
                                "--logs-dir", str(tmp_path / "logs")])
-    assert "transfer" not in out and out["similarity"]["classified_by"] == "cosine head"
+    assert "transfer" not in out
+    assert out["similarity"]["arcface"]["classified_by"] == "cosine head"
     assert out["transfer_report"].startswith(f"Loaded weights from {encoder_file}: 13/13 layers")
-    assert 0.0 <= out["similarity"]["accuracy"] <= 1.0
+    assert 0.0 <= out["similarity"]["arcface"]["accuracy"] <= 1.0
