@@ -14,6 +14,7 @@ Two families, as in the study (A. Uzhinskiy, Biology 14 (2025) 99):
 benchmark look losses up there and nowhere else.
 """
 import dataclasses
+import functools
 import math
 from typing import Callable
 
@@ -234,7 +235,7 @@ LOSSES = {
     "contrastive": LossSpec("siamese", _contrastive_batch, options=("margin",)),
     "triplet": LossSpec("siamese", _triplet_batch, options=("margin",)),
     "quadruplet": LossSpec("siamese", _quadruplet_batch, 3, ("margin", "margin2")),
-    "quadruplet_study": LossSpec("siamese", lambda *a, **k: _quadruplet_batch(*a, study=True, **k),
+    "quadruplet_study": LossSpec("siamese", functools.partial(_quadruplet_batch, study=True),
                                  3, ("margin", "margin2")),
     "sphereface": LossSpec("angular", _sphereface_batch, options=("m",)),
     "cosface": LossSpec("angular", _cosface_batch, options=("scale", "margin")),

@@ -211,10 +211,10 @@ def pk_dataset(inputs, labels, sampler):
     """An endless ``tf.data`` stream of P x K batches gathered from in-memory arrays."""
     def gen():
         for idx in sampler:
-            yield inputs[idx], labels[idx]
+            yield inputs[idx].astype(np.float32), labels[idx]
 
     return tf.data.Dataset.from_generator(gen, output_signature=(
-        tf.TensorSpec((None, *inputs.shape[1:]), tf.as_dtype(inputs.dtype)),
+        tf.TensorSpec((None, *inputs.shape[1:]), tf.float32),
         tf.TensorSpec((None,), tf.int32))).prefetch(2)
 
 
@@ -235,8 +235,9 @@ def pooled_trunk(backbone, mean, std, input_shape):
 
 
 def apply_in_batches(fn, x, batch_size=64):
-    """``fn`` on ``x`` in batches, eagerly: no graph to trace for a one-off pass."""
-    return np.concatenate([np.asarray(fn(x[i:i + batch_size], training=False))
+    """``fn`` on ``x`` (cast to float32 batch by batch, so uint8 images stay uint8 in
+    memory) eagerly: no graph to trace for a one-off pass."""
+    return np.concatenate([np.asarray(fn(x[i:i + batch_size].astype(np.float32), training=False))
                            for i in range(0, len(x), batch_size)])
 
 
@@ -360,8 +361,8 @@ def main(argv=None):
     trunk = pooled_trunk(backbone, mean, std, input_shape)
     backbone.trainable = False
     start = time.perf_counter()
-    feats_train = apply_in_batches(trunk, x_train.astype(np.float32), 32)
-    feats_test = apply_in_batches(trunk, x_test.astype(np.float32), 32)
+    feats_train = apply_in_batches(trunk, x_train, 32)
+    feats_test = apply_in_batches(trunk, x_test, 32)
     results = {"classes": data.classes, "train_images": int(len(train_idx)),
                "test_images": int(len(test_idx)), "backbone": args.backbone,
                "weights": args.weights, "normalize": args.normalize,
@@ -376,7 +377,7 @@ def main(argv=None):
         if args.fine_tune:
             backbone.trainable = True
             initial = backbone.get_weights()
-            inputs = (x_train.astype(np.float32), x_test.astype(np.float32))
+            inputs = (x_train, x_test)
             model_trunk = trunk
         else:
             inputs, model_trunk = (feats_train, feats_test), None

@@ -309,3 +309,21 @@ def test_fine_tuned_angular_run_from_a_project_encoder_file(tmp_path):
     assert out["similarity"]["arcface"]["classified_by"] == "cosine head"
     assert out["transfer_report"].startswith(f"Loaded weights from {encoder_file}: 13/13 layers")
     assert 0.0 <= out["similarity"]["arcface"]["accuracy"] <= 1.0
+
+
+def test_few_shot_table_rows_and_option_checks(capsys):
+    from benchmarks import few_shot_table as table
+
+    for bad in (["--backbones", "pde,foo"], ["--backbones", "nonet:none"],
+                ["--losses", "transfer,bogus"]):
+        with pytest.raises(SystemExit):
+            table.parse_args(bad)
+    args = table.parse_args(["--backbones", "random,mobilenetv2:none", "--losses", "transfer,cosface"])
+    assert args.backbones == ["random", "mobilenetv2:none"] and args.losses == ["transfer", "cosface"]
+    assert table.row_backbone("mobilenetv2:none", {}) == ("mobilenetv2", "none", "mobilenetv2 (none)")
+    assert table.row_backbone("pde", {"pde": "e.h5"})[:2] == ("encoder-resnet50", "e.h5")
+    assert table.row_backbone("random", {})[:2] == ("encoder-resnet50", "none")
+    row = dict(shots=5, backbone="b", loss="triplet", accuracy=0.5, precision=0.25, recall=0.5,
+               f1=1 / 3, mean_epoch_seconds=0.1234)
+    text = table.markdown([row, dict(row, shots=10)], 5)
+    assert text.count("| b | triplet | 0.5000 | 0.2500 | 0.5000 | 0.3333 | 0.123 |") == 1
