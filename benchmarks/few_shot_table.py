@@ -60,8 +60,9 @@ def parse_args(argv=None):
                    help="comma-separated: transfer (stage 1) and any of "
                         f"{', '.join(LOSSES)} (default transfer,triplet,arcface)")
     p.add_argument("--shots", type=int, nargs="+", default=[5, 10], help="K values (default 5 10)")
-    p.add_argument("--input-shape", type=int, nargs=2, default=[64, 64], metavar=("H", "W"),
-                   help="few-shot input size (the study: 256 256; default 64 64)")
+    p.add_argument("--input-shape", type=int, nargs=2, default=[32, 32], metavar=("H", "W"),
+                   help="few-shot input size (the study: 256 256; default 32 32, the tiny "
+                        "encoders' own)")
     p.add_argument("--epochs", type=int, nargs=2, default=[10, 10], metavar=("S1", "S2"),
                    help="epochs of stage 1 and stage 2 (default 10 10)")
     p.add_argument("--normalize", default="imagenet", help="(default imagenet, the study's)")
@@ -72,17 +73,18 @@ def parse_args(argv=None):
     p.add_argument("--pairs-args", default="--per-class 500",
                    help="make_dataset.py options for the tiny PDE run (default '--per-class 500')")
     p.add_argument("--pde-args", default="--input-shape 32 32 --load-size 32 32 --batch-size 16 "
-                                         "--test-batch-size 16 --epochs 2 --steps-per-epoch 8 "
+                                         "--test-batch-size 16 --epochs 2 --steps-per-epoch 4 "
                                          "--pool gap --shared-towers --no-augment "
                                          "--learning-rate 1e-3 --precise-bn 2 "
                                          "--validation-steps 2 --keep-checkpoints 1 --run-eagerly",
                    help="con_train_resnet_class.py options for the tiny PDE encoder")
     p.add_argument("--supervised-args", default="--input-shape 32 32 --batch-size 16 --epochs 2 "
-                                                "--steps-per-epoch 5 --precise-bn 2 --run-eagerly",
+                                                "--steps-per-epoch 3 --precise-bn 2 --run-eagerly",
                    help="train_supervised.py options for the tiny supervised encoder")
-    p.add_argument("--few-shot-args", default="--run-eagerly",
-                   help="extra train_few_shot.py options for every row (default --run-eagerly: "
-                        "the heads on cached features are too small to repay graph tracing)")
+    p.add_argument("--few-shot-args", default="--run-eagerly --no-plots",
+                   help="extra train_few_shot.py options for every row (default '--run-eagerly "
+                        "--no-plots': the heads on cached features are too small to repay "
+                        "graph tracing, and the table needs the metrics only)")
     p.add_argument("--seed", type=int, default=11, help="(default 11)")
     p.add_argument("--logs-dir", default="logs", help="parent of the run folder (default logs/)")
     args = p.parse_args(argv)

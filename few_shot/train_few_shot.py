@@ -106,6 +106,9 @@ def parse_args(argv=None):
                             "at least 1)")
     train.add_argument("--run-eagerly", action="store_true",
                        help="no tf.function: faster for very short runs of the small heads")
+    train.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
+                       help="write the confusion-matrix, PCA and t-SNE plots (default on; "
+                            "--no-plots for benchmarks that need the metrics only)")
     train.add_argument("--tsne-perplexity", type=float, default=30.0,
                        help="t-SNE perplexity, capped at the held-out images - 1 (default 30)")
     train.add_argument("--seed", type=int, default=11, help="random seed (default 11)")
@@ -260,13 +263,16 @@ def check_options(args, n_classes):
     return p, k
 
 
-def evaluate(run_dir, stage, y_true, y_pred, embeddings, classes, seed, perplexity, what):
+def evaluate(args, run_dir, stage, y_true, y_pred, embeddings, classes, what):
     """Metrics, per-class report, confusion matrix and embedding plots of one stage."""
     metrics = classification_metrics(y_true, y_pred)
     write_report_csv(run_dir / f"{stage}_report.csv", y_true, y_pred, classes)
+    if not args.plots:
+        return metrics
     plot_confusion(run_dir / f"{stage}_confusion.png", y_true, y_pred, classes,
                    f"{stage}: accuracy {metrics['accuracy']:.3f}")
-    plot_embeddings(run_dir / stage, embeddings, y_true, classes, what, seed, perplexity)
+    plot_embeddings(run_dir / stage, embeddings, y_true, classes, what, args.seed,
+                    args.tsne_perplexity)
     return metrics
 
 
@@ -287,8 +293,8 @@ def run_transfer(args, run_dir, feats_train, y_train, feats_test, y_test, classe
              callbacks=[timer, keras.callbacks.CSVLogger(str(run_dir / "transfer_training_log.csv"))])
     y_pred = apply_in_batches(head, feats_test, 256).argmax(1)
     emb = apply_in_batches(keras.Model(features, hidden), feats_test, 256)
-    metrics = evaluate(run_dir, "transfer", y_test, y_pred, emb, classes, args.seed,
-                       args.tsne_perplexity, "the Dense-ReLU features")
+    metrics = evaluate(args, run_dir, "transfer", y_test, y_pred, emb, classes,
+                       "the Dense-ReLU features")
     metrics["mean_epoch_seconds"] = timer.mean()
     return metrics
 
@@ -315,8 +321,8 @@ def run_similarity(args, loss, run_dir, trunk, x_train, y_train, x_test, y_test,
     else:
         y_pred = nearest_centroid_predict(emb_train, y_train, emb_test)
         rule = "nearest class centroid"
-    metrics = evaluate(run_dir, stage, y_test, y_pred, emb_test, classes, args.seed,
-                       args.tsne_perplexity, f"the {loss} embedding")
+    metrics = evaluate(args, run_dir, stage, y_test, y_pred, emb_test, classes,
+                       f"the {loss} embedding")
     metrics.update(mean_epoch_seconds=timer.mean(), classified_by=rule,
                    loss=loss, steps_per_epoch=steps, batch=f"{p}x{k}")
     return metrics
