@@ -364,6 +364,8 @@ class CMIDSchedule(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         m = self.model
+        # Counted from the epoch, so a resumed run continues the cosine.
+        self.step = epoch * (self.params.get("steps") or 1)
         warm = max(1, int(m.teacher_warmup_epochs))
         frac = min(1.0, epoch / max(1, warm - 1)) if warm > 1 else 1.0
         m.teacher_temp.assign(m.teacher_temperature

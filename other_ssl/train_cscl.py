@@ -7,8 +7,8 @@ feature map learns to be similar to its same-label neighbours. The defaults are 
 authors' (Adam 1e-4, lr x 0.975 per epoch, 300 epochs, batch 32, 3x3 windows, 128
 attention channels, positive weight 0.125), on the U-Net and input size of train.py.
 
-Writes a new run folder ``<logs>/cscl_<time>/`` with ``args.json``, ``history.csv``,
-``loss.png``, ``results.json`` and two files for ``train.py``:
+Writes a new run folder ``<logs>/cscl_<time>/`` with ``args.json``, ``training_log.csv``,
+``epoch_loss.png``, ``tensorboard/``, ``results.json`` and two files for ``train.py``:
 
 * ``unet.weights.h5``: the whole U-Net, its classifier still at initialisation
   (``train.py --init-model .../unet.weights.h5 --loss ce``: the authors' transfer);
@@ -31,10 +31,11 @@ import keras  # noqa: E402
 from nets import unet as unet_net  # noqa: E402
 from nets.encoders import BACKBONES, check_input_shape  # noqa: E402
 from other_ssl.cscl import CSCL  # noqa: E402
-from other_ssl.training import epoch_steps, plot_history  # noqa: E402
+from other_ssl.training import epoch_steps  # noqa: E402
 from utils.dataloader import build_dataset, check_split, split_path  # noqa: E402
+from utils.run import Run, fresh_path, progress_verbose  # noqa: E402
 from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,  # noqa: E402
-                         make_run_dir, set_mixed_precision, set_seed, write_json)
+                         set_mixed_precision, set_seed)
 from utils.weights import save_encoder  # noqa: E402
 
 
@@ -102,30 +103,27 @@ def main(argv=None):
                       jit_compile=False if args.run_eagerly else jit_compile_default(),
                       run_eagerly=args.run_eagerly)
 
-    run_dir = make_run_dir("cscl", args, root=args.logs_dir)
+    run = Run.start("cscl", args, root=args.logs_dir)
+    run_dir = run.dir
     print(f"CSCL: {len(train_names)} training / {len(val_names)} validation images from "
           f"{args.voc_path}, {steps} steps of {args.batch_size} per epoch, {args.epochs} "
           f"epochs; run folder {run_dir}")
     decay = keras.callbacks.LearningRateScheduler(
         lambda epoch: args.learning_rate * args.lr_decay ** epoch)
-    callbacks = [keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
-                 keras.callbacks.TerminateOnNaN(), decay]
-    history = model.fit(train_ds, validation_data=val_ds, epochs=args.epochs,
-                        steps_per_epoch=steps, callbacks=callbacks,
-                        verbose=1 if sys.stdout.isatty() else 2)
-    history = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+    callbacks = [keras.callbacks.TerminateOnNaN(), decay, *run.callbacks()]
+    model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, steps_per_epoch=steps,
+              callbacks=callbacks, verbose=progress_verbose())
+    history = {k: v for k, v in run.log().items() if k != "epoch"}
 
-    unet_path = run_dir / "unet.weights.h5"
-    unet.save_weights(str(unet_path))
-    encoder_path = save_encoder(unet_net.get_encoder(unet), run_dir / "encoder.weights.h5",
-                                backbone=args.backbone)
-    plot_history(history, run_dir / "loss.png", keys=("loss",))
+    unet_path = run.save_model(unet, fresh_path(run_dir / "unet.weights.h5"), args.epochs)
+    encoder_path = save_encoder(unet_net.get_encoder(unet),
+                                fresh_path(run_dir / "encoder.weights.h5"), backbone=args.backbone)
     results = {"train_images": len(train_names), "val_images": len(val_names),
                "steps_per_epoch": steps,
                "final_loss": history["loss"][-1] if history.get("loss") else None,
                "final_val_loss": (history.get("val_loss") or [None])[-1],
                "unet_path": unet_path, "encoder_path": encoder_path}
-    write_json(run_dir / "results.json", results)
+    run.write_json("results.json", results)
     print(f"U-Net (classifier untrained) saved to {unet_path}; encoder to {encoder_path}")
     return {"run_dir": run_dir, "unet_path": unet_path, "encoder_path": encoder_path,
             "history": history}

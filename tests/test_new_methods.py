@@ -98,7 +98,7 @@ def test_train_cscl_end_to_end_and_both_transfers(tmp_path, unet_encoder):
                               "--run-eagerly", "--logs-dir", str(tmp_path / "logs")])
     run_dir = result["run_dir"]
     assert run_dir.name.startswith("cscl_")
-    for name in ("args.json", "history.csv", "loss.png", "results.json"):
+    for name in ("args.json", "training_log.csv", "epoch_loss.png", "results.json"):
         assert (run_dir / name).is_file(), name
     assert np.isfinite(result["history"]["loss"][0]) and "val_loss" in result["history"]
     # Encoder-only transfer (the table's frozen column): every layer.
