@@ -7,6 +7,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from utils.utils_metrics import fast_hist, per_class_iu
+
 
 class LossHistory(keras.callbacks.Callback):
     """Append ``loss`` / ``val_loss`` to text files and redraw the loss plot each epoch.
@@ -133,25 +135,12 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
                 self.best, self.wait = value, 0
 
 
-def _confusion(labels, preds, n):
-    # Rows: true class, columns: predicted class; labels outside 0..n-1 are ignored.
-    keep = (labels >= 0) & (labels < n)
-    return np.bincount(n * labels[keep].astype(np.int64) + preds[keep],
-                       minlength=n * n).reshape(n, n)
-
-
-def miou_from_confusion(hist):
-    """Per-class IoU and its NaN-aware mean, as the original ``per_class_iu``."""
-    diag = np.diag(hist)
-    iou = diag / np.maximum(hist.sum(0) + hist.sum(1) - diag, 1)
-    return iou, float(np.nanmean(iou))
-
-
 class MIoUCallback(keras.callbacks.Callback):
     """Mean IoU on a validation dataset after every epoch, logged as ``val_mIoU``.
 
     ``dataset`` yields ``(images, one-hot targets)`` with the extra ignore channel, as
-    :func:`utils.dataloader.build_dataset`; ignored pixels are left out. Put this
+    :func:`utils.dataloader.build_dataset`; ignored pixels are left out, and the IoU rule
+    is ``get_miou``'s (:mod:`utils.utils_metrics`). Put this
     callback before checkpoints and loggers so they see the value.
     """
 
@@ -170,8 +159,9 @@ class MIoUCallback(keras.callbacks.Callback):
             probs = self.model(images, training=False)
             preds = np.argmax(keras.ops.convert_to_numpy(probs), axis=-1).reshape(-1)
             labels = np.argmax(np.asarray(targets), axis=-1).reshape(-1)
-            hist += _confusion(labels, preds, n)
-        return miou_from_confusion(hist)
+            hist += fast_hist(labels, preds, n)
+        iou = per_class_iu(hist)
+        return iou, float(np.nanmean(iou))
 
     def on_epoch_end(self, epoch, logs=None):
         iou, miou = self.compute()
