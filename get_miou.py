@@ -19,6 +19,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nets.encoders import BACKBONES  # noqa: E402
+from utils.run import fresh_path  # noqa: E402
 from utils.utils import NAME_CLASSES, make_run_dir, set_seed, write_json  # noqa: E402
 from utils.utils_metrics import (RESULT_FILES, compute_mIoU, confusion_of_files,  # noqa: E402
                                  per_class_iu, per_class_PA_Recall, per_class_Precision,
@@ -145,11 +146,8 @@ def main(argv=None):
         if args.miou_mode in (0, 2) and existing:
             raise FileExistsError(f"{out_dir} already holds results ({', '.join(existing)}); "
                                   f"choose another --out-dir")
-        k, args_file = 1, out_dir / "args.json"
-        while args_file.exists():      # mode 1 then mode 2 in one folder keeps both
-            k += 1
-            args_file = out_dir / f"args_{k}.json"
-        write_json(args_file, vars(args))
+        # mode 1 then mode 2 in one folder keeps both
+        write_json(fresh_path(out_dir / "args.json"), vars(args))
     else:
         out_dir = make_run_dir("miou", args, root=args.logs_dir)
     pred_dir = Path(args.pred_dir) if args.pred_dir else out_dir / "detection-results"
