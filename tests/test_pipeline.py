@@ -28,13 +28,14 @@ def test_to_argv_flags_tuples_and_left_out_values():
                          "--shared-towers --no-augment --learning-rate 1e-3 --precise-bn 20 "
                          "--validation-steps 5 --keep-checkpoints 1"),
     ("demo", "unet", "--input-shape 64 128 --freeze-batch-size 8 --unfreeze-batch-size 8 "
-                     "--freeze-lr 1e-3 --mixed-precision --eval-checkpoint best"),
+                     "--freeze-lr 1e-3 --mixed-precision --encoder-bn-batches 7 "
+                     "--val-period 5"),
     ("demo", "images_pretrain", "--input-shape 32 64 --batch-size 32 --epochs 3 "
                                 "--steps-per-epoch 100 --pool gap --learning-rate 1e-3 "
                                 "--precise-bn 20"),
     ("tiny", "pairs", "--per-class 24 --drop-empty-classes"),
 ])
-def test_profiles_give_the_scripts_the_same_values_as_the_former_option_strings(name, field, old):
+def test_profiles_become_the_scripts_option_strings(name, field, old):
     def parsed(tokens):
         # Numbers compare as numbers: 1e-3 and 0.001 are one value.
         return [float(t) if t.replace(".", "").replace("e-", "").isdigit() else t for t in tokens]
