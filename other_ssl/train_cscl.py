@@ -97,7 +97,7 @@ def main(argv=None):
                             train=False, names=val_names, num_workers=workers)
               if val_names else None)
     with get_strategy(args.strategy).scope():
-        unet = unet_net.Unet(input_shape, nc, args.backbone)
+        unet = unet_net.build_unet(input_shape, nc, args.backbone)
         model = CSCL(unet, args.attn_channels, args.kernel_size, args.dilation, args.pos_weight)
         model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
                       jit_compile=False if args.run_eagerly else jit_compile_default(),

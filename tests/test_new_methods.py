@@ -22,7 +22,7 @@ RESNET50_LAYERS = 106
 
 @pytest.fixture(scope="module")
 def unet_encoder():
-    return unet_net.get_encoder(unet_net.Unet((32, 32, 3), 5))
+    return unet_net.get_encoder(unet_net.build_unet((32, 32, 3), 5))
 
 
 def assert_loads_whole(encoder, path):
@@ -105,7 +105,7 @@ def test_train_cscl_end_to_end_and_both_transfers(tmp_path, unet_encoder):
     assert_loads_whole(unet_encoder, result["encoder_path"])
     # Whole-network transfer: the file train.py --init-model loads into its own U-Net.
     # Two U-Nets start from different random weights; after loading, their decoders agree.
-    first, second = unet_net.Unet((32, 32, 3), 5), unet_net.Unet((32, 32, 3), 5)
+    first, second = unet_net.build_unet((32, 32, 3), 5), unet_net.build_unet((32, 32, 3), 5)
     for model in (first, second):
         model.load_weights(str(result["unet_path"]))
     convs = [[l for l in m.layers if isinstance(l, keras.layers.Conv2D)] for m in (first, second)]
