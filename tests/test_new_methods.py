@@ -12,7 +12,6 @@ import pytest
 import tensorflow as tf
 
 from nets import unet as unet_net
-from other_ssl import losses
 from other_ssl.cscl import CSCL, ContextSelfSimilarity
 from other_ssl.methods import METHODS
 from utils.weights import load_weights_by_name
