@@ -23,22 +23,13 @@ from tqdm import tqdm  # noqa: E402
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from nets.encoders import BACKBONES  # noqa: E402
+from utils.run import fresh_path  # noqa: E402
 from utils.utils import set_seed  # noqa: E402
 
 MODES = ("predict", "dir_predict", "video", "fps")
 # The image types the original's dir_predict picked up.
 IMAGE_SUFFIXES = (".bmp", ".dib", ".png", ".jpg", ".jpeg", ".pbm", ".pgm", ".ppm", ".tif", ".tiff")
-
-
-def free_path(path):
-    """``path`` itself if it does not exist, else the first free ``<stem>_<k><suffix>``."""
-    path = Path(path)
-    k = 1
-    candidate = path
-    while candidate.exists():
-        candidate = path.with_name(f"{path.stem}_{k}{path.suffix}")
-        k += 1
-    return candidate
 
 
 def open_image(path):
@@ -65,7 +56,7 @@ def predict_images(unet, paths, save_dir, count=False, batch_size=8):
             chunk = paths[start:start + batch_size]
             images = [open_image(p) for p in chunk]
             for path, image, mask in zip(chunk, images, unet.predict_masks(images, batch_size)):
-                out = free_path(save_dir / path.name)
+                out = fresh_path(save_dir / path.name)
                 unet.overlay(image, mask).save(out)
                 saved.append(str(out))
                 if count:
@@ -115,7 +106,7 @@ def run_video(unet, video_path, video_save_path="", video_fps=25.0, max_frames=N
                          f"or no camera at that index")
     writer, out_path = None, None
     if video_save_path:
-        out_path = free_path(video_save_path)
+        out_path = fresh_path(video_save_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         fourcc = cv2.VideoWriter_fourcc(*("XVID" if out_path.suffix.lower() == ".avi" else "mp4v"))
         size = (frame.shape[1], frame.shape[0])
@@ -161,7 +152,7 @@ def parse_args(argv=None):
     p.add_argument("--model-path", required=True,
                    help="trained model: .keras from train.py, or a weights file")
     p.add_argument("--num-classes", type=int, default=5, help="(original: 5)")
-    p.add_argument("--backbone", choices=("resnet50", "vgg"), default="resnet50",
+    p.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet50",
                    help="U-Net encoder when loading a weights file (original: resnet50)")
     p.add_argument("--input-shape", type=int, nargs=2, default=(576, 1024), metavar=("H", "W"),
                    help="network input when loading a weights file (original: 576 1024)")

@@ -18,89 +18,40 @@ import json
 import os
 import shlex
 import shutil
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks.published import PUBLISHED, markdown_table  # noqa: E402
-from utils.utils import make_run_dir, set_seed, write_json  # noqa: E402
+from pipeline.pretrainers import PAIR_PRETRAINERS, PRETRAINERS  # noqa: E402
+from pipeline.profiles import PROFILES, to_argv  # noqa: E402
+from pipeline.published import PUBLISHED, markdown_table, row_label  # noqa: E402
+from pipeline.steps import (join_argv, make_data, make_pairs, open_run, plain,  # noqa: E402
+                            pretrain_encoder, select_images, unet_argv)
+from utils.utils import set_seed  # noqa: E402
+from utils.voc import image_path, read_split  # noqa: E402
 
 STEPS = ("orchard", "priors", "select", "pairs", "pretrain", "unet_frozen",
          "unet_finetune", "random_frozen", "random_finetune", "predict", "growth")
 BASELINE_STEPS = ("random_frozen", "random_finetune")
-
-# Each profile: the synthetic orchard it generates and the options of every step.
-# Step options are command-line fragments of the step's own script, so anything a
-# profile sets can be overridden with --<step>-args "...".
-PROFILES = {
-    "tiny": {
-        "orchard": dict(cameras=3, presets=(1,), times=("12",), image_size=(64, 64),
-                        n_train=4, n_val=2, n_test=2),
-        "pairs": "--per-class 24 --drop-empty-classes",
-        "pretrain": "--input-shape 64 64 --load-size 72 72 --batch-size 4 --test-batch-size 4 "
-                    "--epochs 1 --steps-per-epoch 2 --run-eagerly --precise-bn 1",
-        # Eager steps: at this size tracing a ResNet50 graph costs more than the steps.
-        "unet": "--input-shape 64 64 --freeze-batch-size 2 --unfreeze-batch-size 2 "
-                "--steps-per-epoch 2 --run-eagerly",
-        "unet_epochs": (1, 2),     # (frozen-phase epochs, total epochs)
-        "predict_images": 2,
-        "growth": "",
-    },
-    "demo": {
-        "orchard": dict(cameras=4, presets=(1, 2), times=("12",), image_size=(128, 224),
-                        n_train=60, n_val=20, n_test=40),
-        "pairs": "--per-class 2000",
-        # CPU-sized PDE: 300 steps of batch 32 at 32x64 (a quarter of the pixels of
-        # 64x128, so twice the steps and batch in the same time: held-out pair accuracy
-        # 0.665 where 150 steps of 16 at 64x128 gave 0.32). GAP instead of the original's
-        # Flatten head (its tens of millions of Dense weights made Adam diverge here),
-        # one shared tower and no augmentation (with either, the pair accuracy stayed at
-        # chance for 180 steps in our runs), precise BN (the running averages are far
-        # from converged after 300 steps), 5 validation batches a epoch.
-        "pretrain": "--input-shape 32 64 --load-size 32 64 --batch-size 32 "
-                    "--test-batch-size 64 --epochs 3 --steps-per-epoch 100 --pool gap "
-                    "--shared-towers --no-augment --learning-rate 1e-3 --precise-bn 20 "
-                    "--validation-steps 5 --keep-checkpoints 1",
-        # The frozen decoder needs ~100 steps at 10x the original rate to learn more
-        # than background and leaf. bfloat16 (its decoder has no batch norm, so AMX pays:
-        # a frozen step 0.53 s instead of 0.93 s), and the test split is evaluated on the
-        # epoch with the best val_mIoU (the original: the last epoch).
-        # The unfrozen phase keeps the original's lr 1e-5: at 1e-4 both rows fell to
-        # background only (test mIoU 0.156 PDE, 0.150 random); at 1e-5 0.267 and 0.246.
-        "unet": "--input-shape 64 128 --freeze-batch-size 8 --unfreeze-batch-size 8 "
-                "--freeze-lr 1e-3 --mixed-precision --eval-checkpoint best",
-        "unet_epochs": (15, 20),
-        "predict_images": 4,
-        "growth": "",
-    },
-    "paper": {
-        "orchard": dict(cameras=4, presets=(1, 2, 3, 4, 5), times=("09", "12", "15"),
-                        image_size=(576, 1024), n_train=60, n_val=20, n_test=40),
-        "pairs": "",          # the original's 200,000 pairs per class
-        "pretrain": "",       # the original's 288x512, batch 72, 20 epochs
-        "unet": "",           # the original's 576x1024, batch 18 / 8
-        "unet_epochs": (60, 120),
-        "predict_images": 8,
-        "growth": "",
-    },
-}
+OTHER_PRETRAINERS = [n for n in PRETRAINERS if n not in PAIR_PRETRAINERS]
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", choices=sorted(PROFILES), default="demo",
-                   help="sizes and epochs: tiny (a wiring check of every step), demo (default: "
-                        "CPU-sized, both rows: 15 min on a 2-core CPU), paper (the "
-                        "original's sizes and epochs, for a GPU)")
-    p.add_argument("--method", choices=("class", "grading"), default="class",
+                   help="sizes and epochs (pipeline/profiles.py): tiny (a wiring check of "
+                        "every step), demo (default: CPU-sized, both rows: 15 min on a 2-core "
+                        "CPU), paper (the original's sizes and epochs, for a GPU)")
+    p.add_argument("--method", choices=[n.removeprefix("pde_") for n in PAIR_PRETRAINERS],
+                   default="class",
                    help="PDE distance: class = step 5 (classification, the published row), "
                         "grading = step 4")
     p.add_argument("--init", default="pde",
-                   help="encoder initialisation for the U-Net: pde (pretrain here, default), "
-                        "random (Glorot uniform, the baseline row), or a weights file")
+                   help="encoder initialisation for the U-Net: pde (pretrain here with "
+                        "--method, default), random (Glorot uniform, the baseline row), "
+                        f"another pretrainer ({', '.join(OTHER_PRETRAINERS)}), or a weights file")
     p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                    help="also train the same two U-Nets (same settings and seeds) from a "
                         "random encoder, and print both rows (default on; off with --init "
@@ -139,132 +90,33 @@ def parse_args(argv=None):
     return args
 
 
-class Run:
-    """The run folder and its record of finished steps (``steps.json``)."""
-
-    def __init__(self, run_dir):
-        self.dir = Path(run_dir)
-        self.record_path = self.dir / "steps.json"
-        self.record = json.loads(self.record_path.read_text()) if self.record_path.exists() else {}
-
-    def done(self, step):
-        return step in self.record
-
-    def finish(self, step, result, seconds):
-        self.record[step] = {"seconds": round(seconds, 1), "result": result}
-        write_json(self.record_path, self.record)
-
-    def result(self, step):
-        return self.record.get(step, {}).get("result", {})
-
-
-def _argv(*fragments):
-    out = []
-    for f in fragments:
-        out += shlex.split(f) if isinstance(f, str) else [str(x) for x in f]
-    return out
-
-
-def _plain(d):
-    """Paths to strings, so step results fit in steps.json."""
-    return json.loads(json.dumps(d, default=str))
-
-
 def step_orchard(args, run, profile):
-    if args.archive:
-        return {"archive": args.archive, "phenology": args.phenology, "voc": args.voc}
-    from data_processing.synthetic_orchard import generate_orchard
-
-    data_dir = Path(args.data_dir or Path("demo_data") / args.profile)
-    spec = dict(profile["orchard"], seed=args.seed)
-    spec_path = data_dir / "orchard_spec.json"
-    if spec_path.exists():
-        if json.loads(spec_path.read_text()) != _plain(spec):
-            raise SystemExit(f"{data_dir} holds an orchard generated with other settings "
-                             f"({spec_path}); pass another --data-dir.")
-        print(f"  reusing the synthetic orchard in {data_dir}")
-        return {"archive": str(data_dir / "archive"), "phenology": str(data_dir / "phenology.toml"),
-                "voc": str(data_dir / "VOCdevkit")}
-    made = generate_orchard(data_dir, contact_sheet=data_dir / "contact_sheet.png", **spec)
-    write_json(spec_path, spec)
-    return _plain({k: made[k] for k in ("archive", "phenology", "voc")})
+    return make_data(args.profile, profile, args.seed, args.archive, args.phenology, args.voc,
+                     args.data_dir)
 
 
 def step_priors(args, run, profile):
     from data_processing import date_pro
 
     data = run.result("orchard")
-    return _plain(date_pro.main(["--phenology", data["phenology"], "--archive", data["archive"]]) or {})
+    return plain(date_pro.main(["--phenology", data["phenology"], "--archive", data["archive"]]) or {})
 
 
 def step_select(args, run, profile):
-    from data_processing import select_img
-
-    data = run.result("orchard")
-    result = select_img.main(_argv(["--archive", data["archive"], "--phenology", data["phenology"],
-                                    "--out", run.dir / "out", "--seed", args.seed],
-                                   args.select_args))
-    return _plain(result)
+    return select_images(run, args.seed, args.select_args)
 
 
 def step_pairs(args, run, profile):
-    from data_processing import make_dataset
-
-    out = run.result("select")["out_dir"]
-    pairs = run.dir / "pairs"
-    result = make_dataset.main(_argv(["--image-dir", out, "--out-x", pairs / "X.npy",
-                                      "--out-y", pairs / "Y.npy", "--split", "0.8", "0.1", "0.1",
-                                      "--split-by", "date",
-                                      "--seed", args.seed],
-                                     profile["pairs"], args.pairs_args))
-    return _plain(result)
+    return make_pairs(run, profile, args.seed, args.pairs_args)
 
 
 def step_pretrain(args, run, profile):
-    if args.init != "pde":
-        return {"encoder_path": None if args.init == "random" else args.init}
-    if args.method == "class":
-        from pde_self_supervised import con_train_resnet_class as script
-    else:
-        from pde_self_supervised import con_train_resnet as script
-    out = run.result("select")["out_dir"]
-    splits = run.result("pairs")["splits"]
-    result = script.main(_argv(["--image-dir", out,
-                                "--pairs-x", splits["train"][0], "--pairs-y", splits["train"][1],
-                                "--val-pairs-x", splits["val"][0], "--val-pairs-y", splits["val"][1],
-                                "--test-pairs-x", splits["test"][0], "--test-pairs-y", splits["test"][1],
-                                "--logs-dir", run.dir, "--seed", args.seed],
-                               profile["pretrain"], args.pretrain_args))
-    return _plain({"run_dir": result["run_dir"], "encoder_path": result["encoder_path"],
-                   "test_metrics": result.get("test_metrics", {})})
-
-
-def frozen_phase_checkpoint(run_dir, freeze):
-    """The ``epNNN-*.keras`` a frozen-only run saved at the end of its frozen phase
-    (epoch ``freeze``), or None."""
-    if not run_dir:
-        return None
-    found = sorted(Path(run_dir).glob(f"ep{int(freeze):03d}-*.keras"))
-    return found[0] if found else None
-
-
-def unet_argv(voc, logs_dir, seed, freeze, total, encoder, frozen_only, extra,
-              frozen_run=None):
-    """train.py options for one of the two U-Nets of a row.
-
-    The frozen-only run keeps a checkpoint at the end of its frozen phase; the fine-tuned
-    run starts from it (``--init-model``) instead of repeating that phase, which is the
-    same training with the same seeds. Without such a checkpoint (an early stop, or a
-    ``--save-period`` override) it trains both phases itself.
-    """
-    start = frozen_phase_checkpoint(frozen_run, freeze) if not frozen_only else None
-    return _argv(["--voc-path", voc, "--logs-dir", logs_dir, "--seed", seed,
-                  "--freeze-epoch", freeze, "--unfreeze-epoch", total,
-                  "--save-period", freeze if frozen_only else 0],
-                 ["--frozen-only"] if frozen_only else [],
-                 ["--init-model", start, "--init-epoch", freeze] if start
-                 else (["--model-path", encoder] if encoder else []),
-                 extra)
+    if args.init == "random":
+        return {"encoder_path": None}
+    if args.init != "pde" and args.init not in PRETRAINERS:
+        return {"encoder_path": args.init}         # a weights file
+    name = f"pde_{args.method}" if args.init == "pde" else args.init
+    return pretrain_encoder(name, run, profile, args.seed, args.pretrain_args)
 
 
 def _train_unet(args, run, profile, frozen_only, row="unet"):
@@ -273,12 +125,13 @@ def _train_unet(args, run, profile, frozen_only, row="unet"):
     import train
 
     data = run.result("orchard")
-    freeze, total = profile["unet_epochs"]
+    freeze, total = profile.unet_epochs
     encoder = run.result("pretrain").get("encoder_path") if row == "unet" else None
     result = train.main(unet_argv(data["voc"], run.dir, args.seed, freeze, total,
-                                  encoder, frozen_only, _argv(profile["unet"], args.unet_args),
+                                  encoder, frozen_only, join_argv(to_argv(profile.unet),
+                                                                  args.unet_args),
                                   frozen_run=run.result(f"{row}_frozen").get("run_dir")))
-    return _plain({"run_dir": result["run_dir"], "model_path": result["evaluated_model_path"],
+    return plain({"run_dir": result["run_dir"], "model_path": result["evaluated_model_path"],
                    "test_metrics": result["test_metrics"]})
 
 
@@ -319,22 +172,35 @@ def prune_checkpoints(run):
     """Delete the run's model files nobody needs once every step is done: the PDE
     epoch checkpoints (the encoder file stays) and every U-Net .keras except the kept
     U-Net. Returns the MB freed."""
-    keep = {Path(kept_unet(run)).resolve()}
+    kept = Path(kept_unet(run)).resolve()
     freed = 0
+    if kept.name == "last_epoch.keras":      # the one checkpoint with optimizer state
+        freed = kept.stat().st_size - _drop_optimizer_state(kept)
     for path in run.dir.rglob("*.keras"):
-        if path.resolve() not in keep:
+        if path.resolve() != kept:
             freed += path.stat().st_size
             path.unlink()
     return freed / 2**20
 
 
+def _drop_optimizer_state(path):
+    """Rewrite a U-Net checkpoint without the optimizer state a resume point carries
+    (two thirds of ``last_epoch.keras``); nothing resumes a finished run. Returns its size."""
+    import keras
+
+    from utils.run import Run, checkpoint_epoch
+
+    model = keras.models.load_model(path, compile=False)
+    Run(path.parent).save_model(model, path.name, checkpoint_epoch(path) or 0)
+    return path.stat().st_size
+
+
 def step_predict(args, run, profile):
     import predict
-    from get_miou import image_path, read_split
 
     data = run.result("orchard")
     model = kept_unet(run)
-    ids = read_split(data["voc"], "test")[: profile["predict_images"]]
+    ids = read_split(data["voc"], "test")[: profile.predict_images]
     pick = run.dir / "predict_input"
     pick.mkdir(exist_ok=True)
     for image_id in ids:
@@ -346,16 +212,17 @@ def step_predict(args, run, profile):
             except OSError:
                 shutil.copyfile(src, dst)
     out = run.dir / "predictions"
-    result = predict.main(_argv(["--mode", "dir_predict", "--model-path", model,
-                                 "--dir-origin-path", pick, "--dir-save-path", out],
-                                _unet_shape_args(profile, args)))
-    return _plain(result or {"out_dir": out})
+    result = predict.main(join_argv(["--mode", "dir_predict", "--model-path", model,
+                                     "--dir-origin-path", pick, "--dir-save-path", out],
+                                    _unet_shape_args(profile, args)))
+    return plain(result or {"out_dir": out})
 
 
 def _unet_shape_args(profile, args):
-    """Pass the U-Net's --input-shape on to inference scripts."""
-    tokens = shlex.split(profile["unet"]) + shlex.split(args.unet_args)
-    shape = []
+    """Pass the U-Net's --input-shape (the profile's, or the user's --unet-args) on to
+    inference scripts."""
+    shape = to_argv({"input_shape": profile.unet.get("input_shape")})
+    tokens = shlex.split(args.unet_args)
     for i, t in enumerate(tokens):
         if t == "--input-shape":
             shape = ["--input-shape", tokens[i + 1], tokens[i + 2]]
@@ -373,13 +240,13 @@ def step_growth(args, run, profile):
 
     first = next(p for p in sorted((Path(data["archive"]) / camera).iterdir()) if p.suffix == ".jpg")
     name = parse_archive_name(first)
-    result = unet_gm.main(_argv(["--archive", data["archive"], "--camera", camera,
-                                 "--preset", name.preset, "--time", name.hour,
-                                 "--model-path", model, "--phenology", data["phenology"],
-                                 "--logs-dir", run.dir],
-                                _unet_shape_args(profile, args), profile["growth"],
-                                args.growth_args))
-    return _plain(result)
+    result = unet_gm.main(join_argv(["--archive", data["archive"], "--camera", camera,
+                                     "--preset", name.preset, "--time", name.hour,
+                                     "--model-path", model, "--phenology", data["phenology"],
+                                     "--logs-dir", run.dir],
+                                    _unet_shape_args(profile, args), to_argv(profile.growth),
+                                    args.growth_args))
+    return plain(result)
 
 
 STEP_FUNCS = {s: globals()[f"step_{s}"] for s in STEPS}
@@ -396,6 +263,8 @@ def _row_label(args, run):
         return ("pde_class" if args.method == "class" else "pde_grading"), data
     if args.init == "random":
         return "random", "none"
+    if args.init in PRETRAINERS:
+        return args.init, "stage images"
     return None, f"weights {args.init}"
 
 
@@ -408,11 +277,11 @@ def results_table(args, run):
         tuned = run.result(f"{prefix}_finetune").get("test_metrics", {})
         if prefix == "random" and not (frozen or tuned):
             continue
-        label = (PUBLISHED[row_key][0] if row_key else "Given encoder") + ", this run"
+        label = (row_label(row_key) if row_key else "Given encoder") + ", this run"
         rows.append((label, row_data, frozen.get("mIoU"), frozen.get("mPA"),
                      tuned.get("mIoU"), tuned.get("mPA")))
     for k in dict.fromkeys([key, "random", "pde_class"]):
-        if k:
+        if k in PUBLISHED:
             rows.append((PUBLISHED[k][0] + ", published", *PUBLISHED[k][1:]))
     return markdown_table(rows)
 
@@ -436,13 +305,7 @@ def main(argv=None):
     args = parse_args(argv)
     set_seed(args.seed)
     profile = PROFILES[args.profile]
-    if args.resume:
-        run = Run(args.resume)
-        if not run.dir.is_dir():
-            raise SystemExit(f"--resume: {run.dir} is not a run folder")
-    else:
-        run = Run(make_run_dir(f"pipeline_{args.profile}", args, root=args.logs_dir))
-    print(f"Run folder: {run.dir}")
+    run = open_run(args.resume, f"pipeline_{args.profile}", args, args.logs_dir)
     planned = [s for s in STEPS if args.baseline or s not in BASELINE_STEPS]
     steps = [s for s in planned if s in args.steps]
     # Later steps read what earlier ones recorded; a subset needs those already done.

@@ -36,7 +36,7 @@ def build_step(args, mode, precision, bn):
     import keras
 
     from nets.layers import keras_batch_norm
-    from nets.unet import Unet, get_encoder, unet_decoder
+    from nets.unet import build_unet, get_encoder, unet_decoder
     from nets.unet_training import get_loss
     from utils.utils import jit_compile_default, set_mixed_precision, set_seed
 
@@ -44,9 +44,9 @@ def build_step(args, mode, precision, bn):
     set_mixed_precision(precision == "mixed")
     if bn == "keras":
         with keras_batch_norm():
-            unet = Unet((*args.input_shape, 3), 5, "resnet50")
+            unet = build_unet((*args.input_shape, 3), 5, "resnet50")
     else:
-        unet = Unet((*args.input_shape, 3), 5, "resnet50")
+        unet = build_unet((*args.input_shape, 3), 5, "resnet50")
     encoder = get_encoder(unet)
     encoder.trainable = mode == "unfrozen"
     rng = np.random.default_rng(args.seed)

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nets.unet import Unet
+from nets.unet import build_unet
 from nets.unet_training import get_loss
 from utils.utils import set_mixed_precision, set_seed
 
@@ -34,10 +34,10 @@ def _train_losses(model, x, y):
 def test_bfloat16_step_loss_matches_float32():
     set_seed(0)
     shape = (64, 64, 3)
-    reference = Unet(shape, 5, "resnet50")
+    reference = build_unet(shape, 5, "resnet50")
     try:
         assert set_mixed_precision(True) in ("mixed_bfloat16", "mixed_float16")
-        mixed = Unet(shape, 5, "resnet50")
+        mixed = build_unet(shape, 5, "resnet50")
     finally:
         set_mixed_precision(False)
     mixed.set_weights(reference.get_weights())

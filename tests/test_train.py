@@ -10,9 +10,10 @@ from PIL import Image
 
 import train
 from nets.encoders import build_encoder, weighted_layers
-from nets.unet import Unet, get_encoder
-from utils.callbacks import MIoUCallback, ResumableEarlyStopping, _confusion, miou_from_confusion
+from nets.unet import build_unet, get_encoder
+from utils.callbacks import MIoUCallback, ResumableEarlyStopping
 from utils.utils import set_seed
+from utils.utils_metrics import fast_hist, per_class_iu
 from utils.weights import save_encoder, save_weights_by_name
 
 SEED = 3
@@ -123,9 +124,9 @@ def test_frozen_phase_keeps_encoder_and_trains_decoder(run):
 
     # main() seeds, then builds: the same seed rebuilds its initial decoder exactly.
     set_seed(SEED)
-    initial = _decoder_kernels(Unet((64, 64, 3), 5, "vgg"))
+    initial = _decoder_kernels(build_unet((64, 64, 3), 5, "vgg"))
     set_seed(SEED)
-    again = _decoder_kernels(Unet((64, 64, 3), 5, "vgg"))
+    again = _decoder_kernels(build_unet((64, 64, 3), 5, "vgg"))
     assert all(np.array_equal(a, b) for a, b in zip(initial, again))
     trained = _decoder_kernels(after_frozen)
     assert [a.shape for a in trained] == [a.shape for a in initial]
@@ -145,13 +146,13 @@ def test_resume_continues_from_the_logged_epoch(run, capsys):
     assert result["history"]["epoch"] == [0, 1]
     assert result["test_metrics"]["mIoU"] == pytest.approx(run["result"]["test_metrics"]["mIoU"])
     after = sorted(p.name for p in run_dir.iterdir())
-    assert set(after) - set(before) == {"args_resume1.json", "miou_test_2"}
-    resumed = json.loads((run_dir / "args_resume1.json").read_text())
+    assert set(after) - set(before) == {"args_resume.json", "miou_test_2"}
+    resumed = json.loads((run_dir / "args_resume.json").read_text())
     assert resumed["backbone"] == "vgg" and resumed["init_epoch"] == 2
 
 
 def test_whole_checkpoint_loads_into_encoder_and_unrelated_file_raises(run, tmp_path, capsys):
-    model = Unet((64, 64, 3), 5, "vgg")
+    model = build_unet((64, 64, 3), 5, "vgg")
     report = train.load_pretrained(model, run["result"]["run_dir"] / "last_epoch.keras")
     assert len(report.loaded) == 13 and not report.missing and not report.mismatched
     assert "13/13 layers matched" in capsys.readouterr().out
@@ -166,7 +167,7 @@ def test_resnet50_encoder_file_transfers_every_layer(tmp_path, capsys):
     source = build_encoder((64, 64, 3), "resnet50")
     path = save_encoder(source, tmp_path / "encoder.weights.h5")
     legacy = save_weights_by_name(source, tmp_path / "resnet50_notop_style.h5")
-    model = Unet((64, 64, 3), 5, "resnet50")
+    model = build_unet((64, 64, 3), 5, "resnet50")
     for file in (path, legacy):
         report = train.load_pretrained(model, file)
         assert len(report.loaded) == 106 == report.total
@@ -236,9 +237,10 @@ def test_fine_tuning_from_the_frozen_phase_checkpoint_repeats_the_full_run(run, 
                    + ["--init-model", str(tmp_path / "missing.keras")])
 
 
-def test_resume_needs_a_run_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no args.json"):
+def test_resume_needs_a_run_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit):
         train.main(["--resume", str(tmp_path)])
+    assert "no args.json" in capsys.readouterr().err
 
 
 def test_train_split_smaller_than_batch_fails_before_any_run_folder(tmp_path):
@@ -253,11 +255,9 @@ def test_train_split_smaller_than_batch_fails_before_any_run_folder(tmp_path):
 def test_miou_callback_confusion_and_ignore():
     labels = np.array([0, 0, 1, 1, 2, 3])      # 3 = ignore for 3 classes
     preds = np.array([0, 1, 1, 1, 0, 2])
-    hist = _confusion(labels, preds, 3)
+    hist = fast_hist(labels, preds, 3)
     np.testing.assert_array_equal(hist, [[1, 1, 0], [0, 2, 0], [1, 0, 0]])
-    iou, miou = miou_from_confusion(hist)
-    np.testing.assert_allclose(iou, [1 / 3, 2 / 3, 0])
-    assert miou == pytest.approx(1 / 3)
+    np.testing.assert_allclose(per_class_iu(hist), [1 / 3, 2 / 3, 0])
 
     # Through the callback: the "model" passes probabilities through unchanged.
     probs = np.eye(3, dtype=np.float32)[preds].reshape(1, 2, 3, 3)
@@ -312,3 +312,19 @@ def test_checkpoint_save_period_keeps_last_and_best(tmp_path):
             == 10.0)
     with pytest.raises(ValueError, match="save_period"):
         EpochCheckpoint(tmp_path, save_period=-1)
+
+
+def test_encoder_bn_batches_reestimates_a_frozen_encoders_statistics(tmp_path):
+    # A random ResNet50 encoder starts with moving mean 0 / variance 1 in every batch norm;
+    # a frozen phase leaves them as they are, so anything else in the saved U-Net comes
+    # from the re-estimate on the U-Net's own training images.
+    voc = make_voc(tmp_path, counts=(("train", 4), ("val", 2)))
+    argv = ["--voc-path", str(voc), "--input-shape", "32", "32", "--frozen-only",
+            "--freeze-epoch", "1", "--unfreeze-epoch", "1", "--freeze-batch-size", "2",
+            "--steps-per-epoch", "1", "--num-workers", "2", "--eval-split", "none",
+            "--run-eagerly", "--logs-dir", str(tmp_path / "logs"), "--seed", str(SEED)]
+    run_dir = train.main(argv + ["--encoder-bn-batches", "2"])["run_dir"]
+    model = keras.models.load_model(run_dir / "last_epoch.keras", compile=False)
+    bn = get_encoder(model).get_layer("bn_conv1")
+    assert np.abs(np.asarray(bn.moving_mean)).max() > 1e-3
+    assert np.abs(np.asarray(bn.moving_variance) - 1).max() > 1e-3

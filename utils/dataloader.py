@@ -1,10 +1,6 @@
 """U-Net input pipeline: a ``tf.data.Dataset`` over a VOCdevkit split.
 
-Layout (as the original)::
-
-    <voc>/VOC2007/JPEGImages/<id>.jpg
-    <voc>/VOC2007/SegmentationClass/<id>.png     pixel value = class index
-    <voc>/VOC2007/ImageSets/Segmentation/<split>.txt
+The folder (the VOCdevkit or its VOC2007) is read by :mod:`utils.voc`.
 
 Each element is ``(image, target)``: ``image`` float32 (H, W, 3) scaled to 0..1, and
 ``target`` float32 one-hot (H, W, num_classes + 1) whose last channel marks pixels to
@@ -13,7 +9,6 @@ ignore (mask values >= num_classes). Files are decoded and augmented with PIL/Op
 parallel ``map``; one-hot encoding, batching and prefetching run in the graph.
 """
 import warnings
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -21,30 +16,9 @@ import tensorflow as tf
 from PIL import Image
 
 from utils.utils import cvtColor, preprocess_input, resize_image
+from utils.voc import check_files, image_path, label_path, read_split, split_path
 
 MASK_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")
-
-
-def voc_dirs(voc_path):
-    """``(JPEGImages, SegmentationClass, ImageSets/Segmentation)`` folders of a VOCdevkit."""
-    root = Path(voc_path) / "VOC2007"
-    return root / "JPEGImages", root / "SegmentationClass", root / "ImageSets" / "Segmentation"
-
-
-def split_path(voc_path, split):
-    return voc_dirs(voc_path)[2] / f"{split}.txt"
-
-
-def read_split(voc_path, split):
-    """Image ids listed in ``<split>.txt`` (first word of each non-blank line)."""
-    path = split_path(voc_path, split)
-    if not path.is_file():
-        raise FileNotFoundError(f"split list not found: {path} (expected VOCdevkit layout "
-                                f"<voc>/VOC2007/ImageSets/Segmentation/{split}.txt)")
-    names = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
-    if not names:
-        raise ValueError(f"split list {path} is empty: it must list one image id per line")
-    return names
 
 
 def check_split(voc_path, split, num_classes, check_values=True):
@@ -55,16 +29,10 @@ def check_split(voc_path, split, num_classes, check_values=True):
     and pixels >= ``num_classes`` (to be ignored) are counted in one warning. Returns the ids.
     """
     names = read_split(voc_path, split)
-    jpg_dir, png_dir, _ = voc_dirs(voc_path)
-    missing = [str(p) for n in names for p in (jpg_dir / f"{n}.jpg", png_dir / f"{n}.png")
-               if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} file(s) listed in {split_path(voc_path, split)} are missing: "
-            + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+    check_files(voc_path, names, where=split_path(voc_path, split))
     problems, ignored_files, ignored_pixels, ignored_values = [], [], 0, set()
     for n in names:
-        jpg, png = jpg_dir / f"{n}.jpg", png_dir / f"{n}.png"
+        jpg, png = image_path(voc_path, n), label_path(voc_path, n)
         try:
             with Image.open(jpg) as im:
                 image_size = im.size
@@ -173,8 +141,7 @@ def load_sample(voc_path, name, input_shape, num_classes, train, rng=None, label
     Returns ``(image float32 (h, w, 3) in 0..1, label uint8 (h, w))`` where ignored
     pixels hold ``num_classes``.
     """
-    jpg_dir, png_dir, _ = voc_dirs(voc_path)
-    jpg, png = jpg_dir / f"{name}.jpg", png_dir / f"{name}.png"
+    jpg, png = image_path(voc_path, name), label_path(voc_path, name)
     with Image.open(jpg) as im:
         image = cvtColor(im)
         image.load()
@@ -190,13 +157,14 @@ def load_sample(voc_path, name, input_shape, num_classes, train, rng=None, label
 
 
 def build_dataset(voc_path, split, input_shape, batch_size, num_classes, train,
-                  names=None, num_workers=None, seed=None, repeat=None, label_fill=0):
+                  names=None, num_workers=None, seed=None, repeat=None, label_fill=0, skip=0):
     """``tf.data`` pipeline of batches ``(images, one-hot targets)``.
 
     ``train=True``: shuffled each pass, augmented, last partial batch dropped, repeated
     forever (``repeat``=None) so ``fit`` is driven by ``steps_per_epoch``. ``train=False``:
     file order, letterbox, every image once. ``num_workers`` parallel loaders
     (None = tf.data autotune). ``names`` skips re-reading and re-checking the split.
+    ``skip`` samples of the stream are passed over unread (a resumed run).
     """
     if names is None:
         names = check_split(voc_path, split, num_classes)
@@ -227,6 +195,8 @@ def build_dataset(voc_path, split, input_shape, batch_size, num_classes, train,
     ds = tf.data.Dataset.zip((ds, seeds))
     if repeat:
         ds = ds.repeat()
+    if skip:
+        ds = ds.skip(skip)
     ds = ds.map(to_tensors, num_parallel_calls=num_workers or tf.data.AUTOTUNE,
                 deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=train)
