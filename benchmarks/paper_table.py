@@ -28,8 +28,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from pipeline.pretrainers import LABELLED_PRETRAINERS, PAIR_PRETRAINERS, PRETRAINERS  # noqa: E402
 from pipeline.profiles import PROFILES, to_argv  # noqa: E402
 from pipeline.published import PUBLISHED, markdown_table, row_label  # noqa: E402
-from pipeline.steps import (join_argv, make_data, make_pairs, open_run, pretrain_encoder,  # noqa: E402
-                            select_images, unet_argv)
+from pipeline.steps import (join_argv, make_data, make_pairs, mean_std, open_run,  # noqa: E402
+                            pretrain_encoder, select_images, unet_argv)
 from utils.utils import set_seed, write_json  # noqa: E402
 
 # Rows without pretraining; every other row is a PRETRAINERS entry.
@@ -109,21 +109,12 @@ def downstream(row, encoder, args, run, seed):
     return frozen["test_metrics"], tuned
 
 
-def _mean_std(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / len(values)
-    return mean, var ** 0.5
-
-
 def summarise(rows_done, seeds):
     """Per row: mean and std over seeds of the four table numbers."""
     keys = (("frozen", "mIoU"), ("frozen", "mPA"), ("tuned", "mIoU"), ("tuned", "mPA"))
     table = {}
     for row, runs in rows_done.items():
-        table[row] = {f"{phase} {metric}": _mean_std([(r[phase] or {}).get(metric)
+        table[row] = {f"{phase} {metric}": mean_std([(r[phase] or {}).get(metric)
                                                      for r in runs.values()])
                       for phase, metric in keys}
     return table

@@ -28,6 +28,7 @@ if __package__ in (None, ""):
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from pipeline.steps import mean_std  # noqa: E402
 from utils.utils import NAME_CLASSES, make_run_dir, write_json  # noqa: E402
 
 # The pipeline steps that make the two rows; predictions and growth add nothing here.
@@ -100,16 +101,6 @@ def run_seed(args, seed, out_dir):
     return result
 
 
-def _mean_std(values):
-    """Mean and population std over seeds; scalars give floats, per-class lists give lists."""
-    import numpy as np
-
-    values = np.asarray([v for v in values if v is not None], float)
-    if values.size == 0:
-        return None, None
-    return values.mean(axis=0).tolist(), values.std(axis=0).tolist()
-
-
 def _pm(stat, digits=4):
     mean, std = stat
     return "—" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
@@ -124,25 +115,25 @@ def summarise(results):
              "|---|---|---|---|"]
     for row in ("pde", "random"):
         lines.append(f"| {'PDE (classification distance)' if row == 'pde' else 'Random'} | "
-                     f"{_pm(_mean_std([r[f'{row} frozen']['mIoU'] for r in runs]))} | "
-                     f"{_pm(_mean_std([r[f'{row} fine-tuned']['mIoU'] for r in runs]))} | "
-                     f"{_pm(_mean_std([r[f'knn {row}'] for r in runs]), 3)} |")
+                     f"{_pm(mean_std([r[f'{row} frozen']['mIoU'] for r in runs]))} | "
+                     f"{_pm(mean_std([r[f'{row} fine-tuned']['mIoU'] for r in runs]))} | "
+                     f"{_pm(mean_std([r[f'knn {row}'] for r in runs]), 3)} |")
     lines += ["", "Per-class test IoU (mean over seeds):", "",
               "| U-Net | " + " | ".join(NAME_CLASSES) + " |",
               "|---|" + "---|" * len(NAME_CLASSES)]
     for _, row, column in UNETS:
-        mean, std = _mean_std([r[f"{row} {column}"]["IoU"] for r in runs])
+        mean, std = mean_std([r[f"{row} {column}"]["IoU"] for r in runs])
         lines.append(f"| {row} {column} | " + " | ".join(
             f"{m:.3f} ± {s:.3f}" for m, s in zip(mean, std)) + " |")
-    pair = _mean_std([r["pair_accuracy"] for r in runs])
+    pair = mean_std([r["pair_accuracy"] for r in runs])
     lines += ["", f"PDE pretext, held-out pair accuracy: {_pm(pair, 3)} (chance 0.25)"]
-    (pde_m, pde_s), (rnd_m, rnd_s) = (_mean_std([r[f"{row} frozen"]["mIoU"] for r in runs])
+    (pde_m, pde_s), (rnd_m, rnd_s) = (mean_std([r[f"{row} frozen"]["mIoU"] for r in runs])
                                       for row in ("pde", "random"))
     gap, bar = pde_m - rnd_m, 2 * max(pde_s, rnd_s)
     verdict = "above" if gap > bar else "NOT above"
     lines.append(f"Frozen mIoU gap PDE - random: {gap:+.4f}; twice the larger std: {bar:.4f}: "
                  f"the gap is {verdict} it.")
-    lines.append(f"Wall time per seed: {_pm(_mean_std([r['seconds'] for r in runs]), 0)} s")
+    lines.append(f"Wall time per seed: {_pm(mean_std([r['seconds'] for r in runs]), 0)} s")
     return "\n".join(lines)
 
 

@@ -138,3 +138,14 @@ def unet_argv(voc, logs_dir, seed, freeze, total, encoder, frozen_only, extra,
                      ["--init-model", start, "--init-epoch", freeze] if start
                      else (["--model-path", encoder] if encoder else []),
                      extra)
+
+
+def mean_std(values):
+    """Mean and population std over seeds, ``None`` values left out: floats for scalars,
+    lists for per-class lists; ``(None, None)`` when nothing is left."""
+    import numpy as np
+
+    values = np.asarray([v for v in values if v is not None], float)
+    if values.size == 0:
+        return None, None
+    return values.mean(axis=0).tolist(), values.std(axis=0).tolist()

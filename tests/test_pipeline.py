@@ -66,3 +66,27 @@ def test_cscl_pretrainer_reads_the_voc_set_at_the_unet_size(monkeypatch):
     assert argv.startswith("--voc-path VOC --logs-dir logs --seed 3")
     assert "--input-shape 64 64" in argv and "--batch-size 4" in argv
     assert "--pool" not in argv and "--image-dir" not in argv
+
+
+def test_mean_std_over_seeds_for_scalars_and_per_class_lists():
+    from pipeline.steps import mean_std
+
+    assert mean_std([0.2, None, 0.4]) == pytest.approx((0.3, 0.1))
+    mean, std = mean_std([[0.0, 1.0], [2.0, 1.0]])
+    assert mean == [1.0, 1.0] and std == [1.0, 0.0]
+    assert mean_std([None]) == (None, None)
+
+
+def test_pde_vs_random_says_whether_the_gap_beats_twice_the_spread():
+    from benchmarks.pde_vs_random import summarise
+
+    def seed(pde, rnd):
+        unet = lambda m: {"mIoU": m, "IoU": [m] * 5}  # noqa: E731
+        return {"seconds": 60.0, "pair_accuracy": 0.6, "knn pde": 0.7, "knn random": 0.6,
+                "pde frozen": unet(pde), "pde fine-tuned": unet(pde),
+                "random frozen": unet(rnd), "random fine-tuned": unet(rnd)}
+
+    clear = summarise({"1": seed(0.50, 0.30), "2": seed(0.52, 0.31), "3": seed(0.51, 0.29)})
+    assert "0.5100 ± 0.0082" in clear and "the gap is above it" in clear
+    noisy = summarise({"1": seed(0.50, 0.30), "2": seed(0.30, 0.45), "3": seed(0.40, 0.35)})
+    assert "the gap is NOT above it" in noisy
