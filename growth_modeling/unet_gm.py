@@ -208,4 +208,6 @@ def main(argv=None, segment=None):
 
 
 if __name__ == "__main__":
-    main()
+    from utils.errors import run_cli
+
+    run_cli(main)
