@@ -140,6 +140,14 @@ def load_splits(args):
     return splits
 
 
+def split_sources(args):
+    """``{split: where its names come from}``, for messages: its own file (explicit
+    splits) or its share of ``--pairs-x``."""
+    if args.val_pairs_x is not None:
+        return {"train": args.pairs_x, "val": args.val_pairs_x, "test": args.test_pairs_x}
+    return {s: f"{args.pairs_x} ({s} part of --split)" for s in SPLITS}
+
+
 def check_not_empty(splits):
     for name in SPLITS:
         if len(splits[name][0]) == 0:
@@ -170,7 +178,8 @@ def prepare_data(args):
     build the image cache. Returns ``(splits, cache or None)``."""
     splits = load_splits(args)
     names = _all_names(splits)
-    check_all_present(names, args.image_dir, index_name=args.pairs_x)
+    for split, source in split_sources(args).items():
+        check_all_present(splits[split][0], args.image_dir, index_name=source)
     bad = find_bad_images(names, args.image_dir)
     if bad and not args.skip_bad_images:
         raise PairDataError(bad_images_message(bad, args.image_dir))
