@@ -21,6 +21,8 @@ from tqdm import tqdm  # noqa: E402
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from utils.errors import MissingInput, OutputExists, UserError  # noqa: E402
+from utils.image_check import bad_images_error, find_bad_images  # noqa: E402
 from utils.utils import NAME_CLASSES, make_run_dir, set_seed, write_json  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -245,18 +247,19 @@ def voc_root(voc_path):
         return voc_path / "VOC2007"
     if (voc_path / "ImageSets").is_dir() or (voc_path / "JPEGImages").is_dir():
         return voc_path
-    raise FileNotFoundError(f"{voc_path}: not a VOCdevkit folder (expected VOC2007/ with "
-                            f"JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)")
+    raise MissingInput(voc_path, "not a VOCdevkit folder (expected VOC2007/ with "
+                                 "JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)",
+                       "check --voc-path")
 
 
 def read_split(voc_path, split="test"):
     """Image ids of ``ImageSets/Segmentation/<split>.txt``; errors name the file."""
     split_file = voc_root(voc_path) / "ImageSets" / "Segmentation" / f"{split}.txt"
     if not split_file.is_file():
-        raise FileNotFoundError(f"split file not found: {split_file}")
+        raise MissingInput(split_file, "split file not found", "check --voc-path and --split")
     ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
     if not ids:
-        raise ValueError(f"{split_file}: the split is empty")
+        raise UserError(split_file, "the split is empty", "list one image id per line")
     return ids
 
 
@@ -267,8 +270,8 @@ def image_path(voc_path, image_id):
         p = folder / f"{image_id}{suffix}"
         if p.is_file():
             return p
-    raise FileNotFoundError(f"{folder / (image_id + '.jpg')}: image listed in the split "
-                            f"but not found")
+    raise MissingInput(folder / (image_id + '.jpg'), "image listed in the split but not found",
+                       "add it or remove its line from the split list")
 
 
 def check_split(voc_path, image_ids, need_images=True):
@@ -276,11 +279,13 @@ def check_split(voc_path, image_ids, need_images=True):
     gt_dir = voc_root(voc_path) / "SegmentationClass"
     missing = [str(gt_dir / f"{i}.png") for i in image_ids if not (gt_dir / f"{i}.png").is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} labels listed in the split are missing: "
-                                + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+        raise MissingInput(f"{len(missing)} labels listed in the split are missing: "
+                           + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
     if need_images:
-        for i in image_ids:
-            image_path(voc_path, i)
+        bad = find_bad_images([image_path(voc_path, i) for i in image_ids], "pil",
+                              desc="checking images")
+        if bad:
+            raise bad_images_error(bad, "replace it or remove its line from the split list")
 
 
 def predict_split(unet, voc_path, image_ids, pred_dir, batch_size=8):
@@ -389,9 +394,19 @@ def main(argv=None):
     args = parse_args(argv)
     set_seed(args.seed)
     if args.miou_mode in (0, 1) and not args.model_path:
-        raise SystemExit("get_miou.py: --model-path is needed to predict (modes 0 and 1)")
+        raise UserError("--model-path", "needed to predict (modes 0 and 1)",
+                        "give the trained model (best_epoch.keras of a train.py run)")
     if args.miou_mode == 2 and not args.pred_dir and not args.out_dir:
-        raise SystemExit("get_miou.py: mode 2 needs --pred-dir (or --out-dir of an earlier run)")
+        raise UserError("--miou-mode 2", "needs --pred-dir (or --out-dir of an earlier run)")
+    if args.model_path and args.miou_mode in (0, 1):
+        from utils.weights import check_weights_file
+
+        check_weights_file(args.model_path, "--model-path")
+    if args.miou_mode == 2:
+        given = Path(args.pred_dir) if args.pred_dir else Path(args.out_dir) / "detection-results"
+        if not given.is_dir():
+            raise MissingInput(given, "folder of predicted class maps not found",
+                               "give --pred-dir of an earlier mode 0 or 1 run")
     names = _class_names(args.num_classes, args.name_classes)
     image_ids = read_split(args.voc_path, args.split)
     check_split(args.voc_path, image_ids, need_images=args.miou_mode != 2)
@@ -400,8 +415,8 @@ def main(argv=None):
         out_dir.mkdir(parents=True, exist_ok=True)
         existing = [f for f in RESULT_FILES if (out_dir / f).exists()]
         if args.miou_mode in (0, 2) and existing:
-            raise FileExistsError(f"{out_dir} already holds results ({', '.join(existing)}); "
-                                  f"choose another --out-dir")
+            raise OutputExists(out_dir, f"already holds results ({', '.join(existing)})",
+                               "choose another --out-dir")
         k, args_file = 1, out_dir / "args.json"
         while args_file.exists():      # mode 1 then mode 2 in one folder keeps both
             k += 1

@@ -11,6 +11,7 @@ and exits with status 2. ``--debug`` on the command line, or ``PDE_DEBUG=1`` in 
 environment, lets the traceback through instead. Anything else (a bug) keeps its
 traceback. ``main(argv)`` called from Python raises as usual.
 """
+import contextlib
 import os
 import sys
 import traceback
@@ -41,6 +42,18 @@ class MissingInput(UserError, FileNotFoundError):
 
 class OutputExists(UserError, FileExistsError):
     """The run would overwrite an earlier result."""
+
+
+@contextlib.contextmanager
+def user_errors(where, types=(ValueError,), fix=None):
+    """Turn ``types`` raised inside the block (by ``nets/`` or a library, which know
+    nothing of this module) into a :class:`UserError` about ``where``."""
+    try:
+        yield
+    except UserError:
+        raise
+    except types as exc:
+        raise UserError(where, str(exc).rstrip("."), fix) from exc
 
 
 def bad_record_message(text):
