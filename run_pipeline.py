@@ -14,6 +14,8 @@ the season for one view) -> table. Every step writes into one run folder;
 ``--resume RUN_DIR`` skips the finished ones.
 """
 import argparse
+import contextlib
+import io
 import json
 import os
 import shlex
@@ -25,6 +27,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks.published import PUBLISHED, markdown_table  # noqa: E402
+from utils.errors import MissingInput, UserError  # noqa: E402
 from utils.utils import make_run_dir, set_seed, write_json  # noqa: E402
 
 STEPS = ("orchard", "priors", "select", "pairs", "pretrain", "unet_frozen",
@@ -134,7 +137,8 @@ def parse_args(argv=None):
     unknown = sorted(set(args.steps) - set(STEPS))
     if unknown:
         p.error(f"unknown step(s) {', '.join(unknown)}; choose from {', '.join(STEPS)}")
-    if bool(args.archive) != bool(args.phenology):
+    # With --resume the recorded run may hold the other one (checked after merging).
+    if bool(args.archive) != bool(args.phenology) and not args.resume:
         p.error("--archive and --phenology go together")
     return args
 
@@ -148,14 +152,48 @@ class Run:
         self.record = json.loads(self.record_path.read_text()) if self.record_path.exists() else {}
 
     def done(self, step):
-        return step in self.record
+        """Recorded as finished and its outputs still there."""
+        return step in self.record and not missing_outputs(step, self.result(step))
 
     def finish(self, step, result, seconds):
+        """Record ``step`` as done, once its outputs exist (else a UserError)."""
+        missing = missing_outputs(step, result)
+        if missing:
+            raise UserError(f"step {step}", f"finished without its outputs ({', '.join(missing)})",
+                            "check the step's messages above; it is not recorded as done")
         self.record[step] = {"seconds": round(seconds, 1), "result": result}
         write_json(self.record_path, self.record)
 
     def result(self, step):
         return self.record.get(step, {}).get("result", {})
+
+
+def step_outputs(step, result):
+    """The files and folders a finished step must have left (from its recorded result)."""
+    result = result or {}
+    if step == "orchard":
+        paths = [result.get("archive"), result.get("phenology")]
+        if result.get("voc"):
+            paths.append(result["voc"])
+        return paths
+    if step == "select":
+        return [result.get("out_dir"), result.get("manifest")]
+    if step == "pairs":
+        return [result.get("x"), result.get("y")] + [
+            p for pair in result.get("splits", {}).values() for p in pair]
+    if step == "pretrain":
+        return [result["encoder_path"]] if result.get("encoder_path") else []
+    if step in ("unet_frozen", "unet_finetune", *BASELINE_STEPS):
+        return [result.get("run_dir"), result.get("model_path")]
+    if step in ("predict", "growth"):
+        key = "out_dir" if step == "predict" else "run_dir"
+        return [result.get(key)] if result.get(key) else []
+    return []
+
+
+def missing_outputs(step, result):
+    """Outputs of ``step`` that are not there (a None is a missing entry)."""
+    return [str(p) for p in step_outputs(step, result) if p is None or not Path(p).exists()]
 
 
 def _argv(*fragments):
@@ -170,18 +208,187 @@ def _plain(d):
     return json.loads(json.dumps(d, default=str))
 
 
+# Steps that read the labelled set; without the synthetic orchard they need --voc.
+VOC_STEPS = ("unet_frozen", "unet_finetune", *BASELINE_STEPS, "predict")
+# What each step reads from earlier steps' records.
+REQUIRES = {"priors": ("orchard",), "select": ("orchard",), "pairs": ("select",),
+            "pretrain": ("select", "pairs"), "unet_frozen": ("orchard", "pretrain"),
+            "unet_finetune": ("orchard", "pretrain"), "random_frozen": ("orchard",),
+            "random_finetune": ("orchard",), "predict": ("orchard", "unet_frozen|unet_finetune"),
+            "growth": ("orchard", "unet_frozen|unet_finetune")}
+# The first step that reads each option: on --resume a changed option is applied while
+# no step from there on has finished, and refused after.
+OPTION_STEPS = {"profile": "orchard", "seed": "orchard", "archive": "orchard",
+                "phenology": "orchard", "voc": "orchard", "data_dir": "orchard",
+                "select_args": "select", "pairs_args": "pairs", "method": "pretrain",
+                "init": "pretrain", "pretrain_args": "pretrain", "unet_args": "unet_frozen",
+                "growth_camera": "growth", "growth_args": "growth"}
+
+
+def orchard_spec(args, profile):
+    """Where the synthetic orchard lives and the settings it is generated with."""
+    return Path(args.data_dir or Path("demo_data") / args.profile), dict(profile["orchard"],
+                                                                         seed=args.seed)
+
+
+def check_orchard_spec(args, profile):
+    """A --data-dir that holds an orchard made with other settings is refused."""
+    data_dir, spec = orchard_spec(args, profile)
+    spec_path = data_dir / "orchard_spec.json"
+    if spec_path.exists() and json.loads(spec_path.read_text()) != _plain(spec):
+        raise UserError(spec_path, f"{data_dir} holds an orchard generated with other settings",
+                        "pass another --data-dir")
+
+
+def _check_step_options(step, parse, argv):
+    """Parse a step's options as its script will, so a typo in --<step>-args stops the
+    run before step 1 rather than when that step starts."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buffer):
+            parse(argv)
+    except SystemExit:
+        said = (buffer.getvalue().strip().splitlines() or ["rejected"])[-1]
+        raise UserError(f"--{step}-args", f"{shlex.join(argv)}: {said}",
+                        "fix the options (the step's script --help lists them)") from None
+
+
+def validate_inputs(args, profile, steps, run=None):
+    """Every input of the planned ``steps``, checked before step 1 and before a run
+    folder is made: the archive, priors and camera folders, the labelled set and its
+    splits (photos decoded once, cached), weights files, and each step's options."""
+    from utils.weights import check_weights_file
+
+    todo = [s for s in steps if run is None or not run.done(s)]
+    for step in todo:
+        for need in REQUIRES.get(step, ()):
+            if step == "pretrain" and args.init != "pde":
+                break
+            options = need.split("|")
+            if not any(n in todo or (run is not None and run.done(n)) for n in options):
+                raise UserError("--steps", f"step {step} needs step {' or '.join(options)}, "
+                                           f"which is neither planned nor done in this run",
+                                f"add it to --steps (or --resume a run that has it)")
+    if run is not None and run.done("orchard"):
+        data = run.result("orchard")
+    elif args.archive:
+        data = {"archive": args.archive, "phenology": args.phenology, "voc": args.voc}
+    else:
+        check_orchard_spec(args, profile)
+        data = None                # generated by the orchard step
+    if data is not None and set(todo) & {"orchard", "priors", "select", "growth"}:
+        from data_processing.date_pro import camera_folder, load_phenology
+
+        phenology = load_phenology(data["phenology"])
+        for camera in phenology.cameras:
+            camera_folder(data["archive"], camera)
+        if args.growth_camera and "growth" in todo:
+            folder = Path(data["archive"]) / args.growth_camera
+            if not folder.is_dir():
+                raise MissingInput(folder, "--growth-camera: camera folder not found",
+                                   "give a camera of the archive")
+    if data is not None and set(todo) & set(VOC_STEPS):
+        if not data.get("voc"):
+            raise UserError("--voc", f"needed by step(s) {', '.join(s for s in todo if s in VOC_STEPS)} "
+                                     f"with your own --archive",
+                            "give your labelled VOCdevkit folder, or leave those steps out "
+                            "with --steps")
+        from utils.dataloader import check_split
+
+        for split in ("train", "val", "test"):
+            check_split(data["voc"], split, num_classes=256, check_values=False)
+    if args.init not in ("pde", "random"):
+        check_weights_file(args.init, "--init")
+
+    if "select" in todo:
+        from data_processing import select_img
+
+        _check_step_options("select", select_img.parse_args,
+                            _argv(["--archive", "."], args.select_args))
+    if "pairs" in todo:
+        from data_processing import make_dataset
+
+        _check_step_options("pairs", make_dataset.parse_args,
+                            _argv(profile["pairs"], args.pairs_args))
+    if "pretrain" in todo and args.init == "pde":
+        if args.method == "class":
+            from pde_self_supervised import con_train_resnet_class as script
+        else:
+            from pde_self_supervised import con_train_resnet as script
+        _check_step_options("pretrain", script.parse_args,
+                            _argv(profile["pretrain"], args.pretrain_args))
+    if set(todo) & set(VOC_STEPS[:-1]):
+        import train
+
+        _check_step_options("unet", train.parse_args, _argv(profile["unet"], args.unet_args))
+    if "growth" in todo:
+        from growth_modeling import unet_gm
+
+        _check_step_options("growth", unet_gm.parse_args,
+                            _argv(["--archive", ".", "--camera", "."], profile["growth"],
+                                  args.growth_args))
+
+
+def given_options(argv):
+    """The run_pipeline options typed in ``argv`` (dest names), e.g. {"archive"}."""
+    given = set()
+    for token in argv or []:
+        if token.startswith("--") and " " not in token:
+            name = token[2:].split("=", 1)[0]
+            given.add((name[3:] if name.startswith("no-") else name).replace("-", "_"))
+    return given
+
+
+def resume_options(args, argv, run):
+    """``--resume``: the recorded options stand for those not typed now; a typed one
+    that differs is applied while no step that reads it has finished, and refused
+    (an error naming it) after. Returns ``[(option, recorded, given)]`` applied."""
+    recorded_path = run.dir / "args.json"
+    if not recorded_path.is_file():
+        raise MissingInput(recorded_path, "--resume: not a run folder of run_pipeline.py "
+                                          "(no args.json)", "give the folder it printed as "
+                                                            "'Run folder:'")
+    recorded = json.loads(recorded_path.read_text())
+    given = given_options(argv)
+    applied, refused = [], []
+    for key, old in recorded.items():
+        if key in ("resume", "logs_dir") or not hasattr(args, key):
+            continue
+        new = getattr(args, key)
+        if key not in given:
+            setattr(args, key, old)
+        elif _plain(new) != old:
+            first = OPTION_STEPS.get(key)
+            used = [s for s in STEPS[STEPS.index(first):] if run.done(s)] if first else []
+            (refused if used else applied).append((key, old, new, used))
+    if refused:
+        key, old, new, used = refused[0]
+        others = "".join(f", --{k.replace('_', '-')}" for k, *_ in refused[1:])
+        raise UserError(f"--{key.replace('_', '-')}",
+                        f"{new!r} differs from the recorded run's {old!r}, which finished "
+                        f"step(s) {', '.join(used)} used" + (f" (also changed: {others[2:]})"
+                                                             if others else ""),
+                        f"resume without it to keep {old!r}, or start a new run (no --resume)")
+    for key, old, new, _ in applied:
+        print(f"--resume: applying --{key.replace('_', '-')} {new!r} (the run recorded "
+              f"{old!r}; no step that reads it has finished)")
+    if args.init == "random":
+        args.baseline = False
+    if bool(args.archive) != bool(args.phenology):
+        raise UserError("--archive", "--archive and --phenology go together",
+                        "give both (the recorded run has only one)")
+    return [(key, old, new) for key, old, new, _ in applied]
+
+
 def step_orchard(args, run, profile):
     if args.archive:
         return {"archive": args.archive, "phenology": args.phenology, "voc": args.voc}
     from data_processing.synthetic_orchard import generate_orchard
 
-    data_dir = Path(args.data_dir or Path("demo_data") / args.profile)
-    spec = dict(profile["orchard"], seed=args.seed)
+    data_dir, spec = orchard_spec(args, profile)
     spec_path = data_dir / "orchard_spec.json"
     if spec_path.exists():
-        if json.loads(spec_path.read_text()) != _plain(spec):
-            raise SystemExit(f"{data_dir} holds an orchard generated with other settings "
-                             f"({spec_path}); pass another --data-dir.")
+        check_orchard_spec(args, profile)
         print(f"  reusing the synthetic orchard in {data_dir}")
         return {"archive": str(data_dir / "archive"), "phenology": str(data_dir / "phenology.toml"),
                 "voc": str(data_dir / "VOCdevkit")}
@@ -311,7 +518,8 @@ def kept_unet(run):
         if best is None or (value is not None and (best[0] is None or value > best[0])):
             best = (value, result["model_path"])
     if best is None:
-        raise SystemExit("no U-Net step has finished in this run: run unet_frozen first")
+        raise UserError("--steps", "no U-Net step has finished in this run",
+                        "run unet_frozen first")
     return best[1]
 
 
@@ -434,17 +642,26 @@ def summary_lines(run, names):
 
 def main(argv=None):
     args = parse_args(argv)
-    set_seed(args.seed)
-    profile = PROFILES[args.profile]
+    run, applied = None, []
     if args.resume:
         run = Run(args.resume)
         if not run.dir.is_dir():
-            raise SystemExit(f"--resume: {run.dir} is not a run folder")
-    else:
-        run = Run(make_run_dir(f"pipeline_{args.profile}", args, root=args.logs_dir))
-    print(f"Run folder: {run.dir}")
+            raise MissingInput(run.dir, "--resume: run folder not found",
+                               "give the folder it printed as 'Run folder:'")
+        applied = resume_options(args, sys.argv[1:] if argv is None else argv, run)
+    set_seed(args.seed)
+    profile = PROFILES[args.profile]
     planned = [s for s in STEPS if args.baseline or s not in BASELINE_STEPS]
     steps = [s for s in planned if s in args.steps]
+    validate_inputs(args, profile, steps, run)
+    if run is None:
+        run = Run(make_run_dir(f"pipeline_{args.profile}", args, root=args.logs_dir))
+    elif applied:
+        k = 1
+        while (run.dir / f"args_resume{k}.json").exists():
+            k += 1
+        write_json(run.dir / f"args_resume{k}.json", vars(args))
+    print(f"Run folder: {run.dir}")
     # Later steps read what earlier ones recorded; a subset needs those already done.
     for i, step in enumerate(steps, start=1):
         if run.done(step):
