@@ -248,7 +248,7 @@ def _check_step_options(step, parse, argv):
         with contextlib.redirect_stderr(buffer):
             parse(argv)
     except SystemExit:
-        said = (buffer.getvalue().strip().splitlines() or ["rejected"])[-1]
+        said = (buffer.getvalue().strip().splitlines() or ["rejected"])[-1].split("error: ", 1)[-1]
         raise UserError(f"--{step}-args", f"{shlex.join(argv)}: {said}",
                         "fix the options (the step's script --help lists them)") from None
 
