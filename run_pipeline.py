@@ -577,10 +577,14 @@ def step_growth(args, run, profile):
     model = kept_unet(run)
     camera = args.growth_camera or sorted(p.name for p in Path(data["archive"]).iterdir()
                                           if p.is_dir())[-1]
+    from data_processing.date_pro import archive_photos
     from data_processing.names import parse_archive_name
 
-    first = next(p for p in sorted((Path(data["archive"]) / camera).iterdir()) if p.suffix == ".jpg")
-    name = parse_archive_name(first)
+    photos = archive_photos(Path(data["archive"]) / camera)[0]
+    if not photos:
+        raise UserError(Path(data["archive"]) / camera, "no archive photo for the growth curves",
+                        "give another --growth-camera")
+    name = parse_archive_name(next(iter(photos.values())))
     result = unet_gm.main(_argv(["--archive", data["archive"], "--camera", camera,
                                  "--preset", name.preset, "--time", name.hour,
                                  "--model-path", model, "--phenology", data["phenology"],

@@ -21,6 +21,7 @@ from pde_self_supervised.dataloader_2img import (PairDataError, bad_images_messa
                                                  find_bad_images, find_undecodable,
                                                  load_pair_index, pair_dataset,
                                                  split_by_fractions)
+from utils.errors import UserError, user_errors
 from utils.precise_bn import add_precise_bn_arg, recalibrate_batchnorm
 from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,
                          make_run_dir, set_mixed_precision, set_seed, write_json)
@@ -399,13 +400,15 @@ def run(spec, args):
 
     set_seed(args.seed)
     shape = (args.input_shape[0], args.input_shape[1], 3)
-    check_input_shape(shape, "resnet50")
+    with user_errors("--input-shape"):
+        check_input_shape(shape, "resnet50")
     if args.input_shape[0] > args.load_size[0] or args.input_shape[1] > args.load_size[1]:
-        raise ValueError(f"--input-shape {args.input_shape} is larger than --load-size "
-                         f"{args.load_size}; the input is a crop of the loaded image")
+        raise UserError("--input-shape", f"{args.input_shape} is larger than --load-size "
+                                         f"{args.load_size}; the input is a crop of the loaded "
+                                         f"image", "lower it or raise --load-size")
     for option in ("batch_size", "test_batch_size", "epochs"):
         if getattr(args, option) < 1:
-            raise ValueError(f"--{option.replace('_', '-')} must be at least 1")
+            raise UserError(f"--{option.replace('_', '-')}", "must be at least 1")
 
     resume_from, initial_epoch = None, 0
     if args.resume:
