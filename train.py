@@ -104,6 +104,14 @@ def parse_args(argv=None):
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave out train/val photos that do not decode, naming them "
                         "(default: stop with an error naming the first)")
+    p.add_argument("--encoder-bn-batches", type=int, default=0, metavar="N",
+                   help="before the first phase, re-estimate the encoder's batch-norm "
+                        "statistics from N batches of the U-Net's own training images "
+                        "(0 = keep those of the weights file, default). A frozen encoder "
+                        "normalises with them for the whole frozen phase; Keras 2.1.6, which "
+                        "the original ran on, normalised a frozen encoder with each batch's "
+                        "own statistics, and the U-Net's 0..1 input scale is not the [-1, 1] "
+                        "of PDE pretraining")
     p.add_argument("--run-eagerly", action="store_true",
                    help="run training steps eagerly: no graph tracing, slower steps "
                         "(for quick checks on tiny data; default off)")
@@ -304,6 +312,16 @@ def main(argv=None):
             load_pretrained(model, args.model_path)
         else:
             print("No --model-path: the encoder starts from random (Glorot uniform) weights.")
+
+    fresh_encoder = not (args.resume or args.init_model)
+    if args.encoder_bn_batches and fresh_encoder:
+        from utils.precise_bn import recalibrate_batchnorm
+
+        bn_ds = build_dataset(args.voc_path, "train", (h, w), phases[0].batch_size, nc, True,
+                              names=train_names, num_workers=args.num_workers or None,
+                              seed=args.seed, skip_bad=args.skip_bad_images)
+        used = recalibrate_batchnorm(encoder, bn_ds, args.encoder_bn_batches)
+        print(f"Re-estimated the encoder's batch-norm statistics from {used} training batches.")
 
     checkpoint = EpochCheckpoint(run_dir, best=_best(log.get("val_mIoU", [])),
                                  save_period=args.save_period)

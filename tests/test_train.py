@@ -312,3 +312,19 @@ def test_checkpoint_save_period_keeps_last_and_best(tmp_path):
             == 10.0)
     with pytest.raises(ValueError, match="save_period"):
         EpochCheckpoint(tmp_path, save_period=-1)
+
+
+def test_encoder_bn_batches_reestimates_a_frozen_encoders_statistics(tmp_path):
+    # A random ResNet50 encoder starts with moving mean 0 / variance 1 in every batch norm;
+    # a frozen phase leaves them as they are, so anything else in the saved U-Net comes
+    # from the re-estimate on the U-Net's own training images.
+    voc = make_voc(tmp_path, counts=(("train", 4), ("val", 2)))
+    argv = ["--voc-path", str(voc), "--input-shape", "32", "32", "--frozen-only",
+            "--freeze-epoch", "1", "--unfreeze-epoch", "1", "--freeze-batch-size", "2",
+            "--steps-per-epoch", "1", "--num-workers", "2", "--eval-split", "none",
+            "--run-eagerly", "--logs-dir", str(tmp_path / "logs"), "--seed", str(SEED)]
+    run_dir = train.main(argv + ["--encoder-bn-batches", "2"])["run_dir"]
+    model = keras.models.load_model(run_dir / "last_epoch.keras", compile=False)
+    bn = get_encoder(model).get_layer("bn_conv1")
+    assert np.abs(np.asarray(bn.moving_mean)).max() > 1e-3
+    assert np.abs(np.asarray(bn.moving_variance) - 1).max() > 1e-3

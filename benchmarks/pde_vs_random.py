@@ -1,0 +1,176 @@
+"""The main job's claim over several seeds: PDE against a random encoder.
+
+Each seed runs ``run_pipeline.py`` up to the random row with every option of the
+profile unchanged (``--seed`` changes the synthetic orchard's trees, the PDE pretraining
+and the U-Net seeds alike), then embeds the stage images with the PDE encoder and with
+a random encoder of the same seed and measures their k-NN stage accuracy
+(``visualize.py embeddings``). It prints, as mean ± std over the seeds: frozen and fine-tuned test mIoU
+and per-class IoU of both rows, the PDE pretext's held-out pair accuracy, the k-NN stage
+accuracies, and whether PDE's frozen mean is above random's by more than twice the
+larger standard deviation.
+
+    python benchmarks/pde_vs_random.py                   # demo profile, seeds 11 12 13
+    python benchmarks/pde_vs_random.py --seeds 11 12 13 14 15 --pipeline-args "--unet-args '--freeze-lr 3e-4'"
+
+Everything lands in a new run folder (``seeds.json``, ``summary.md``); ``--resume RUN_DIR``
+skips the seeds already finished.
+"""
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from utils.utils import NAME_CLASSES, make_run_dir, write_json  # noqa: E402
+
+# The pipeline steps that make the two rows; predictions and growth add nothing here.
+ROW_STEPS = ("orchard", "priors", "select", "pairs", "pretrain", "unet_frozen",
+             "unet_finetune", "random_frozen", "random_finetune")
+# (pipeline step, row, column) of every U-Net the comparison reads.
+UNETS = (("unet_frozen", "pde", "frozen"), ("unet_finetune", "pde", "fine-tuned"),
+         ("random_frozen", "random", "frozen"), ("random_finetune", "random", "fine-tuned"))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", default="demo", help="run_pipeline.py profile (default demo)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[11, 12, 13],
+                   help="one pipeline run per seed (default 11 12 13; at least 3 for a spread)")
+    p.add_argument("--data-dir", default="demo_data/pde_vs_random",
+                   help="where each seed's synthetic orchard is generated or found, in "
+                        "seed<N>/ (the pipeline's --seed also seeds the orchard, so every seed "
+                        "has its own trees; default demo_data/pde_vs_random)")
+    p.add_argument("--pipeline-args", default="",
+                   help="extra run_pipeline.py options for every seed, e.g. "
+                        "\"--unet-args '--freeze-lr 3e-4'\"")
+    p.add_argument("--knn-input-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="encoder input for the k-NN stage accuracy (default: the U-Net's "
+                        "input of the profile, 64 128 for demo)")
+    p.add_argument("--logs-dir", default="logs", help="parent of the run folder (default logs/)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue, skipping finished seeds")
+    return p.parse_args(argv)
+
+
+def _knn(encoder_path, image_dir, input_size, seed, out_dir):
+    """k-NN stage accuracy of one encoder (None = random weights of this seed)."""
+    import visualize
+
+    argv = ["embeddings", "--image-dir", str(image_dir), "--input-size", *map(str, input_size),
+            "--out-dir", str(out_dir), "--seed", str(seed)]
+    if encoder_path:
+        argv += ["--model-path", str(encoder_path)]
+    return visualize.main(argv)["knn_accuracy"]
+
+
+def _unet_input(profile):
+    import run_pipeline
+
+    unet = run_pipeline.PROFILES[profile]["unet"]
+    words = shlex.split(unet) if isinstance(unet, str) else list(unet)
+    if "--input-shape" in words:
+        i = words.index("--input-shape")
+        return int(words[i + 1]), int(words[i + 2])
+    return 576, 1024
+
+
+def run_seed(args, seed, out_dir):
+    import run_pipeline
+
+    argv = ["--profile", args.profile, "--seed", str(seed), "--logs-dir", str(out_dir),
+            "--steps", ",".join(ROW_STEPS), "--data-dir", str(Path(args.data_dir) / f"seed{seed}"),
+            *shlex.split(args.pipeline_args)]
+    start = time.time()
+    record = run_pipeline.main(argv)["steps"]
+    result = {"seconds": round(time.time() - start, 1),
+              "pair_accuracy": record["pretrain"]["result"].get("test_metrics", {}).get("acc")}
+    for step, row, column in UNETS:
+        metrics = record[step]["result"]["test_metrics"]
+        result[f"{row} {column}"] = {"mIoU": metrics["mIoU"], "IoU": metrics["IoU"]}
+    size = args.knn_input_size or _unet_input(args.profile)
+    image_dir = record["select"]["result"]["out_dir"]
+    encoder = record["pretrain"]["result"]["encoder_path"]
+    result["knn pde"] = _knn(encoder, image_dir, size, seed, out_dir / f"knn_pde_{seed}")
+    result["knn random"] = _knn(None, image_dir, size, seed, out_dir / f"knn_random_{seed}")
+    # The U-Net checkpoints are 180-300 MB each and nothing here reads them again.
+    for path in out_dir.rglob("*.keras"):
+        path.unlink()
+    return result
+
+
+def _mean_std(values):
+    """Mean and population std over seeds; scalars give floats, per-class lists give lists."""
+    import numpy as np
+
+    values = np.asarray([v for v in values if v is not None], float)
+    if values.size == 0:
+        return None, None
+    return values.mean(axis=0).tolist(), values.std(axis=0).tolist()
+
+
+def _pm(stat, digits=4):
+    mean, std = stat
+    return "—" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def summarise(results):
+    """Markdown: the two rows' mean ± std over seeds, per-class IoU, pretext and k-NN."""
+    runs = list(results.values())
+    seeds = ", ".join(results)
+    lines = [f"Seeds {seeds} ({len(runs)} runs); mean ± std (population) over seeds.", "",
+             "| Encoder | Frozen mIoU | Fine-tuned mIoU | k-NN stage accuracy |",
+             "|---|---|---|---|"]
+    for row in ("pde", "random"):
+        lines.append(f"| {'PDE (classification distance)' if row == 'pde' else 'Random'} | "
+                     f"{_pm(_mean_std([r[f'{row} frozen']['mIoU'] for r in runs]))} | "
+                     f"{_pm(_mean_std([r[f'{row} fine-tuned']['mIoU'] for r in runs]))} | "
+                     f"{_pm(_mean_std([r[f'knn {row}'] for r in runs]), 3)} |")
+    lines += ["", "Per-class test IoU (mean over seeds):", "",
+              "| U-Net | " + " | ".join(NAME_CLASSES) + " |",
+              "|---|" + "---|" * len(NAME_CLASSES)]
+    for _, row, column in UNETS:
+        mean, std = _mean_std([r[f"{row} {column}"]["IoU"] for r in runs])
+        lines.append(f"| {row} {column} | " + " | ".join(
+            f"{m:.3f} ± {s:.3f}" for m, s in zip(mean, std)) + " |")
+    pair = _mean_std([r["pair_accuracy"] for r in runs])
+    lines += ["", f"PDE pretext, held-out pair accuracy: {_pm(pair, 3)} (chance 0.25)"]
+    (pde_m, pde_s), (rnd_m, rnd_s) = (_mean_std([r[f"{row} frozen"]["mIoU"] for r in runs])
+                                      for row in ("pde", "random"))
+    gap, bar = pde_m - rnd_m, 2 * max(pde_s, rnd_s)
+    verdict = "above" if gap > bar else "NOT above"
+    lines.append(f"Frozen mIoU gap PDE - random: {gap:+.4f}; twice the larger std: {bar:.4f}: "
+                 f"the gap is {verdict} it.")
+    lines.append(f"Wall time per seed: {_pm(_mean_std([r['seconds'] for r in runs]), 0)} s")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.resume:
+        out_dir = Path(args.resume)
+        results = json.loads((out_dir / "seeds.json").read_text()) \
+            if (out_dir / "seeds.json").is_file() else {}
+    else:
+        out_dir, results = make_run_dir("pde_vs_random", args, root=args.logs_dir), {}
+    for seed in args.seeds:
+        if str(seed) in results:
+            print(f"seed {seed}: done earlier, skipped")
+            continue
+        print(f"=== seed {seed} ===", flush=True)
+        results[str(seed)] = run_seed(args, seed, out_dir)
+        write_json(out_dir / "seeds.json", results)
+    summary = summarise(results)
+    (out_dir / "summary.md").write_text(summary + "\n")
+    print("\n" + summary + f"\n\nEverything is in {out_dir}")
+    return {"out_dir": out_dir, "results": results, "summary": summary}
+
+
+if __name__ == "__main__":
+    main()
