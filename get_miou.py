@@ -23,6 +23,7 @@ if __package__ in (None, ""):
 
 from utils.errors import MissingInput, OutputExists, UserError  # noqa: E402
 from utils.image_check import bad_images_error, find_bad_images  # noqa: E402
+from utils.run import fresh_path  # noqa: E402
 from utils.utils import NAME_CLASSES, make_run_dir, set_seed, write_json  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -417,11 +418,8 @@ def main(argv=None):
         if args.miou_mode in (0, 2) and existing:
             raise OutputExists(out_dir, f"already holds results ({', '.join(existing)})",
                                "choose another --out-dir")
-        k, args_file = 1, out_dir / "args.json"
-        while args_file.exists():      # mode 1 then mode 2 in one folder keeps both
-            k += 1
-            args_file = out_dir / f"args_{k}.json"
-        write_json(args_file, vars(args))
+        # mode 1 then mode 2 in one folder keeps both
+        write_json(fresh_path(out_dir / "args.json"), vars(args))
     else:
         out_dir = make_run_dir("miou", args, root=args.logs_dir)
     pred_dir = Path(args.pred_dir) if args.pred_dir else out_dir / "detection-results"

@@ -25,22 +25,12 @@ if __package__ in (None, ""):
 
 from utils.errors import MissingInput, UserError  # noqa: E402
 from utils.image_check import bad_images_error, find_bad_images  # noqa: E402
+from utils.run import fresh_path  # noqa: E402
 from utils.utils import set_seed  # noqa: E402
 
 MODES = ("predict", "dir_predict", "video", "fps")
 # The image types the original's dir_predict picked up.
 IMAGE_SUFFIXES = (".bmp", ".dib", ".png", ".jpg", ".jpeg", ".pbm", ".pgm", ".ppm", ".tif", ".tiff")
-
-
-def free_path(path):
-    """``path`` itself if it does not exist, else the first free ``<stem>_<k><suffix>``."""
-    path = Path(path)
-    k = 1
-    candidate = path
-    while candidate.exists():
-        candidate = path.with_name(f"{path.stem}_{k}{path.suffix}")
-        k += 1
-    return candidate
 
 
 def open_image(path):
@@ -67,7 +57,7 @@ def predict_images(unet, paths, save_dir, count=False, batch_size=8):
             chunk = paths[start:start + batch_size]
             images = [open_image(p) for p in chunk]
             for path, image, mask in zip(chunk, images, unet.predict_masks(images, batch_size)):
-                out = free_path(save_dir / path.name)
+                out = fresh_path(save_dir / path.name)
                 unet.overlay(image, mask).save(out)
                 saved.append(str(out))
                 if count:
@@ -117,7 +107,7 @@ def run_video(unet, video_path, video_save_path="", video_fps=25.0, max_frames=N
                          f"or no camera at that index")
     writer, out_path = None, None
     if video_save_path:
-        out_path = free_path(video_save_path)
+        out_path = fresh_path(video_save_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         fourcc = cv2.VideoWriter_fourcc(*("XVID" if out_path.suffix.lower() == ".avi" else "mp4v"))
         size = (frame.shape[1], frame.shape[0])

@@ -14,21 +14,21 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
-import csv  # noqa: E402
 import dataclasses  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 from nets.unet_training import LOSSES, get_loss  # noqa: E402
 from utils.errors import MissingInput, UserError, user_errors  # noqa: E402
+from utils.run import (Run, checkpoint_epoch, fresh_path, logged, progress_verbose,  # noqa: E402
+                       read_log, resume_args)
 from utils.utils import (NAME_CLASSES, add_common_training_args, jit_compile_default,  # noqa: E402
-                         make_run_dir, set_mixed_precision, set_seed, get_strategy,
-                         write_json)
+                         set_mixed_precision, set_seed, get_strategy)
 
-LOG_CSV = "training_log.csv"
+# Options a resumed run may change: when it stops, what it evaluates, how it reports.
+RESUME_MAY_CHANGE = ("unfreeze_epoch", "early_stopping_patience", "save_period", "val_period",
+                     "eval_split", "eval_checkpoint")
 
 
 def parse_args(argv=None):
@@ -87,14 +87,20 @@ def parse_args(argv=None):
                    help="also keep a named checkpoint epNNN-....keras every N epochs "
                         "(original: 1, every epoch; about 176 MB each at ResNet50); 0 = only "
                         "last_epoch.keras and best_epoch.keras")
+    p.add_argument("--val-period", type=int, default=1, metavar="N",
+                   help="validation loss, val_mIoU and last_epoch.keras every N epochs and "
+                        "on the last epoch of each phase (original: 1, every epoch); early "
+                        "stopping then counts validated epochs")
     p.add_argument("--num-workers", type=int, default=7,
                    help="parallel image loaders; 0 = let tf.data choose (original: 7)")
     p.add_argument("--steps-per-epoch", type=int, default=None,
                    help="cap on training (and validation) batches per epoch, for quick runs "
                         "(default: the whole split, len(train) // batch size)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR from its last_epoch.keras, with its "
-                        "args.json as defaults (options given here override them)")
+                   help="continue the run in RUN_DIR from its last complete "
+                        "last_epoch.keras with the options of its args.json; of the others "
+                        "only " + ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_CHANGE)
+                        + " may be given again with a new value")
     p.add_argument("--eval-split", default="test",
                    help="split evaluated with get_miou after training ('none' to skip; "
                         "original: test)")
@@ -116,19 +122,7 @@ def parse_args(argv=None):
                    help="run training steps eagerly: no graph tracing, slower steps "
                         "(for quick checks on tiny data; default off)")
     add_common_training_args(p)
-    args = p.parse_args(argv)
-    if args.resume:
-        saved_args = Path(args.resume) / "args.json"
-        if not saved_args.is_file():
-            raise MissingInput(f"--resume {args.resume}", "no args.json there",
-                               "give a run folder written by train.py")
-        saved = json.loads(saved_args.read_text())
-        # Saved values become defaults, so options typed now still win.
-        known = {a.dest for a in p._actions}
-        p.set_defaults(**{k: v for k, v in saved.items()
-                          if k in known and k not in ("resume", "logs_dir")})
-        args = p.parse_args(argv)
-    return args
+    return resume_args(p, argv, may_change=RESUME_MAY_CHANGE)
 
 
 @dataclasses.dataclass
@@ -164,6 +158,8 @@ def check_args(args):
 
     with user_errors("--input-shape"):
         check_input_shape(args.input_shape, args.backbone)
+    if args.val_period < 1:
+        raise UserError("--val-period", f"must be at least 1, not {args.val_period}")
     if args.frozen_only and (args.from_scratch or not args.freeze_train):
         raise UserError("--frozen-only", "needs the frozen phase",
                         "drop --from-scratch / --no-freeze-train")
@@ -213,36 +209,8 @@ def load_pretrained(model, path):
     return report
 
 
-def read_log(run_dir):
-    """The per-epoch CSV log as ``{column: [values]}`` (empty when there is none)."""
-    path = Path(run_dir) / LOG_CSV
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    history = {}
-    for row in rows:
-        for key, value in row.items():
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                pass
-            history.setdefault(key, []).append(value)
-    if "epoch" in history:
-        history["epoch"] = [int(e) for e in history["epoch"]]
-    return history
-
-
-def _phase_values(log, key, first, stop):
-    """``log[key]`` for the logged epochs ``first <= epoch < stop`` (a resumed phase)."""
-    return [v for e, v in zip(log.get("epoch", []), log.get(key, [])) if first <= e < stop]
-
-
-def _best(values, mode="max"):
-    values = [v for v in values if isinstance(v, float) and not math.isnan(v)]
-    if not values:
-        return None
-    return max(values) if mode == "max" else min(values)
+def _best(values):
+    return max(values) if values else None
 
 
 def main(argv=None):
@@ -252,8 +220,8 @@ def main(argv=None):
     import keras
 
     from nets.unet import Unet, get_encoder
-    from utils.callbacks import (EpochCheckpoint, ExponentDecayScheduler, LossHistory,
-                                 MIoUCallback, ResumableEarlyStopping, tensorboard)
+    from utils.callbacks import (EpochCheckpoint, ExponentDecayScheduler, MIoUCallback,
+                                 ResumableEarlyStopping, validation_epochs)
     from utils.dataloader import build_dataset, check_split, split_path
     from utils.utils_metrics import f_score
 
@@ -278,26 +246,30 @@ def main(argv=None):
                             f"{phase.name} phase's batch size {phase.batch_size}",
                             "lower --freeze-batch-size / --unfreeze-batch-size")
 
+    # A resume starts after the newest complete last_epoch.keras (a cut-off one never
+    # lands: checkpoints are renamed into place) and forgets the log rows after it.
+    last = Path(args.resume or ".") / "last_epoch.keras"
+    # (A last_epoch.keras from before checkpoints held their epoch: the logged epochs.)
+    epochs = read_log(args.resume).get("epoch") if args.resume else None
+    resume_epoch = checkpoint_epoch(last, max(epochs) + 1 if epochs else None) \
+        if args.resume else None
+    if resume_epoch is not None:
+        args.init_epoch = resume_epoch
+    elif args.resume:
+        print(f"{last}: no complete checkpoint; the run starts again at epoch "
+              f"{args.init_epoch + 1}.")
+    run = Run.start("unet", args, root=args.logs_dir)
+    run_dir = run.dir
     if args.resume:
-        run_dir = Path(args.resume)
-        log = read_log(run_dir)
-        if log.get("epoch"):
-            args.init_epoch = max(log["epoch"]) + 1
-        k = 1
-        while (run_dir / f"args_resume{k}.json").exists():
-            k += 1
-        write_json(run_dir / f"args_resume{k}.json", vars(args))
+        run.truncate_log(args.init_epoch)
         print(f"Resuming {run_dir} at epoch {args.init_epoch + 1}.")
-    else:
-        run_dir = make_run_dir("unet", args, root=args.logs_dir)
-        log = {}
+    log = run.log()
     print(f"Run folder: {run_dir} (precision {policy})")
 
     with strategy.scope():
         model = Unet((h, w, 3), nc, args.backbone)
         encoder = get_encoder(model)
-        last = run_dir / "last_epoch.keras"
-        if args.resume and last.is_file():
+        if resume_epoch is not None:
             model.load_weights(str(last))
             print(f"Loaded {last}.")
         elif args.init_model:
@@ -323,10 +295,9 @@ def main(argv=None):
         used = recalibrate_batchnorm(encoder, bn_ds, args.encoder_bn_batches)
         print(f"Re-estimated the encoder's batch-norm statistics from {used} training batches.")
 
-    checkpoint = EpochCheckpoint(run_dir, best=_best(log.get("val_mIoU", [])),
+    checkpoint = EpochCheckpoint(run, best=_best(logged(log, "val_mIoU")),
                                  save_period=args.save_period)
-    history_cb = LossHistory(run_dir)
-    tensorboard_cb = tensorboard(run_dir / "tensorboard")
+    record = run.callbacks()
     for phase in phases:
         start = max(phase.start, args.init_epoch)
         if start >= phase.end:
@@ -336,8 +307,12 @@ def main(argv=None):
             steps = min(steps, args.steps_per_epoch)
             val_steps = args.steps_per_epoch
         workers = args.num_workers or None
+        # The phase's own sample stream, skipped to where a resumed run stopped, so a
+        # resume trains on the batches an uninterrupted run would.
         train_ds = build_dataset(args.voc_path, "train", (h, w), phase.batch_size, nc, True,
-                                 names=train_names, num_workers=workers, seed=args.seed + start,
+                                 names=train_names, num_workers=workers,
+                                 seed=args.seed + phase.start,
+                                 skip=(start - phase.start) * steps * phase.batch_size,
                                  skip_bad=args.skip_bad_images)
         val_ds = build_dataset(args.voc_path, "val", (h, w), phase.batch_size, nc, False,
                                names=val_names, num_workers=workers,
@@ -360,25 +335,29 @@ def main(argv=None):
               f"{phase.batch_size}, lr {phase.lr:g}, encoder {'frozen' if phase.frozen else 'trained'} "
               f"({n_frozen:,} non-trainable parameters). Train on {len(train_names)} images "
               f"({steps} steps), val on {len(val_names)}.")
+        if resume_epoch is not None and resume_epoch > phase.start:
+            # Mid-phase: the checkpoint's optimizer state (Adam moments, step) belongs
+            # to this phase's optimizer.
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(str(last))
         callbacks = [
             ExponentDecayScheduler(args.lr_decay, initial_lr=phase.lr, start_epoch=phase.start,
                                    verbose=1),
-            MIoUCallback(miou_ds, nc),
-            checkpoint,
-            history_cb,
-            keras.callbacks.CSVLogger(str(run_dir / LOG_CSV), append=True),
-            tensorboard_cb,
-            ResumableEarlyStopping(previous=_phase_values(log, "val_loss", phase.start, start),
+            MIoUCallback(miou_ds, nc, period=args.val_period, last_epoch=phase.end),
+            *record,
+            ResumableEarlyStopping(previous=logged(log, "val_loss", phase.start, start),
                                    monitor="val_loss", min_delta=0,
                                    patience=args.early_stopping_patience, verbose=1),
+            checkpoint,
         ]
-        callbacks = [c for c in callbacks if c is not None]
         model.fit(train_ds, steps_per_epoch=steps, epochs=phase.end, initial_epoch=start,
-                  validation_data=val_ds, callbacks=callbacks, shuffle=False, verbose=1)
+                  validation_data=val_ds,
+                  validation_freq=validation_epochs(start, phase.end, args.val_period),
+                  callbacks=callbacks, shuffle=False, verbose=progress_verbose())
 
-    history = read_log(run_dir)
+    history = run.log()
     best_path = run_dir / "best_epoch.keras"
-    best_value = _best(history.get("val_mIoU", []))
+    best_value = _best(logged(history, "val_mIoU"))
     if best_value is not None:
         best_epoch = history["epoch"][history["val_mIoU"].index(best_value)] + 1
         print(f"Best epoch {best_epoch}: val_mIoU {best_value:.4f} ({best_path})")
@@ -394,17 +373,14 @@ def main(argv=None):
         if evaluated == best_path:
             model.load_weights(str(best_path))
         # A resumed run evaluates again beside, not over, the earlier evaluation.
-        out_dir, k = run_dir / f"miou_{args.eval_split}", 1
-        while out_dir.exists():
-            k += 1
-            out_dir = run_dir / f"miou_{args.eval_split}_{k}"
+        out_dir = fresh_path(run_dir / f"miou_{args.eval_split}")
         test_metrics = evaluate_split(model, args.voc_path, split=args.eval_split,
                                       num_classes=nc, name_classes=class_names(args),
                                       input_shape=(h, w), out_dir=out_dir)
         print(f"{args.eval_split} split ({args.eval_checkpoint} epoch): "
               + ", ".join(f"{k} {test_metrics[k]:.4f}" for k in ("mIoU", "mPA", "accuracy")
                           if k in test_metrics))
-    write_json(run_dir / "results.json", {
+    run.write_json("results.json", {
         "best_epoch": best_epoch, "best_val_mIoU": best_value,
         "eval_split": args.eval_split, "eval_checkpoint": args.eval_checkpoint,
         "test_metrics": test_metrics})

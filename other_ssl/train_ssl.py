@@ -3,8 +3,8 @@
     python other_ssl/train_ssl.py --method simsiam --image-dir out/
 
 Writes a new run folder ``<logs>/ssl_<method>_<time>/`` with ``args.json``,
-``history.csv`` (loss and the collapse monitor ``emb_std`` per epoch), checkpoints,
-``loss.png``, ``results.json`` and ``encoder.weights.h5``: the five-feature backbone
+``training_log.csv`` (loss and the collapse monitor ``emb_std`` per epoch), checkpoints,
+``epoch_loss.png``, ``results.json`` and ``encoder.weights.h5``: the five-feature backbone
 (without the Flatten/Dense head), the file ``train.py`` loads.
 """
 import os
@@ -26,10 +26,11 @@ from other_ssl.base import POOLS, CollapseMonitor  # noqa: E402
 from other_ssl.dataset import (check_batch_size, check_images, list_images,  # noqa: E402
                                make_image_dataset, stage_labels)
 from other_ssl.methods import METHODS, get_method  # noqa: E402
-from other_ssl.training import (OPTIMIZERS, PeriodicCheckpoint, epoch_steps, make_optimizer,  # noqa: E402
-                                plot_history)
+from other_ssl.training import CHECKPOINT, OPTIMIZERS, epoch_steps, make_optimizer, resume  # noqa: E402
+from utils.callbacks import Checkpoint  # noqa: E402
+from utils.run import Run, fresh_path, progress_verbose, resume_args  # noqa: E402
 from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,  # noqa: E402
-                         make_run_dir, set_mixed_precision, set_seed, write_json)
+                         set_mixed_precision, set_seed)
 from utils.precise_bn import add_precise_bn_arg, recalibrate_batchnorm  # noqa: E402
 from utils.errors import UserError, user_errors  # noqa: E402
 from utils.weights import save_encoder  # noqa: E402
@@ -92,8 +93,11 @@ def parse_args(argv=None):
     p.add_argument("--run-eagerly", action="store_true",
                    help="no tf.function (debugging; skips the graph tracing cost of "
                         "very short runs)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its newest complete checkpoint "
+                        "with the options of its args.json (--epochs may change)")
     add_common_training_args(p)
-    return p.parse_args(argv)
+    return resume_args(p, argv, may_change=("epochs", "save_period"))
 
 
 def method_hyperparameters(args, cls):
@@ -136,20 +140,20 @@ def main(argv=None):
                       jit_compile=False if args.run_eagerly else jit_compile_default(),
                       run_eagerly=args.run_eagerly)
 
-    run_dir = make_run_dir(f"ssl_{args.method}", args, root=args.logs_dir)
+    run = Run.start(f"ssl_{args.method}", args, root=args.logs_dir)
+    run_dir = run.dir
+    initial_epoch = resume(run, model, dataset) if args.resume else 0
     print(f"{args.method}: {len(paths)} images from {args.image_dir}, {steps} steps of "
           f"{args.batch_size} per epoch, {args.epochs} epochs; hyperparameters "
           f"{model.hyperparameters}; run folder {run_dir}")
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     monitor = CollapseMonitor(args.width, args.collapse_ratio)
-    callbacks = [keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
-                 keras.callbacks.TerminateOnNaN(), monitor,
-                 PeriodicCheckpoint(run_dir / "checkpoints", args.save_period)]
-    history = model.fit(dataset, epochs=args.epochs,
-                        steps_per_epoch=steps if capped else None,
-                        callbacks=callbacks, shuffle=False,
-                        verbose=1 if sys.stdout.isatty() else 2)
-    history = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+    callbacks = [keras.callbacks.TerminateOnNaN(), monitor, *run.callbacks(),
+                 Checkpoint(run, CHECKPOINT, args.save_period)]
+    model.fit(dataset, epochs=args.epochs, initial_epoch=initial_epoch,
+              steps_per_epoch=steps if capped else None,
+              callbacks=callbacks, shuffle=False, verbose=progress_verbose())
+    history = {k: v for k, v in run.log().items() if k != "epoch"}
 
     if args.precise_bn:
         def forward(batch):
@@ -158,9 +162,8 @@ def main(argv=None):
 
         used = recalibrate_batchnorm(model.backbone, dataset, args.precise_bn, forward)
         print(f"Precise BN: encoder statistics re-estimated from {used} training batches")
-    encoder_path = save_encoder(model.backbone, run_dir / "encoder.weights.h5",
+    encoder_path = save_encoder(model.backbone, fresh_path(run_dir / "encoder.weights.h5"),
                                 backbone=args.backbone)
-    plot_history(history, run_dir / "loss.png", keys=("loss",), secondary=("emb_std",))
     results = {"method": args.method, "hyperparameters": dict(model.hyperparameters),
                "images": len(paths), "steps_per_epoch": steps,
                "final_loss": history["loss"][-1] if history.get("loss") else None,
@@ -168,7 +171,7 @@ def main(argv=None):
                "healthy_emb_std": 1 / args.width ** 0.5,
                "collapsed_epochs": monitor.collapsed_epochs,
                "encoder_path": encoder_path}
-    write_json(run_dir / "results.json", results)
+    run.write_json("results.json", results)
     print(f"encoder saved to {encoder_path}")
     return {"run_dir": run_dir, "encoder_path": encoder_path, "history": history,
             "collapsed_epochs": monitor.collapsed_epochs}

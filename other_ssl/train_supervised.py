@@ -4,7 +4,7 @@ on the stage of each selected image (from its file name) and keep its encoder.
     python other_ssl/train_supervised.py --image-dir out/
 
 Writes a new run folder ``<logs>/supervised_stage_<time>/`` with ``args.json``,
-``history.csv``, the best checkpoint, ``loss.png``, ``results.json`` (validation
+``training_log.csv``, checkpoints, ``epoch_loss.png``, ``results.json`` (validation
 accuracy) and ``encoder.weights.h5`` (the five-feature backbone) for ``train.py``.
 The original repository has no code for this row of the paper's table; the defaults
 follow the other pretrainings (Adam at the Keras default rate, 288x512 inputs).
@@ -29,9 +29,11 @@ from nets.encoders import BACKBONES, build_encoder, check_input_shape  # noqa: E
 from other_ssl.base import POOLS  # noqa: E402
 from other_ssl.dataset import (check_batch_size, check_images, list_images,  # noqa: E402
                                make_image_dataset, stage_labels)
-from other_ssl.training import OPTIMIZERS, epoch_steps, make_optimizer, plot_history  # noqa: E402
+from other_ssl.training import CHECKPOINT, OPTIMIZERS, epoch_steps, make_optimizer, resume  # noqa: E402
+from utils.callbacks import Checkpoint  # noqa: E402
+from utils.run import Run, fresh_path, progress_verbose, resume_args  # noqa: E402
 from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,  # noqa: E402
-                         make_run_dir, set_mixed_precision, set_seed, write_json)
+                         set_mixed_precision, set_seed)
 from utils.precise_bn import add_precise_bn_arg, recalibrate_batchnorm  # noqa: E402
 from utils.errors import UserError, user_errors  # noqa: E402
 from utils.weights import save_encoder  # noqa: E402
@@ -66,9 +68,14 @@ def parse_args(argv=None):
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave out images that do not decode, naming them (default: stop "
                         "with an error naming the first)")
+    p.add_argument("--save-period", type=int, default=1,
+                   help="save a checkpoint every N epochs, and after the last")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its newest complete checkpoint "
+                        "with the options of its args.json (--epochs may change)")
     add_precise_bn_arg(p)
     add_common_training_args(p)
-    return p.parse_args(argv)
+    return resume_args(p, argv, may_change=("epochs", "save_period"))
 
 
 def build_classifier(input_shape, num_stages, backbone="resnet50", pool="gap"):
@@ -147,28 +154,30 @@ def main(argv=None):
                       jit_compile=False if args.run_eagerly else jit_compile_default(),
                       run_eagerly=args.run_eagerly)
 
-    run_dir = make_run_dir("supervised_stage", args, root=args.logs_dir)
+    run = Run.start("supervised_stage", args, root=args.logs_dir)
+    run_dir = run.dir
+    initial_epoch = resume(run, model, train_ds) if args.resume else 0
     counts = dict(sorted(Counter(labels).items()))
     print(f"stage classifier: {len(train_idx)} training / {len(val_idx)} validation images "
           f"from {args.image_dir}, images per stage {counts}; run folder {run_dir}")
     monitor = "val_accuracy" if val_ds is not None else "accuracy"
-    callbacks = [keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
-                 keras.callbacks.TerminateOnNaN(),
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    callbacks = [keras.callbacks.TerminateOnNaN(), *run.callbacks(),
+                 Checkpoint(run, CHECKPOINT, args.save_period),
                  keras.callbacks.ModelCheckpoint(str(run_dir / "checkpoints" / "best.weights.h5"),
                                                  monitor=monitor, mode="max",
                                                  save_best_only=True, save_weights_only=True)]
-    (run_dir / "checkpoints").mkdir()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=args.epochs,
-                        steps_per_epoch=steps if capped else None, callbacks=callbacks,
-                        shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
-    history = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+    model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, initial_epoch=initial_epoch,
+              steps_per_epoch=steps if capped else None, callbacks=callbacks,
+              shuffle=False, verbose=progress_verbose())
+    history = {k: v for k, v in run.log().items() if k != "epoch"}
 
     encoder = model.get_layer(args.backbone)
     if args.precise_bn:
         used = recalibrate_batchnorm(model, train_ds, args.precise_bn)
         print(f"Precise BN: statistics re-estimated from {used} training batches")
-    encoder_path = save_encoder(encoder, run_dir / "encoder.weights.h5", backbone=args.backbone)
-    plot_history(history, run_dir / "loss.png", keys=("loss",), secondary=("accuracy",))
+    encoder_path = save_encoder(encoder, fresh_path(run_dir / "encoder.weights.h5"),
+                                backbone=args.backbone)
     val_accs = history.get("val_accuracy") or [None]
     val_acc = val_accs[-1]
     results = {"num_stages": num_stages, "images_per_stage": counts,
@@ -177,7 +186,7 @@ def main(argv=None):
                "best_val_accuracy": max(val_accs) if val_acc is not None else None,
                "final_accuracy": history.get("accuracy", [None])[-1],
                "encoder_path": encoder_path}
-    write_json(run_dir / "results.json", results)
+    run.write_json("results.json", results)
     print(f"validation accuracy {val_acc}; encoder saved to {encoder_path}")
     return {"run_dir": run_dir, "encoder_path": encoder_path, "history": history,
             "val_accuracy": val_acc, "num_stages": num_stages}

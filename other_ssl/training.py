@@ -1,6 +1,4 @@
-"""Pieces both baseline training scripts share: optimiser, checkpoints, plots."""
-from pathlib import Path
-
+"""Pieces both baseline training scripts share: optimiser, steps, resume."""
 import keras
 
 OPTIMIZERS = ("adam", "sgd")
@@ -26,55 +24,24 @@ def make_optimizer(name="adam", learning_rate=1e-3, weight_decay=0.0, momentum=0
     raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
 
 
-class PeriodicCheckpoint(keras.callbacks.Callback):
-    """Saves the whole model's weights every ``period`` epochs and after the last one,
-    as ``ep{epoch:03d}-loss{loss:.4f}.weights.h5`` in ``folder``."""
-
-    def __init__(self, folder, period=10):
-        super().__init__()
-        self.folder, self.period = Path(folder), max(1, int(period))
-        self.saved = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        last = epoch + 1 == self.params.get("epochs")
-        if (epoch + 1) % self.period and not last:
-            return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        loss = (logs or {}).get("loss", float("nan"))
-        path = self.folder / f"ep{epoch + 1:03d}-loss{loss:.4f}.weights.h5"
-        self.model.save_weights(str(path))
-        self.saved.append(path)
+CHECKPOINT = "checkpoints/ep{epoch:03d}-loss{loss:.4f}.weights.h5"
 
 
-def plot_history(history, path, keys=("loss",), secondary=()):
-    """One panel per key group: ``keys`` (and their ``val_`` twins) on the left axis,
-    ``secondary`` on a right axis. Returns the path, or ``None`` with nothing to plot."""
-    import matplotlib
+def resume(run, model, dataset):
+    """Continue ``run`` from its newest complete checkpoint: load the weights and
+    optimizer state into ``model`` (compiled) and drop the log rows after it. Returns the
+    epoch to start from (0 in a new run)."""
+    from utils.run import newest_checkpoint
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not history.get(keys[0]):
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4))
-    epochs = range(1, len(history[keys[0]]) + 1)
-    for key in keys:
-        for name in (key, "val_" + key):
-            if history.get(name):
-                ax.plot(epochs, history[name], label=name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(", ".join(keys))
-    lines, labels = ax.get_legend_handles_labels()
-    if secondary:
-        ax2 = ax.twinx()
-        for i, key in enumerate(secondary):
-            if history.get(key):
-                ax2.plot(epochs, history[key], "--", color=f"C{len(lines) + i}", label=key)
-        ax2.set_ylabel(", ".join(secondary))
-        more_lines, more_labels = ax2.get_legend_handles_labels()
-        lines, labels = lines + more_lines, labels + more_labels
-    ax.legend(lines, labels, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    path, epoch = newest_checkpoint(run.dir.glob("checkpoints/ep*.weights.h5"))
+    if path is None:
+        if run.log():
+            print(f"{run.dir}: no complete checkpoint; training starts again at epoch 1.")
+        run.truncate_log(0)
+        return 0
+    # Build every layer and the optimizer's slots before loading into them.
+    model.fit(dataset.take(1), epochs=1, steps_per_epoch=1, verbose=0)
+    model.load_weights(str(path))
+    run.truncate_log(epoch)
+    print(f"Resuming {run.dir} from {path.name} (epoch {epoch + 1}).")
+    return epoch

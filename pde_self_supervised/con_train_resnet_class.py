@@ -39,7 +39,7 @@ SPEC = train_common.MethodSpec(
 
 def parse_args(argv=None):
     parser = train_common.make_parser(SPEC, __doc__.splitlines()[0])
-    return parser.parse_args(argv)
+    return train_common.resume_args(parser, argv, train_common.RESUME_MAY_CHANGE)
 
 
 def main(argv=None):

@@ -4,7 +4,6 @@
 loss and defaults in a :class:`MethodSpec` and call :func:`run`.
 """
 import argparse
-import csv
 import dataclasses
 import os
 import re
@@ -23,8 +22,10 @@ from pde_self_supervised.dataloader_2img import (PairDataError, bad_images_messa
                                                  split_by_fractions)
 from utils.errors import UserError, user_errors
 from utils.precise_bn import add_precise_bn_arg, recalibrate_batchnorm
+from utils.run import (Run, fresh_path, logged, newest_checkpoint, progress_verbose,
+                       resume_args)
 from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,
-                         make_run_dir, set_mixed_precision, set_seed, write_json)
+                         set_mixed_precision, set_seed)
 
 # The file names the original's make_dataset.py gave the pair index.
 DEFAULT_PAIRS_X = "x_out_inx200000.npy"
@@ -32,6 +33,9 @@ DEFAULT_PAIRS_Y = "y_out_inx200000.npy"
 CHECKPOINT_PATTERN = "ep{epoch:03d}-loss{loss:.3f}-val_loss{val_loss:.3f}.keras"
 CHECKPOINT_RE = re.compile(r"^ep(\d+)-.*\.keras$")
 SPLITS = ("train", "val", "test")
+# Options a resumed run may change; the others come from the run's args.json.
+RESUME_MAY_CHANGE = ("epochs", "steps_per_epoch", "keep_checkpoints", "validation_steps", "cache_images",
+                     "cache_mb", "test_batch_size", "skip_bad_images")
 
 
 @dataclasses.dataclass
@@ -112,8 +116,11 @@ def add_arguments(parser, spec):
                        help="debugging: run the train step eagerly (slow per step, but no "
                             "graph tracing)")
     train.add_argument("--resume", default=None, metavar="RUN_DIR",
-                       help="continue a run from its last checkpoint (weights, optimizer, "
-                            "epoch), writing into the same folder")
+                       help="continue a run from its newest complete checkpoint (weights, "
+                            "optimizer, epoch) with the options of its args.json, writing into "
+                            "the same folder; of the others only "
+                            + ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_CHANGE)
+                            + " may be given again with a new value")
     add_common_training_args(parser)
     return parser
 
@@ -208,50 +215,22 @@ def prepare_data(args):
 
 
 def last_checkpoint(run_dir):
-    """``(path, epoch)`` of the newest ``epNNN-*.keras`` in ``run_dir``."""
+    """``(path, epoch)`` of the newest complete ``epNNN-*.keras`` in ``run_dir``; a file
+    cut off by a kill is passed over."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"--resume: run folder not found: {run_dir}")
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir()
-             if (m := CHECKPOINT_RE.match(p.name))]
-    if not found:
-        raise FileNotFoundError(f"--resume: no checkpoint ep*.keras in {run_dir}")
-    epoch, path = max(found)
+    path, epoch = newest_checkpoint((p for p in run_dir.iterdir() if CHECKPOINT_RE.match(p.name)),
+                                    legacy=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)))
+    if path is None:
+        raise FileNotFoundError(f"--resume: no complete checkpoint ep*.keras in {run_dir}")
     return path, epoch
 
 
-def fresh_path(path):
-    """``path``, or ``stem_2.ext``, ``stem_3.ext`` ... whichever does not exist yet."""
-    path = Path(path)
-    if not path.exists():
-        return path
-    name, suffix = path.name.split(".", 1)
-    k = 2
-    while (candidate := path.with_name(f"{name}_{k}.{suffix}")).exists():
-        k += 1
-    return candidate
-
-
-def read_csv_log(path):
-    """Columns of a Keras CSVLogger file as ``{name: [floats]}`` (empty when absent)."""
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    columns = rows[0].keys() if rows else []
-    return {k: [float(r[k]) for r in rows if r.get(k) not in (None, "")] for k in columns}
-
-
-def _callbacks(args, run_dir):
+def _callbacks(args, run):
     import keras
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    csv_path = run_dir / "training_log.csv"
+    from utils.callbacks import Checkpoint, ResumableEarlyStopping
 
     class PairsPerSecond(keras.callbacks.Callback):
         """Adds ``pairs_per_s`` to the progress bar and the per-epoch log."""
@@ -272,30 +251,6 @@ def _callbacks(args, run_dir):
             if logs is not None:
                 logs["pairs_per_s"] = self.rate()
 
-    class LossPlot(keras.callbacks.Callback):
-        """Redraws loss.png from the whole CSV log (earlier runs of a resumed run too):
-        the loss, and beside it the pair accuracy when the model logs one."""
-
-        def on_epoch_end(self, epoch, logs=None):
-            log = read_csv_log(csv_path)
-            if not log.get("loss"):
-                return
-            panels = [("loss", "loss")] + ([("acc", "pair accuracy")] if log.get("acc") else [])
-            fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
-            epochs = [int(e) + 1 for e in log.get("epoch", range(len(log["loss"])))]
-            for ax, (key, title) in zip(axes[0], panels):
-                ax.plot(epochs[:len(log[key])], log[key], label=f"train {title}")
-                if log.get(f"val_{key}"):
-                    ax.plot(epochs[:len(log[f"val_{key}"])], log[f"val_{key}"],
-                            label=f"val {title}")
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-                ax.set_xlabel("epoch")
-                ax.set_ylabel(title)
-                ax.legend()
-            fig.tight_layout()
-            fig.savefig(run_dir / "loss.png", dpi=100)
-            plt.close(fig)
-
     class PruneCheckpoints(keras.callbacks.Callback):
         """Deletes this command's older checkpoints beyond the ``keep`` newest; files
         that were in the folder before it started are never touched."""
@@ -303,68 +258,24 @@ def _callbacks(args, run_dir):
         def __init__(self, keep):
             super().__init__()
             self.keep = keep
-            self.before = set(run_dir.glob("ep*.keras"))
+            self.before = set(run.dir.glob("ep*.keras"))
 
         def on_epoch_end(self, epoch, logs=None):
-            ours = sorted((p for p in run_dir.glob("ep*.keras") if p not in self.before),
+            ours = sorted((p for p in run.dir.glob("ep*.keras") if p not in self.before),
                           key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)))
             for path in ours[:-self.keep]:
                 path.unlink()
 
-    class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-        """EarlyStopping that, in a resumed run, counts the epochs already logged."""
-
-        def on_train_begin(self, logs=None):
-            super().on_train_begin(logs)
-            if self.monitor_op is None:
-                self._set_monitor_op()
-            for value in read_csv_log(csv_path).get(self.monitor, []):
-                self.wait += 1
-                if self._is_improvement(value, self.best):
-                    self.best, self.wait = value, 0
-
-    class EpochSummaries(keras.callbacks.Callback):
-        """Per-epoch scalars as TensorBoard event files (``train/`` and ``validation/``).
-
-        Written with ``tf.summary.write``, which needs only TensorFlow: Keras's
-        TensorBoard callback needs the tensorboard package installed.
-        """
-
-        def on_train_begin(self, logs=None):
-            import tensorflow as tf
-            from tensorflow.core.framework import summary_pb2
-
-            self.tf = tf
-            self.metadata = summary_pb2.SummaryMetadata(
-                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
-            self.writers = {part: tf.summary.create_file_writer(str(run_dir / "tensorboard" / part))
-                            for part in ("train", "validation")}
-
-        def on_epoch_end(self, epoch, logs=None):
-            for key, value in (logs or {}).items():
-                part, tag = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
-                with self.writers[part].as_default():
-                    self.tf.summary.write("epoch_" + tag, self.tf.constant(float(value)),
-                                          step=epoch, metadata=self.metadata)
-            for writer in self.writers.values():
-                writer.flush()
-
-        def on_train_end(self, logs=None):
-            for writer in self.writers.values():
-                writer.close()
-
+    # The log row first, then the checkpoint: a resume drops rows past its checkpoint.
     callbacks = [
         PairsPerSecond(),
-        keras.callbacks.CSVLogger(str(csv_path), append=True),
-        keras.callbacks.ModelCheckpoint(str(run_dir / CHECKPOINT_PATTERN), monitor="val_loss",
-                                        save_best_only=False, save_weights_only=False),
-        EpochSummaries(),
-        LossPlot(),
-        ResumableEarlyStopping(monitor="val_loss", mode="min", min_delta=0.001, patience=3,
-                               verbose=1),
+        *run.callbacks(),
+        ResumableEarlyStopping(previous=logged(run.log(), "val_loss"), monitor="val_loss",
+                               mode="min", min_delta=0.001, patience=3, verbose=1),
+        Checkpoint(run, CHECKPOINT_PATTERN),
     ]
     if args.keep_checkpoints > 0:
-        callbacks.insert(3, PruneCheckpoints(args.keep_checkpoints))
+        callbacks.append(PruneCheckpoints(args.keep_checkpoints))
     return callbacks
 
 
@@ -417,12 +328,11 @@ def run(spec, args):
 
     policy = set_mixed_precision(args.mixed_precision)
     strategy = get_strategy(args.strategy)
+    run = Run.start(spec.run_name, args, root=args.logs_dir)
+    run_dir = run.dir
     if resume_from:
-        run_dir = Path(args.resume)
-        write_json(fresh_path(run_dir / "args_resume.json"), vars(args))
+        run.truncate_log(initial_epoch)
         print(f"Resuming {run_dir} from {resume_from.name} (epoch {initial_epoch})")
-    else:
-        run_dir = make_run_dir(spec.run_name, args, root=args.logs_dir)
     print(f"Run folder: {run_dir}  (precision {policy}, strategy {args.strategy}, "
           f"{strategy.num_replicas_in_sync} replica(s))")
 
@@ -456,7 +366,7 @@ def run(spec, args):
         history = model.fit(train_ds, steps_per_epoch=steps, epochs=args.epochs,
                             initial_epoch=initial_epoch, validation_data=val_ds,
                             validation_steps=args.validation_steps,
-                            callbacks=_callbacks(args, run_dir))
+                            callbacks=_callbacks(args, run), verbose=progress_verbose())
         if args.precise_bn:
             used = recalibrate_batchnorm(model, train_ds, args.precise_bn)
             print(f"Precise BN: moving statistics re-estimated from {used} training batches; "
@@ -464,7 +374,7 @@ def run(spec, args):
                       f"{k} {v:.4f}" for k, v in model.evaluate(val_ds, return_dict=True,
                                                                 steps=args.validation_steps,
                                                                 verbose=0).items()))
-        test_metrics = model.evaluate(test_ds, return_dict=True)
+        test_metrics = model.evaluate(test_ds, return_dict=True, verbose=progress_verbose())
     except tf.errors.InvalidArgumentError as exc:
         if cache is None:
             bad = find_undecodable(_all_names(splits), args.image_dir)
@@ -473,7 +383,7 @@ def run(spec, args):
         raise
     test_metrics = {k: float(v) for k, v in test_metrics.items()}
     print("Test split: " + ", ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()))
-    write_json(fresh_path(run_dir / "test_metrics.json"), test_metrics)
+    run.write_json(fresh_path(run_dir / "test_metrics.json"), test_metrics)
 
     encoder_path = save_encoder(model.get_layer("resnet50"),
                                 fresh_path(run_dir / "encoder.weights.h5"), backbone="resnet50")

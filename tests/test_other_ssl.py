@@ -265,12 +265,13 @@ def test_train_ssl_main_end_to_end(tmp_path, stage_dir, unet_encoder, capsys):
         capsys.readouterr().out
     run_dir = result["run_dir"]
     assert run_dir.parent == tmp_path and run_dir.name.startswith("ssl_moco_")
-    for name in ("args.json", "history.csv", "loss.png", "results.json", "encoder.weights.h5"):
+    for name in ("args.json", "training_log.csv", "epoch_loss.png", "results.json",
+                 "encoder.weights.h5"):
         assert (run_dir / name).is_file(), name
     assert len(list((run_dir / "checkpoints").glob("ep001-*.weights.h5"))) == 1
     assert result["encoder_path"] == run_dir / "encoder.weights.h5"
     assert len(result["history"]["loss"]) == 1 and np.isfinite(result["history"]["emb_std"][0])
-    header = (run_dir / "history.csv").read_text().splitlines()[0]
+    header = (run_dir / "training_log.csv").read_text().splitlines()[0]
     assert "emb_std" in header and "loss" in header
     assert_loads_whole(unet_encoder, result["encoder_path"])
 
@@ -287,8 +288,14 @@ def test_train_supervised_main_end_to_end(tmp_path, stage_dir, unet_encoder, cap
         capsys.readouterr().out
     run_dir = result["run_dir"]
     assert run_dir.name.startswith("supervised_stage_") and result["num_stages"] == 3
-    for name in ("args.json", "history.csv", "loss.png", "results.json"):
+    for name in ("args.json", "training_log.csv", "epoch_loss.png", "results.json"):
         assert (run_dir / name).is_file(), name
     assert 0.0 <= result["val_accuracy"] <= 1.0
     assert "val_accuracy" in result["history"]
     assert_loads_whole(unet_encoder, result["encoder_path"])
+
+    # --resume RUN_DIR alone continues from the run's args.json and its checkpoint.
+    again = train_supervised.main(["--resume", str(run_dir), "--epochs", "2"])
+    assert again["run_dir"] == run_dir and len(again["history"]["loss"]) == 2
+    assert (run_dir / "args_resume.json").is_file()
+    assert again["encoder_path"] == run_dir / "encoder_2.weights.h5"   # the first one kept

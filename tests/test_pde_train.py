@@ -15,6 +15,7 @@ from PIL import Image
 
 from pde_self_supervised import con_train_resnet, con_train_resnet_class, train_common
 from pde_self_supervised.dataloader_2img import PairDataError
+from utils.run import Run, checkpoint_epoch, read_log
 
 pytestmark = pytest.mark.xdist_group("pde_train")
 
@@ -88,13 +89,14 @@ def test_run_folder_holds_the_record(trained):
     result, _, _ = trained
     run = result["run_dir"]
     assert run.name.startswith("pde_class_")
-    for name in ("args.json", "training_log.csv", "loss.png", "test_metrics.json",
+    for name in ("args.json", "training_log.csv", "epoch_loss.png", "epoch_loss.txt",
+                 "epoch_val_loss.txt", "test_metrics.json",
                  "encoder.weights.h5"):
         assert (run / name).is_file(), name
     assert sorted(p.name[:5] for p in run.glob("ep*.keras")) == ["ep001", "ep002"]
     assert list((run / "tensorboard" / "train").glob("events.out.tfevents.*"))
-    log = train_common.read_csv_log(run / "training_log.csv")
-    assert log["epoch"] == [0.0, 1.0] and len(log["val_loss"]) == 2 and log["pairs_per_s"][0] > 0
+    log = read_log(run)
+    assert log["epoch"] == [0, 1] and len(log["val_loss"]) == 2 and log["pairs_per_s"][0] > 0
     assert set(result["test_metrics"]) >= {"loss", "acc", "mse"}
     assert result["encoder_path"] == run / "encoder.weights.h5"
 
@@ -153,15 +155,17 @@ def test_resume_continues_at_the_next_epoch(trained, tmp_path):
     lines = (result["run_dir"] / "training_log.csv").read_text().splitlines()
     (run / "training_log.csv").write_text("\n".join(lines[:2]) + "\n")
 
+    # A row of epoch 2 logged before a kill cut its checkpoint off: dropped, not doubled.
+    (run / "training_log.csv").write_text("\n".join(lines[:3]) + "\n")
+    (run / "ep002-loss1.000-val_loss1.000.keras").write_bytes(first.read_bytes()[:1000])
+    # --resume RUN_DIR alone holds every data and model option (args.json).
     again = con_train_resnet_class.main(
-        data_args(folder, files, tmp_path / "unused") + QUICK
-        + ["--epochs", "2", "--steps-per-epoch", "1", "--validation-steps", "1",
-           "--resume", str(run), "--run-eagerly"])
+        ["--epochs", "2", "--steps-per-epoch", "1", "--validation-steps", "1",
+         "--resume", str(run), "--run-eagerly", "--logs-dir", str(tmp_path / "unused")])
     assert again["run_dir"] == run
     assert len(again["history"]["loss"]) == 1
-    log = train_common.read_csv_log(run / "training_log.csv")
-    assert log["epoch"] == [0.0, 1.0]
-    resumed = sorted(run.glob("ep002-*.keras"))
+    assert read_log(run)["epoch"] == [0, 1]
+    resumed = [p for p in run.glob("ep002-*.keras") if checkpoint_epoch(p) == 2]
     assert len(resumed) == 1 and (run / first.name).exists() and (run / "args_resume.json").exists()
     # Optimizer state carried over: 8 steps of epoch 1, then 1 more.
     assert _optimizer_iterations(first) == 8
@@ -185,7 +189,10 @@ def test_bad_inputs_fail_before_training(pair_set, tmp_path):
                                "--pairs-y", str(files["train"][1]), "--split", "1.0", "0.0",
                                "--logs-dir", str(tmp_path / "logs")] + QUICK)
 
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(SystemExit):
+        con_train_resnet_class.main(base + ["--resume", str(tmp_path)])
+    (tmp_path / "args.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         con_train_resnet_class.main(base + ["--resume", str(tmp_path)])
     assert not (tmp_path / "logs").exists()
 
@@ -225,7 +232,7 @@ def test_prune_keeps_only_the_newest_checkpoints_this_run_wrote(tmp_path):
 
     (tmp_path / "ep001-loss1.000-val_loss1.000.keras").write_text("earlier run")
     args = con_train_resnet_class.parse_args(["--keep-checkpoints", "1"])
-    prune = [c for c in train_common._callbacks(args, tmp_path)
+    prune = [c for c in train_common._callbacks(args, Run(tmp_path))
              if type(c).__name__ == "PruneCheckpoints"][0]
     for epoch in (2, 3):
         (tmp_path / f"ep{epoch:03d}-loss1.000-val_loss1.000.keras").write_text("new")

@@ -121,7 +121,7 @@ def test_predict_mode_never_overwrites(tiny_keras, tmp_path, capsys):
     r1 = predict.main([*map(str, paths), *args])
     r2 = predict.main([str(paths[0]), *args])
     assert [p.rsplit("/", 1)[-1] for p in r1["saved"]] == ["p0.jpg", "p1.jpg"]
-    assert r2["saved"][0].endswith("p0_1.jpg")
+    assert r2["saved"][0].endswith("p0_2.jpg")
     assert Image.open(r2["saved"][0]).size == Image.open(paths[0]).size
     assert sum(r1["shares"][str(paths[0])].values()) == pytest.approx(1.0)
     assert "fruit" in capsys.readouterr().out

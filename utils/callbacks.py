@@ -1,82 +1,14 @@
-"""Callbacks for U-Net training: loss history, learning-rate decay, validation mIoU,
-checkpoints."""
+"""Training callbacks: learning-rate decay, validation mIoU, the per-epoch log and
+curves, resumable early stopping, checkpoints that survive a kill (all files through
+:class:`utils.run.Run`)."""
+import math
 import os
 import shutil
-from pathlib import Path
 
 import keras
 import numpy as np
 
-
-class LossHistory(keras.callbacks.Callback):
-    """Append ``loss`` / ``val_loss`` to text files and redraw the loss plot each epoch.
-
-    Writes ``epoch_loss.txt``, ``epoch_val_loss.txt`` (one value per line, as the
-    original) and ``epoch_loss.png`` in ``log_dir``; values already in the text files
-    (a resumed run) are kept and continued.
-    """
-
-    def __init__(self, log_dir, val_loss_flag=True):
-        super().__init__()
-        self.log_dir = Path(log_dir)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.val_loss_flag = val_loss_flag
-        self.losses = self._read("epoch_loss.txt")
-        self.val_loss = self._read("epoch_val_loss.txt") if val_loss_flag else []
-
-    def _read(self, name):
-        path = self.log_dir / name
-        if not path.is_file():
-            return []
-        return [float(v) for v in path.read_text().split()]
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        self.losses.append(float(logs.get("loss", np.nan)))
-        with open(self.log_dir / "epoch_loss.txt", "a") as f:
-            f.write(f"{self.losses[-1]}\n")
-        if self.val_loss_flag:
-            self.val_loss.append(float(logs.get("val_loss", np.nan)))
-            with open(self.log_dir / "epoch_val_loss.txt", "a") as f:
-                f.write(f"{self.val_loss[-1]}\n")
-        self.loss_plot()
-
-    def loss_plot(self):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        epochs = np.arange(1, len(self.losses) + 1)
-        fig, ax = plt.subplots()
-        curves = [("train loss", self.losses, "red", "green")]
-        if self.val_loss_flag:
-            curves.append(("val loss", self.val_loss, "coral", "#8B4513"))
-        for label, values, colour, smooth_colour in curves:
-            ax.plot(epochs, values, colour, linewidth=2, label=label)
-            smooth = _smooth(values)
-            if smooth is not None:
-                ax.plot(epochs, smooth, smooth_colour, linestyle="--", linewidth=2,
-                        label="smooth " + label)
-        ax.grid(True)
-        ax.set_xlabel("Epoch")
-        ax.set_ylabel("Loss")
-        ax.set_title("A Loss Curve")
-        ax.legend(loc="upper right")
-        fig.savefig(self.log_dir / "epoch_loss.png", dpi=100)
-        plt.close(fig)
-
-
-def _smooth(values):
-    # Savitzky-Golay as the original, only once there are enough epochs to fit it.
-    window = 5 if len(values) < 25 else 15
-    if len(values) <= window:
-        return None
-    try:
-        from scipy.signal import savgol_filter
-    except ImportError:
-        return None
-    return savgol_filter(values, window, 3)
+from utils.run import Run, logged
 
 
 def _get_lr(optimizer):
@@ -115,24 +47,6 @@ class ExponentDecayScheduler(keras.callbacks.Callback):
             logs["learning_rate"] = _get_lr(self.model.optimizer)
 
 
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """``EarlyStopping`` that, in a resumed run, first replays the monitored values the
-    phase already logged, so the patience counts from where the run stopped."""
-
-    def __init__(self, previous=(), mode="min", **kwargs):
-        super().__init__(mode=mode, **kwargs)
-        self.previous = [float(v) for v in previous]
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        if self.monitor_op is None:
-            self._set_monitor_op()
-        for value in self.previous:
-            self.wait += 1
-            if self._is_improvement(value, self.best):
-                self.best, self.wait = value, 0
-
-
 def _confusion(labels, preds, n):
     # Rows: true class, columns: predicted class; labels outside 0..n-1 are ignored.
     keep = (labels >= 0) & (labels < n)
@@ -155,8 +69,12 @@ class MIoUCallback(keras.callbacks.Callback):
     callback before checkpoints and loggers so they see the value.
     """
 
-    def __init__(self, dataset, num_classes, name="val_mIoU", verbose=1):
+    def __init__(self, dataset, num_classes, name="val_mIoU", verbose=1, period=1,
+                 last_epoch=None):
         super().__init__()
+        # Computed on epochs e (1-based) with e % period == 0 and on last_epoch, as the
+        # validation loss with fit(validation_freq=...).
+        self.period, self.last_epoch = period, last_epoch
         self.dataset = dataset
         self.num_classes = num_classes
         self.name = name
@@ -174,6 +92,8 @@ class MIoUCallback(keras.callbacks.Callback):
         return miou_from_confusion(hist)
 
     def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.period and epoch + 1 != self.last_epoch:
+            return
         iou, miou = self.compute()
         self.history.append(miou)
         if logs is not None:
@@ -183,62 +103,158 @@ class MIoUCallback(keras.callbacks.Callback):
             print(f"Epoch {epoch + 1}: {self.name} {miou:.4f} (per class {per_class})")
 
 
-def tensorboard(log_dir):
-    """A TensorBoard callback, or None (with a note) when the package is not installed."""
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        print("tensorboard is not installed: no TensorBoard logs (pip install tensorboard); "
-              "the CSV log and loss plot are still written.")
+class EpochLog(keras.callbacks.Callback):
+    """``CSVLogger`` to ``training_log.csv`` that rewrites the file atomically each
+    epoch and keeps every column ever logged (an epoch without validation leaves its
+    ``val_`` cells empty), continuing the rows of a resumed run."""
+
+    def __init__(self, run):
+        super().__init__()
+        self.run = run
+
+    def on_epoch_end(self, epoch, logs=None):
+        log = self.run.log()
+        logs = {k: float(np.asarray(v)) for k, v in (logs or {}).items()}
+        keys = [k for k in log if k != "epoch"]
+        keys += [k for k in sorted(logs) if k not in keys]
+        n = len(log.get("epoch", []))
+        rows = [["epoch"] + keys]
+        for i in range(n):
+            rows.append([log["epoch"][i]] + [_cell(log.get(k, [])[i] if i < len(log.get(k, []))
+                                                   else math.nan) for k in keys])
+        rows.append([epoch] + [_cell(logs.get(k, math.nan)) for k in keys])
+        self.run._write_rows(rows)
+
+
+def _cell(value):
+    return "" if isinstance(value, float) and math.isnan(value) else value
+
+
+class CurvePlot(keras.callbacks.Callback):
+    """Redraws ``epoch_loss.png`` from the whole log each epoch: one panel per logged
+    quantity (loss, then val_mIoU, accuracies, ...), train and ``val_`` curves together,
+    with the original's Savitzky-Golay smoothing; also ``epoch_loss.txt`` and
+    ``epoch_val_loss.txt``, the original's one-value-a-line loss files."""
+
+    def __init__(self, run):
+        super().__init__()
+        self.run = run
+
+    def on_epoch_end(self, epoch, logs=None):
+        log = self.run.log()
+        if not log.get("loss"):
+            return
+        self.run.write_text("epoch_loss.txt", "".join(f"{v}\n" for v in log["loss"]))
+        if "val_loss" in log:
+            self.run.write_text("epoch_val_loss.txt",
+                                "".join(f"{v}\n" for v in logged(log, "val_loss")))
+        self.run.write("epoch_loss.png", lambda tmp: plot_log(log, tmp))
+
+
+def plot_log(log, path):
+    """Every logged curve of ``log`` (:func:`read_log`), one panel per quantity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    skip = {"epoch", "learning_rate", "lr"}
+    names = [k for k in log if k not in skip and not k.startswith("val_")]
+    names += [k[4:] for k in log if k.startswith("val_") and k[4:] not in names]
+    names = sorted(names, key=lambda k: (k != "loss", k))
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for key, colour in ((name, "red"), ("val_" + name, "coral")):
+            points = [(e + 1, v) for e, v in zip(log["epoch"], log.get(key, []))
+                      if isinstance(v, float) and not math.isnan(v)]
+            if not points:
+                continue
+            x, y = zip(*points)
+            ax.plot(x, y, colour, linewidth=2, label=key)
+            smooth = _smooth(y)
+            if smooth is not None:
+                ax.plot(x, smooth, colour, linestyle="--", linewidth=1, label="smooth " + key)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True)
+        ax.set_xlabel("Epoch")
+        ax.set_ylabel(name)
+        ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+
+
+def _smooth(values):
+    # Savitzky-Golay as the original, only once there are enough epochs to fit it.
+    window = 5 if len(values) < 25 else 15
+    if len(values) <= window:
         return None
-    return keras.callbacks.TensorBoard(str(log_dir), write_graph=False)
+    from scipy.signal import savgol_filter
+
+    return savgol_filter(values, window, 3)
 
 
-def save_without_optimizer(model, path):
-    """``model.save`` minus the optimizer state: a third of the size with Adam, like the
-    original's weights-only checkpoints, and still a whole loadable model."""
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is None:
-        model.save(path)
-        return
-    model.optimizer = None
-    try:
-        model.save(path)
-    finally:
-        model.optimizer = optimizer
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """``EarlyStopping`` that first replays the monitored values this phase already
+    logged (``previous``), so a resumed run's patience counts each epoch once."""
+
+    def __init__(self, previous=(), mode="min", **kwargs):
+        super().__init__(mode=mode, **kwargs)
+        self.previous = [float(v) for v in previous]
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.monitor_op is None:
+            self._set_monitor_op()
+        for value in self.previous:
+            self.wait += 1
+            if self._is_improvement(value, self.best):
+                self.best, self.wait = value, 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        # An epoch without validation (--val-period) is no epoch of patience.
+        if logs is not None and self.monitor in logs:
+            super().on_epoch_end(epoch, logs)
 
 
-def _link_or_copy(src, dst):
-    # A hard link costs no disk; the replace keeps the old file valid until the new one
-    # is in place.
-    tmp = dst.with_name(dst.name + ".tmp")
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+
+def validation_epochs(start, end, period):
+    """The 1-based epochs of ``start < e <= end`` that validate: every ``period``-th and
+    the last (``fit(validation_freq=...)``)."""
+    return [e for e in range(start + 1, end + 1) if e % period == 0 or e == end]
+
+
+def _link(run, src, name):
+    # A hard link costs no disk; through Run.write it lands atomically.
+    def write(tmp):
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+    run.write(name, write)
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Save the model (without optimizer state) after every epoch as ``last_epoch.keras``,
-    keep ``best_epoch.keras`` (best ``monitor`` so far) beside it, and every
-    ``save_period`` epochs also a named copy.
+    """The U-Net's checkpoints: ``last_epoch.keras`` (the resume point, with the
+    optimizer state) after every validated epoch, ``best_epoch.keras`` (best
+    ``monitor``) and every ``save_period`` epochs a named copy, both without optimizer
+    state.
 
     The named copy is ``filename`` formatted with ``epoch`` (1-based) and the logs,
     e.g. ``ep{epoch:03d}-loss{loss:.3f}-val_loss{val_loss:.3f}.keras`` as the original,
-    which kept one per epoch (``save_period=1``); ``save_period=0`` keeps none. Copies
-    are hard links where the file system allows, so they cost no extra disk.
-    ``best`` carries over from a resumed run.
+    which kept one per epoch (``save_period=1``); ``save_period=0`` keeps none.
+    ``last_epoch.keras`` is written when the epoch validated (``val_loss`` in the logs),
+    at the end of the phase and when training stops; ``best`` carries over from a
+    resumed run. Put it after the log and early stopping: the log row comes first.
     """
 
-    def __init__(self, run_dir, filename="ep{epoch:03d}-loss{loss:.3f}-val_loss{val_loss:.3f}.keras",
+    def __init__(self, run, filename="ep{epoch:03d}-loss{loss:.3f}-val_loss{val_loss:.3f}.keras",
                  monitor="val_mIoU", mode="max", best=None, verbose=1, save_period=1):
         super().__init__()
         if save_period < 0:
             raise ValueError(f"save_period must be 0 or more, not {save_period}")
-        self.run_dir = Path(run_dir)
+        self.run = run if isinstance(run, Run) else Run(run)
         self.filename = filename
         self.save_period = save_period
         self.monitor = monitor
@@ -249,19 +265,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
-        named = self.save_period and (epoch + 1) % self.save_period == 0
-        if named:
-            path = self.run_dir / self.filename.format(epoch=epoch + 1, **logs)
-            if path.exists():
-                raise FileExistsError(f"{path} exists; refusing to overwrite a checkpoint")
-            save_without_optimizer(self.model, path)
-            _link_or_copy(path, self.run_dir / "last_epoch.keras")
-        else:
-            # Written beside and then moved over, so a crash never leaves a broken file.
-            path = self.run_dir / "last_epoch.keras"
-            tmp = path.with_name("last_epoch.tmp.keras")
-            save_without_optimizer(self.model, tmp)
-            os.replace(tmp, path)
+        plain = None
+        if self.save_period and (epoch + 1) % self.save_period == 0:
+            name = self.filename.format(epoch=epoch + 1, **{"val_loss": math.nan, **logs})
+            plain = self.run.save_model(self.model, name, epoch + 1)
         value = logs.get(self.monitor)
         if value is not None and not np.isnan(value) and (
                 self.best is None or self.sign * value > self.sign * self.best):
@@ -269,4 +276,31 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 print(f"Epoch {epoch + 1}: {self.monitor} improved to {value:.4f}; "
                       f"saved best_epoch.keras")
             self.best, self.best_epoch = float(value), epoch + 1
-            _link_or_copy(path, self.run_dir / "best_epoch.keras")
+            if plain is not None:
+                _link(self.run, plain, "best_epoch.keras")
+            else:
+                self.run.save_model(self.model, "best_epoch.keras", epoch + 1)
+        end = (self.params or {}).get("epochs")
+        if "val_loss" in logs or epoch + 1 == end or self.model.stop_training:
+            self.run.save_model(self.model, "last_epoch.keras", epoch + 1,
+                                include_optimizer=True)
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Every ``period`` epochs and after the last one, save the model (``.keras``) or
+    its weights (``.weights.h5``) with the optimizer state as ``filename`` (formatted
+    with the 1-based ``epoch`` and the logs): the files a resume starts from."""
+
+    def __init__(self, run, filename, period=1):
+        super().__init__()
+        self.run, self.filename, self.period = run, filename, max(1, int(period))
+        self.saved = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        end = (self.params or {}).get("epochs")
+        if (epoch + 1) % self.period and epoch + 1 != end and not self.model.stop_training:
+            return
+        name = self.filename.format(epoch=epoch + 1, **(logs or {}))
+        (self.run.dir / name).parent.mkdir(parents=True, exist_ok=True)
+        self.saved.append(self.run.save_model(self.model, name, epoch + 1,
+                                              include_optimizer=True))

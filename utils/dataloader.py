@@ -212,7 +212,7 @@ def load_sample(voc_path, name, input_shape, num_classes, train, rng=None, label
 
 
 def build_dataset(voc_path, split, input_shape, batch_size, num_classes, train,
-                  names=None, num_workers=None, seed=None, repeat=None, label_fill=0,
+                  names=None, num_workers=None, seed=None, repeat=None, label_fill=0, skip=0,
                   skip_bad=False):
     """``tf.data`` pipeline of batches ``(images, one-hot targets)``.
 
@@ -220,6 +220,7 @@ def build_dataset(voc_path, split, input_shape, batch_size, num_classes, train,
     forever (``repeat``=None) so ``fit`` is driven by ``steps_per_epoch``. ``train=False``:
     file order, letterbox, every image once. ``num_workers`` parallel loaders
     (None = tf.data autotune). ``names`` skips re-reading and re-checking the split.
+    ``skip`` samples of the stream are passed over unread (a resumed run).
 
     A sample that cannot be read fails the pipeline with an error naming the file
     (:data:`utils.errors.BAD_RECORD_MARK`), or with ``skip_bad`` is dropped with a
@@ -274,6 +275,8 @@ def build_dataset(voc_path, split, input_shape, batch_size, num_classes, train,
     ds = tf.data.Dataset.zip((ds, seeds))
     if repeat:
         ds = ds.repeat()
+    if skip:
+        ds = ds.skip(skip)
     ds = ds.map(to_tensors, num_parallel_calls=num_workers or tf.data.AUTOTUNE,
                 deterministic=True)
     if skip_bad:

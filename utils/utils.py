@@ -1,10 +1,10 @@
 """Small helpers every entry point shares: seeding, run folders, image basics."""
-import datetime
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from utils.run import json_text, make_run_dir, write_atomic  # noqa: F401  (make_run_dir: one place)
 
 # The five classes of the cherry data set, in label order (pixel value = index).
 NAME_CLASSES = ["_background_", "fruit", "leaf", "trunk", "flower"]
@@ -17,42 +17,10 @@ def set_seed(seed):
     keras.utils.set_random_seed(int(seed))
 
 
-def make_run_dir(name, args=None, root="logs"):
-    """Create a new, empty run folder ``root/<name>_<YYYYmmdd-HHMMSS>[_k]``.
-
-    An existing folder is never reused: a numeric suffix is added instead. When
-    ``args`` (an ``argparse.Namespace`` or a dict) is given it is written as
-    ``args.json``. Returns the folder as a :class:`pathlib.Path`.
-    """
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = root / f"{name}_{stamp}"
-    run_dir, k = base, 1
-    while True:
-        try:
-            run_dir.mkdir()
-            break
-        except FileExistsError:
-            k += 1
-            run_dir = Path(f"{base}_{k}")
-    if args is not None:
-        write_json(run_dir / "args.json", vars(args) if hasattr(args, "__dict__") else dict(args))
-    return run_dir
-
-
 def write_json(path, data):
-    """Write ``data`` as indented JSON; paths and NumPy scalars become plain values."""
-    def default(o):
-        if isinstance(o, (np.integer,)):
-            return int(o)
-        if isinstance(o, (np.floating,)):
-            return float(o)
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        return str(o)
-
-    Path(path).write_text(json.dumps(data, indent=2, default=default) + "\n")
+    """Write ``data`` as indented JSON, atomically; paths and NumPy scalars become plain
+    values."""
+    write_atomic(path, lambda tmp: Path(tmp).write_text(json_text(data)))
 
 
 def cvtColor(image):

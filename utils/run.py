@@ -1,0 +1,305 @@
+"""The run harness every trainer shares: run folder, resume, per-epoch log, plots,
+TensorBoard, early stopping and checkpoints that survive a kill.
+
+Every file a run writes goes through :meth:`Run.write` (one place to gate on the chief
+worker), and lands by rename from a temporary file in the same folder, so a kill at
+any moment leaves the previous complete file, never a cut-off one. A checkpoint holds
+its own epoch (:func:`checkpoint_epoch`), and the per-epoch CSV row is written before
+the checkpoint, so a resumed run starts after the newest complete checkpoint and drops
+the log rows after it: every epoch is trained and logged exactly once.
+
+Files of a run folder (every trainer): ``args.json`` (``args_resume.json``,
+``args_resume_2.json`` ... per resume), ``training_log.csv``, ``epoch_loss.txt``,
+``epoch_val_loss.txt``, ``epoch_loss.png``, ``tensorboard/``.
+"""
+import csv
+import datetime
+import io
+import json
+import math
+import os
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+LOG_CSV = "training_log.csv"
+EPOCH_KEY = "epoch.json"   # the zip entry (or HDF5 attribute) holding a checkpoint's epoch
+# Options a resumed run may change; every other option must match the run's args.json.
+RESUME_MAY_CHANGE = {"resume", "logs_dir", "run_eagerly", "num_workers", "debug"}
+# Test hook: "NAME:K" cuts the K-th write of file NAME short and stops there (for kill tests).
+_PAUSE_ENV = "PDE_PAUSE_AT_WRITE"
+_writes = {}
+
+
+def fresh_path(path):
+    """``path``, or ``stem_2.ext``, ``stem_3.ext`` ... whichever does not exist yet
+    (``stem`` ends at the first dot, so ``a.weights.h5`` -> ``a_2.weights.h5``)."""
+    path = Path(path)
+    if not path.exists():
+        return path
+    name, dot, suffix = path.name.partition(".")
+    k = 2
+    while (candidate := path.with_name(f"{name}_{k}{dot}{suffix}")).exists():
+        k += 1
+    return candidate
+
+
+def progress_verbose():
+    """Keras ``verbose``: a live bar on a terminal, one line per epoch in a piped log."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+def _json_default(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def json_text(data):
+    return json.dumps(data, indent=2, default=_json_default) + "\n"
+
+
+def write_atomic(path, write):
+    """``write(tmp)`` a temporary file beside ``path``, then rename it over ``path``.
+
+    The temporary name keeps the suffix (Keras checks it) and starts with ``tmp-``, so
+    no reader's pattern (``ep*.keras``, ``last_epoch.keras``) ever picks it up.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"tmp-{os.getpid()}-{path.name}")
+    write(tmp)
+    _maybe_pause(path, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _maybe_pause(path, tmp):
+    hook = os.environ.get(_PAUSE_ENV)
+    if not hook:
+        return
+    name, _, count = hook.partition(":")
+    if name != path.name:
+        return
+    _writes[name] = _writes.get(name, 0) + 1
+    if _writes[name] == int(count or 1):
+        size = tmp.stat().st_size
+        with open(tmp, "r+b") as f:
+            f.truncate(size // 2)   # a write cut off half way, as a kill leaves it
+        Path(str(path) + ".paused").write_text(str(os.getpid()))
+        while True:
+            time.sleep(1)
+
+
+def read_log(path):
+    """The per-epoch CSV log as ``{column: [values]}`` (empty when there is none).
+
+    ``path`` is the CSV file or its run folder. Numbers become floats (an empty cell,
+    an epoch without validation, NaN), ``epoch`` ints.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / LOG_CSV
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    history = {}
+    for row in rows:
+        for key, value in row.items():
+            try:
+                value = float(value) if value not in (None, "") else math.nan
+            except ValueError:
+                pass
+            history.setdefault(key, []).append(value)
+    if "epoch" in history:
+        history["epoch"] = [int(e) for e in history["epoch"]]
+    return history
+
+
+def logged(log, key, first=0, stop=None):
+    """The numbers in ``log[key]`` of epochs ``first <= epoch < stop`` (NaN left out)."""
+    stop = math.inf if stop is None else stop
+    return [v for e, v in zip(log.get("epoch", []), log.get(key, []))
+            if first <= e < stop and isinstance(v, float) and not math.isnan(v)]
+
+
+def checkpoint_epoch(path, legacy=None):
+    """The number of epochs a checkpoint written by :meth:`Run.save_model` holds, or
+    None when the file is cut off or unreadable. A whole file from before checkpoints
+    held their epoch gives ``legacy`` (e.g. the epoch in its name)."""
+    path = Path(path)
+    try:
+        if path.name.endswith(".keras"):
+            with zipfile.ZipFile(path) as z:
+                if EPOCH_KEY not in z.namelist():
+                    return legacy
+                return int(json.loads(z.read(EPOCH_KEY))["epoch"])
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return int(f.attrs["epoch"]) if "epoch" in f.attrs else legacy
+    except Exception:  # noqa: BLE001 -- any damage means "not a complete checkpoint"
+        return None
+
+
+def newest_checkpoint(paths, legacy=lambda path: None):
+    """``(path, epochs)`` of the complete checkpoint holding the most epochs, or
+    ``(None, 0)``; cut-off files are passed over. ``legacy(path)``: the epoch of a file
+    from before checkpoints held their epoch."""
+    found = [(e, str(p)) for p in paths if (e := checkpoint_epoch(p, legacy(p))) is not None]
+    if not found:
+        return None, 0
+    epochs, path = max(found)
+    return Path(path), epochs
+
+
+def resume_args(parser, argv=None, may_change=()):
+    """Parse ``argv``; with ``--resume RUN_DIR`` the run's ``args.json`` supplies every
+    option not given, and a given option that differs from it is refused unless it is
+    in ``may_change`` (or :data:`RESUME_MAY_CHANGE`)."""
+    args = parser.parse_args(argv)
+    if not getattr(args, "resume", None):
+        return args
+    saved_path = Path(args.resume) / "args.json"
+    if not saved_path.is_file():
+        parser.error(f"--resume {args.resume}: no args.json there; give a run folder this "
+                     f"script wrote")
+    saved = json.loads(saved_path.read_text())
+    known = {a.dest for a in parser._actions}
+    parser.set_defaults(**{k: v for k, v in saved.items()
+                           if k in known and k not in RESUME_MAY_CHANGE})
+    args = parser.parse_args(argv)
+    allowed = RESUME_MAY_CHANGE | set(may_change)
+    refused = [k for k, v in saved.items() if k in known and k not in allowed
+               and json.loads(json.dumps(getattr(args, k), default=_json_default)) != v]
+    if refused:
+        given = ", ".join(f"--{k.replace('_', '-')} (run: {saved[k]!r})" for k in refused)
+        ok = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(set(may_change))) or "none"
+        parser.error(f"--resume {args.resume}: {given} differs from the run's args.json; a "
+                     f"resumed run keeps its options (it may change: {ok}); start a new run "
+                     f"instead")
+    return args
+
+
+class Run:
+    """One run folder. Every file the harness writes goes through :meth:`write`."""
+
+    def __init__(self, run_dir):
+        self.dir = Path(run_dir)
+
+    @classmethod
+    def start(cls, name, args, root="logs"):
+        """A new run ``root/<name>_<YYYYmmdd-HHMMSS>[_k]`` with ``args.json``, or, with
+        ``args.resume``, that run folder again with ``args_resume[_k].json``."""
+        if getattr(args, "resume", None):
+            run = cls(args.resume)
+            run.write_json(fresh_path(run.dir / "args_resume.json"), vars(args))
+            return run
+        return cls(make_run_dir(name, args, root=root))
+
+    def path(self, name):
+        return self.dir / name
+
+    def write(self, name, write):
+        """Write file ``name`` (a name in the run folder or a path) with
+        ``write(tmp_path)``, atomically. The one place where every harness write lands:
+        a multi-worker run gates on its chief here."""
+        return write_atomic(self.dir / name, write)
+
+    def write_text(self, name, text):
+        return self.write(name, lambda tmp: Path(tmp).write_text(text))
+
+    def write_json(self, name, data):
+        return self.write_text(name, json_text(data))
+
+    def save_model(self, model, name, epoch, include_optimizer=False):
+        """Save ``model`` (``.keras``: the whole model; ``.weights.h5``: weights) with
+        ``epoch`` (epochs trained) inside it; the optimizer state only when asked, for
+        the one checkpoint a resume starts from."""
+        def write(tmp):
+            tmp = str(tmp)
+            optimizer = getattr(model, "optimizer", None)
+            if not include_optimizer and optimizer is not None:
+                model.optimizer = None
+            try:
+                if tmp.endswith(".keras"):
+                    model.save(tmp)
+                else:
+                    model.save_weights(tmp)
+            finally:
+                if optimizer is not None:
+                    model.optimizer = optimizer
+            if tmp.endswith(".keras"):
+                with zipfile.ZipFile(tmp, "a") as z:
+                    z.writestr(EPOCH_KEY, json.dumps({"epoch": int(epoch)}))
+            else:
+                import h5py
+
+                with h5py.File(tmp, "a") as f:
+                    f.attrs["epoch"] = int(epoch)
+        return self.write(name, write)
+
+    def log(self):
+        return read_log(self.dir)
+
+    def truncate_log(self, epochs):
+        """Keep the log rows of the first ``epochs`` epochs: the ones a resume from a
+        checkpoint of ``epochs`` epochs must not train and log again."""
+        path = self.dir / LOG_CSV
+        if not path.is_file():
+            return
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows:
+            return
+        col = rows[0].index("epoch")
+        keep = [rows[0]] + [r for r in rows[1:] if int(r[col]) < epochs]
+        if len(keep) < len(rows):
+            print(f"{path}: dropped the rows of {len(rows) - len(keep)} epoch(s) after the "
+                  f"newest complete checkpoint; they are trained again.")
+            self._write_rows(keep)
+
+    def _write_rows(self, rows):
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows(rows)
+        self.write_text(LOG_CSV, out.getvalue())
+
+    def callbacks(self, tensorboard=True):
+        """The per-epoch record, in the order they must run after the metrics: CSV row,
+        curves, TensorBoard. Checkpoints go after them (the row is written first)."""
+        import keras
+
+        from utils.callbacks import CurvePlot, EpochLog
+
+        callbacks = [EpochLog(self), CurvePlot(self)]
+        if tensorboard:
+            callbacks.append(keras.callbacks.TensorBoard(str(self.dir / "tensorboard"),
+                                                         write_graph=False))
+        return callbacks
+
+
+def make_run_dir(name, args=None, root="logs"):
+    """Create a new folder ``root/<name>_<YYYYmmdd-HHMMSS>[_k]`` (an existing folder is
+    never reused) holding ``args`` (a Namespace or dict, if given) as ``args.json``."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    base = root / f"{name}_{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run_dir, k = base, 1
+    while True:
+        try:
+            run_dir.mkdir()
+            break
+        except FileExistsError:
+            k += 1
+            run_dir = Path(f"{base}_{k}")
+    if args is not None:
+        data = vars(args) if hasattr(args, "__dict__") else dict(args)
+        Run(run_dir).write_json("args.json", data)
+    return run_dir
