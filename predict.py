@@ -23,6 +23,7 @@ from tqdm import tqdm  # noqa: E402
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from nets.encoders import BACKBONES  # noqa: E402
 from utils.errors import MissingInput, UserError  # noqa: E402
 from utils.image_check import bad_images_error, find_bad_images  # noqa: E402
 from utils.run import fresh_path  # noqa: E402
@@ -153,7 +154,7 @@ def parse_args(argv=None):
     p.add_argument("--model-path", required=True,
                    help="trained model: .keras from train.py, or a weights file")
     p.add_argument("--num-classes", type=int, default=5, help="(original: 5)")
-    p.add_argument("--backbone", choices=("resnet50", "vgg"), default="resnet50",
+    p.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet50",
                    help="U-Net encoder when loading a weights file (original: resnet50)")
     p.add_argument("--input-shape", type=int, nargs=2, default=(576, 1024), metavar=("H", "W"),
                    help="network input when loading a weights file (original: 576 1024)")

@@ -26,84 +26,38 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks.published import PUBLISHED, markdown_table  # noqa: E402
+from pipeline.pretrainers import PAIR_PRETRAINERS, PRETRAINERS  # noqa: E402
+from pipeline.profiles import PROFILES, to_argv  # noqa: E402
+from pipeline.published import PUBLISHED, markdown_table, row_label  # noqa: E402
+from pipeline.steps import (Run, check_orchard_spec, join_argv, make_data,  # noqa: E402
+                            make_pairs, open_run, plain, pretrain_encoder, select_images,
+                            unet_argv)
 from utils.errors import MissingInput, UserError  # noqa: E402
-from utils.utils import make_run_dir, set_seed, write_json  # noqa: E402
+from utils.run import fresh_path  # noqa: E402
+from utils.utils import set_seed, write_json  # noqa: E402
+from utils.voc import image_path, read_split  # noqa: E402
 
 STEPS = ("orchard", "priors", "select", "pairs", "pretrain", "unet_frozen",
          "unet_finetune", "random_frozen", "random_finetune", "predict", "growth")
 BASELINE_STEPS = ("random_frozen", "random_finetune")
-
-# Each profile: the synthetic orchard it generates and the options of every step.
-# Step options are command-line fragments of the step's own script, so anything a
-# profile sets can be overridden with --<step>-args "...".
-PROFILES = {
-    "tiny": {
-        "orchard": dict(cameras=3, presets=(1,), times=("12",), image_size=(64, 64),
-                        n_train=4, n_val=2, n_test=2),
-        "pairs": "--per-class 24 --drop-empty-classes",
-        "pretrain": "--input-shape 64 64 --load-size 72 72 --batch-size 4 --test-batch-size 4 "
-                    "--epochs 1 --steps-per-epoch 2 --run-eagerly --precise-bn 1",
-        # Eager steps: at this size tracing a ResNet50 graph costs more than the steps.
-        "unet": "--input-shape 64 64 --freeze-batch-size 2 --unfreeze-batch-size 2 "
-                "--steps-per-epoch 2 --run-eagerly",
-        "unet_epochs": (1, 2),     # (frozen-phase epochs, total epochs)
-        "predict_images": 2,
-        "growth": "",
-    },
-    "demo": {
-        "orchard": dict(cameras=4, presets=(1, 2), times=("12",), image_size=(128, 224),
-                        n_train=60, n_val=20, n_test=40),
-        "pairs": "--per-class 2000",
-        # CPU-sized PDE: 300 steps of batch 32 at 32x64 (a quarter of the pixels of
-        # 64x128, so twice the steps and batch in the same time: held-out pair accuracy
-        # 0.665 where 150 steps of 16 at 64x128 gave 0.32). GAP instead of the original's
-        # Flatten head (its tens of millions of Dense weights made Adam diverge here),
-        # one shared tower and no augmentation (with either, the pair accuracy stayed at
-        # chance for 180 steps in our runs), precise BN (the running averages are far
-        # from converged after 300 steps), 5 validation batches a epoch.
-        "pretrain": "--input-shape 32 64 --load-size 32 64 --batch-size 32 "
-                    "--test-batch-size 64 --epochs 3 --steps-per-epoch 100 --pool gap "
-                    "--shared-towers --no-augment --learning-rate 1e-3 --precise-bn 20 "
-                    "--validation-steps 5 --keep-checkpoints 1",
-        # The frozen decoder needs ~100 steps at 10x the original rate to learn more
-        # than background and leaf. bfloat16 (its decoder has no batch norm, so AMX pays:
-        # a frozen step 0.53 s instead of 0.93 s), and the test split is evaluated on the
-        # epoch with the best val_mIoU (the original: the last epoch).
-        # The unfrozen phase keeps the original's lr 1e-5: at 1e-4 both rows fell to
-        # background only (test mIoU 0.156 PDE, 0.150 random); at 1e-5 0.267 and 0.246.
-        "unet": "--input-shape 64 128 --freeze-batch-size 8 --unfreeze-batch-size 8 "
-                "--freeze-lr 1e-3 --mixed-precision --eval-checkpoint best",
-        "unet_epochs": (15, 20),
-        "predict_images": 4,
-        "growth": "",
-    },
-    "paper": {
-        "orchard": dict(cameras=4, presets=(1, 2, 3, 4, 5), times=("09", "12", "15"),
-                        image_size=(576, 1024), n_train=60, n_val=20, n_test=40),
-        "pairs": "",          # the original's 200,000 pairs per class
-        "pretrain": "",       # the original's 288x512, batch 72, 20 epochs
-        "unet": "",           # the original's 576x1024, batch 18 / 8
-        "unet_epochs": (60, 120),
-        "predict_images": 8,
-        "growth": "",
-    },
-}
+OTHER_PRETRAINERS = [n for n in PRETRAINERS if n not in PAIR_PRETRAINERS]
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", choices=sorted(PROFILES), default="demo",
-                   help="sizes and epochs: tiny (a wiring check of every step), demo (default: "
-                        "CPU-sized, both rows: 15 min on a 2-core CPU), paper (the "
-                        "original's sizes and epochs, for a GPU)")
-    p.add_argument("--method", choices=("class", "grading"), default="class",
+                   help="sizes and epochs (pipeline/profiles.py): tiny (a wiring check of "
+                        "every step), demo (default: CPU-sized, both rows: 15 min on a 2-core "
+                        "CPU), paper (the original's sizes and epochs, for a GPU)")
+    p.add_argument("--method", choices=[n.removeprefix("pde_") for n in PAIR_PRETRAINERS],
+                   default="class",
                    help="PDE distance: class = step 5 (classification, the published row), "
                         "grading = step 4")
     p.add_argument("--init", default="pde",
-                   help="encoder initialisation for the U-Net: pde (pretrain here, default), "
-                        "random (Glorot uniform, the baseline row), or a weights file")
+                   help="encoder initialisation for the U-Net: pde (pretrain here with "
+                        "--method, default), random (Glorot uniform, the baseline row), "
+                        f"another pretrainer ({', '.join(OTHER_PRETRAINERS)}), or a weights file")
     p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                    help="also train the same two U-Nets (same settings and seeds) from a "
                         "random encoder, and print both rows (default on; off with --init "
@@ -143,71 +97,6 @@ def parse_args(argv=None):
     return args
 
 
-class Run:
-    """The run folder and its record of finished steps (``steps.json``)."""
-
-    def __init__(self, run_dir):
-        self.dir = Path(run_dir)
-        self.record_path = self.dir / "steps.json"
-        self.record = json.loads(self.record_path.read_text()) if self.record_path.exists() else {}
-
-    def done(self, step):
-        """Recorded as finished and its outputs still there."""
-        return step in self.record and not missing_outputs(step, self.result(step))
-
-    def finish(self, step, result, seconds):
-        """Record ``step`` as done, once its outputs exist (else a UserError)."""
-        missing = missing_outputs(step, result)
-        if missing:
-            raise UserError(f"step {step}", f"finished without its outputs ({', '.join(missing)})",
-                            "check the step's messages above; it is not recorded as done")
-        self.record[step] = {"seconds": round(seconds, 1), "result": result}
-        write_json(self.record_path, self.record)
-
-    def result(self, step):
-        return self.record.get(step, {}).get("result", {})
-
-
-def step_outputs(step, result):
-    """The files and folders a finished step must have left (from its recorded result)."""
-    result = result or {}
-    if step == "orchard":
-        paths = [result.get("archive"), result.get("phenology")]
-        if result.get("voc"):
-            paths.append(result["voc"])
-        return paths
-    if step == "select":
-        return [result.get("out_dir"), result.get("manifest")]
-    if step == "pairs":
-        return [result.get("x"), result.get("y")] + [
-            p for pair in result.get("splits", {}).values() for p in pair]
-    if step == "pretrain":
-        return [result["encoder_path"]] if result.get("encoder_path") else []
-    if step in ("unet_frozen", "unet_finetune", *BASELINE_STEPS):
-        return [result.get("run_dir"), result.get("model_path")]
-    if step in ("predict", "growth"):
-        key = "out_dir" if step == "predict" else "run_dir"
-        return [result.get(key)] if result.get(key) else []
-    return []
-
-
-def missing_outputs(step, result):
-    """Outputs of ``step`` that are not there (a None is a missing entry)."""
-    return [str(p) for p in step_outputs(step, result) if p is None or not Path(p).exists()]
-
-
-def _argv(*fragments):
-    out = []
-    for f in fragments:
-        out += shlex.split(f) if isinstance(f, str) else [str(x) for x in f]
-    return out
-
-
-def _plain(d):
-    """Paths to strings, so step results fit in steps.json."""
-    return json.loads(json.dumps(d, default=str))
-
-
 # Steps that read the labelled set; without the synthetic orchard they need --voc.
 VOC_STEPS = ("unet_frozen", "unet_finetune", *BASELINE_STEPS, "predict")
 # What each step reads from earlier steps' records.
@@ -223,21 +112,6 @@ OPTION_STEPS = {"profile": "orchard", "seed": "orchard", "archive": "orchard",
                 "select_args": "select", "pairs_args": "pairs", "method": "pretrain",
                 "init": "pretrain", "pretrain_args": "pretrain", "unet_args": "unet_frozen",
                 "growth_camera": "growth", "growth_args": "growth"}
-
-
-def orchard_spec(args, profile):
-    """Where the synthetic orchard lives and the settings it is generated with."""
-    return Path(args.data_dir or Path("demo_data") / args.profile), dict(profile["orchard"],
-                                                                         seed=args.seed)
-
-
-def check_orchard_spec(args, profile):
-    """A --data-dir that holds an orchard made with other settings is refused."""
-    data_dir, spec = orchard_spec(args, profile)
-    spec_path = data_dir / "orchard_spec.json"
-    if spec_path.exists() and json.loads(spec_path.read_text()) != _plain(spec):
-        raise UserError(spec_path, f"{data_dir} holds an orchard generated with other settings",
-                        "pass another --data-dir")
 
 
 def _check_step_options(step, parse, argv):
@@ -274,7 +148,7 @@ def validate_inputs(args, profile, steps, run=None):
     elif args.archive:
         data = {"archive": args.archive, "phenology": args.phenology, "voc": args.voc}
     else:
-        check_orchard_spec(args, profile)
+        check_orchard_spec(args.profile, profile, args.seed, args.data_dir)
         data = None                # generated by the orchard step
     if data is not None and set(todo) & {"orchard", "priors", "select", "growth"}:
         from data_processing.date_pro import camera_folder, load_phenology
@@ -297,36 +171,44 @@ def validate_inputs(args, profile, steps, run=None):
 
         for split in ("train", "val", "test"):
             check_split(data["voc"], split, num_classes=256, check_values=False)
-    if args.init not in ("pde", "random"):
+    if args.init not in ("pde", "random") and args.init not in PRETRAINERS:
         check_weights_file(args.init, "--init")
 
     if "select" in todo:
         from data_processing import select_img
 
         _check_step_options("select", select_img.parse_args,
-                            _argv(["--archive", "."], args.select_args))
+                            join_argv(["--archive", "."], args.select_args))
     if "pairs" in todo:
         from data_processing import make_dataset
 
         _check_step_options("pairs", make_dataset.parse_args,
-                            _argv(profile["pairs"], args.pairs_args))
-    if "pretrain" in todo and args.init == "pde":
-        if args.method == "class":
-            from pde_self_supervised import con_train_resnet_class as script
+                            join_argv(to_argv(profile.pairs), args.pairs_args))
+    name = f"pde_{args.method}" if args.init == "pde" else args.init
+    if "pretrain" in todo and name in PRETRAINERS:
+        import importlib
+
+        if name in PAIR_PRETRAINERS:
+            script = "pde_self_supervised." + ("con_train_resnet_class" if name == "pde_class"
+                                               else "con_train_resnet")
+            base = to_argv(profile.pretrain)
         else:
-            from pde_self_supervised import con_train_resnet as script
-        _check_step_options("pretrain", script.parse_args,
-                            _argv(profile["pretrain"], args.pretrain_args))
+            script = "other_ssl." + ("train_supervised" if name == "supervised" else "train_ssl")
+            base = (["--method", name] if name != "supervised" else []) + \
+                to_argv(profile.images_pretrain)
+        _check_step_options("pretrain", importlib.import_module(script).parse_args,
+                            join_argv(base, args.pretrain_args))
     if set(todo) & set(VOC_STEPS[:-1]):
         import train
 
-        _check_step_options("unet", train.parse_args, _argv(profile["unet"], args.unet_args))
+        _check_step_options("unet", train.parse_args,
+                            join_argv(to_argv(profile.unet), args.unet_args))
     if "growth" in todo:
         from growth_modeling import unet_gm
 
         _check_step_options("growth", unet_gm.parse_args,
-                            _argv(["--archive", ".", "--camera", "."], profile["growth"],
-                                  args.growth_args))
+                            join_argv(["--archive", ".", "--camera", "."], to_argv(profile.growth),
+                                      args.growth_args))
 
 
 def given_options(argv):
@@ -357,7 +239,7 @@ def resume_options(args, argv, run):
         new = getattr(args, key)
         if key not in given:
             setattr(args, key, old)
-        elif _plain(new) != old:
+        elif plain(new) != old:
             first = OPTION_STEPS.get(key)
             used = [s for s in STEPS[STEPS.index(first):] if run.done(s)] if first else []
             (refused if used else applied).append((key, old, new, used))
@@ -381,97 +263,32 @@ def resume_options(args, argv, run):
 
 
 def step_orchard(args, run, profile):
-    if args.archive:
-        return {"archive": args.archive, "phenology": args.phenology, "voc": args.voc}
-    from data_processing.synthetic_orchard import generate_orchard
-
-    data_dir, spec = orchard_spec(args, profile)
-    spec_path = data_dir / "orchard_spec.json"
-    if spec_path.exists():
-        check_orchard_spec(args, profile)
-        print(f"  reusing the synthetic orchard in {data_dir}")
-        return {"archive": str(data_dir / "archive"), "phenology": str(data_dir / "phenology.toml"),
-                "voc": str(data_dir / "VOCdevkit")}
-    made = generate_orchard(data_dir, contact_sheet=data_dir / "contact_sheet.png", **spec)
-    write_json(spec_path, spec)
-    return _plain({k: made[k] for k in ("archive", "phenology", "voc")})
+    return make_data(args.profile, profile, args.seed, args.archive, args.phenology, args.voc,
+                     args.data_dir)
 
 
 def step_priors(args, run, profile):
     from data_processing import date_pro
 
     data = run.result("orchard")
-    return _plain(date_pro.main(["--phenology", data["phenology"], "--archive", data["archive"]]) or {})
+    return plain(date_pro.main(["--phenology", data["phenology"], "--archive", data["archive"]]) or {})
 
 
 def step_select(args, run, profile):
-    from data_processing import select_img
-
-    data = run.result("orchard")
-    result = select_img.main(_argv(["--archive", data["archive"], "--phenology", data["phenology"],
-                                    "--out", run.dir / "out", "--seed", args.seed],
-                                   args.select_args))
-    return _plain(result)
+    return select_images(run, args.seed, args.select_args)
 
 
 def step_pairs(args, run, profile):
-    from data_processing import make_dataset
-
-    out = run.result("select")["out_dir"]
-    pairs = run.dir / "pairs"
-    result = make_dataset.main(_argv(["--image-dir", out, "--out-x", pairs / "X.npy",
-                                      "--out-y", pairs / "Y.npy", "--split", "0.8", "0.1", "0.1",
-                                      "--split-by", "date",
-                                      "--seed", args.seed],
-                                     profile["pairs"], args.pairs_args))
-    return _plain(result)
+    return make_pairs(run, profile, args.seed, args.pairs_args)
 
 
 def step_pretrain(args, run, profile):
-    if args.init != "pde":
-        return {"encoder_path": None if args.init == "random" else args.init}
-    if args.method == "class":
-        from pde_self_supervised import con_train_resnet_class as script
-    else:
-        from pde_self_supervised import con_train_resnet as script
-    out = run.result("select")["out_dir"]
-    splits = run.result("pairs")["splits"]
-    result = script.main(_argv(["--image-dir", out,
-                                "--pairs-x", splits["train"][0], "--pairs-y", splits["train"][1],
-                                "--val-pairs-x", splits["val"][0], "--val-pairs-y", splits["val"][1],
-                                "--test-pairs-x", splits["test"][0], "--test-pairs-y", splits["test"][1],
-                                "--logs-dir", run.dir, "--seed", args.seed],
-                               profile["pretrain"], args.pretrain_args))
-    return _plain({"run_dir": result["run_dir"], "encoder_path": result["encoder_path"],
-                   "test_metrics": result.get("test_metrics", {})})
-
-
-def frozen_phase_checkpoint(run_dir, freeze):
-    """The ``epNNN-*.keras`` a frozen-only run saved at the end of its frozen phase
-    (epoch ``freeze``), or None."""
-    if not run_dir:
-        return None
-    found = sorted(Path(run_dir).glob(f"ep{int(freeze):03d}-*.keras"))
-    return found[0] if found else None
-
-
-def unet_argv(voc, logs_dir, seed, freeze, total, encoder, frozen_only, extra,
-              frozen_run=None):
-    """train.py options for one of the two U-Nets of a row.
-
-    The frozen-only run keeps a checkpoint at the end of its frozen phase; the fine-tuned
-    run starts from it (``--init-model``) instead of repeating that phase, which is the
-    same training with the same seeds. Without such a checkpoint (an early stop, or a
-    ``--save-period`` override) it trains both phases itself.
-    """
-    start = frozen_phase_checkpoint(frozen_run, freeze) if not frozen_only else None
-    return _argv(["--voc-path", voc, "--logs-dir", logs_dir, "--seed", seed,
-                  "--freeze-epoch", freeze, "--unfreeze-epoch", total,
-                  "--save-period", freeze if frozen_only else 0],
-                 ["--frozen-only"] if frozen_only else [],
-                 ["--init-model", start, "--init-epoch", freeze] if start
-                 else (["--model-path", encoder] if encoder else []),
-                 extra)
+    if args.init == "random":
+        return {"encoder_path": None}
+    if args.init != "pde" and args.init not in PRETRAINERS:
+        return {"encoder_path": args.init}         # a weights file
+    name = f"pde_{args.method}" if args.init == "pde" else args.init
+    return pretrain_encoder(name, run, profile, args.seed, args.pretrain_args)
 
 
 def _train_unet(args, run, profile, frozen_only, row="unet"):
@@ -480,12 +297,13 @@ def _train_unet(args, run, profile, frozen_only, row="unet"):
     import train
 
     data = run.result("orchard")
-    freeze, total = profile["unet_epochs"]
+    freeze, total = profile.unet_epochs
     encoder = run.result("pretrain").get("encoder_path") if row == "unet" else None
     result = train.main(unet_argv(data["voc"], run.dir, args.seed, freeze, total,
-                                  encoder, frozen_only, _argv(profile["unet"], args.unet_args),
+                                  encoder, frozen_only, join_argv(to_argv(profile.unet),
+                                                                  args.unet_args),
                                   frozen_run=run.result(f"{row}_frozen").get("run_dir")))
-    return _plain({"run_dir": result["run_dir"], "model_path": result["evaluated_model_path"],
+    return plain({"run_dir": result["run_dir"], "model_path": result["evaluated_model_path"],
                    "test_metrics": result["test_metrics"]})
 
 
@@ -538,11 +356,10 @@ def prune_checkpoints(run):
 
 def step_predict(args, run, profile):
     import predict
-    from get_miou import image_path, read_split
 
     data = run.result("orchard")
     model = kept_unet(run)
-    ids = read_split(data["voc"], "test")[: profile["predict_images"]]
+    ids = read_split(data["voc"], "test")[: profile.predict_images]
     pick = run.dir / "predict_input"
     pick.mkdir(exist_ok=True)
     for image_id in ids:
@@ -554,16 +371,17 @@ def step_predict(args, run, profile):
             except OSError:
                 shutil.copyfile(src, dst)
     out = run.dir / "predictions"
-    result = predict.main(_argv(["--mode", "dir_predict", "--model-path", model,
-                                 "--dir-origin-path", pick, "--dir-save-path", out],
-                                _unet_shape_args(profile, args)))
-    return _plain(result or {"out_dir": out})
+    result = predict.main(join_argv(["--mode", "dir_predict", "--model-path", model,
+                                     "--dir-origin-path", pick, "--dir-save-path", out],
+                                    _unet_shape_args(profile, args)))
+    return plain(result or {"out_dir": out})
 
 
 def _unet_shape_args(profile, args):
-    """Pass the U-Net's --input-shape on to inference scripts."""
-    tokens = shlex.split(profile["unet"]) + shlex.split(args.unet_args)
-    shape = []
+    """Pass the U-Net's --input-shape (the profile's, or the user's --unet-args) on to
+    inference scripts."""
+    shape = to_argv({"input_shape": profile.unet.get("input_shape")})
+    tokens = shlex.split(args.unet_args)
     for i, t in enumerate(tokens):
         if t == "--input-shape":
             shape = ["--input-shape", tokens[i + 1], tokens[i + 2]]
@@ -585,13 +403,13 @@ def step_growth(args, run, profile):
         raise UserError(Path(data["archive"]) / camera, "no archive photo for the growth curves",
                         "give another --growth-camera")
     name = parse_archive_name(next(iter(photos.values())))
-    result = unet_gm.main(_argv(["--archive", data["archive"], "--camera", camera,
-                                 "--preset", name.preset, "--time", name.hour,
-                                 "--model-path", model, "--phenology", data["phenology"],
-                                 "--logs-dir", run.dir],
-                                _unet_shape_args(profile, args), profile["growth"],
-                                args.growth_args))
-    return _plain(result)
+    result = unet_gm.main(join_argv(["--archive", data["archive"], "--camera", camera,
+                                     "--preset", name.preset, "--time", name.hour,
+                                     "--model-path", model, "--phenology", data["phenology"],
+                                     "--logs-dir", run.dir],
+                                    _unet_shape_args(profile, args), to_argv(profile.growth),
+                                    args.growth_args))
+    return plain(result)
 
 
 STEP_FUNCS = {s: globals()[f"step_{s}"] for s in STEPS}
@@ -608,6 +426,8 @@ def _row_label(args, run):
         return ("pde_class" if args.method == "class" else "pde_grading"), data
     if args.init == "random":
         return "random", "none"
+    if args.init in PRETRAINERS:
+        return args.init, "stage images"
     return None, f"weights {args.init}"
 
 
@@ -620,11 +440,11 @@ def results_table(args, run):
         tuned = run.result(f"{prefix}_finetune").get("test_metrics", {})
         if prefix == "random" and not (frozen or tuned):
             continue
-        label = (PUBLISHED[row_key][0] if row_key else "Given encoder") + ", this run"
+        label = (row_label(row_key) if row_key else "Given encoder") + ", this run"
         rows.append((label, row_data, frozen.get("mIoU"), frozen.get("mPA"),
                      tuned.get("mIoU"), tuned.get("mPA")))
     for k in dict.fromkeys([key, "random", "pde_class"]):
-        if k:
+        if k in PUBLISHED:
             rows.append((PUBLISHED[k][0] + ", published", *PUBLISHED[k][1:]))
     return markdown_table(rows)
 
@@ -658,14 +478,9 @@ def main(argv=None):
     planned = [s for s in STEPS if args.baseline or s not in BASELINE_STEPS]
     steps = [s for s in planned if s in args.steps]
     validate_inputs(args, profile, steps, run)
-    if run is None:
-        run = Run(make_run_dir(f"pipeline_{args.profile}", args, root=args.logs_dir))
-    elif applied:
-        k = 1
-        while (run.dir / f"args_resume{k}.json").exists():
-            k += 1
-        write_json(run.dir / f"args_resume{k}.json", vars(args))
-    print(f"Run folder: {run.dir}")
+    run = open_run(args.resume, f"pipeline_{args.profile}", args, args.logs_dir)
+    if applied:
+        write_json(fresh_path(run.dir / "args_resume.json"), vars(args))
     # Later steps read what earlier ones recorded; a subset needs those already done.
     for i, step in enumerate(steps, start=1):
         if run.done(step):
@@ -691,6 +506,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from utils.errors import run_cli
-
-    run_cli(main)
+    main()

@@ -19,6 +19,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from nets.encoders import BACKBONES  # noqa: E402
 from nets.unet_training import LOSSES, get_loss  # noqa: E402
 from utils.errors import MissingInput, UserError, user_errors  # noqa: E402
 from utils.run import (Run, checkpoint_epoch, fresh_path, logged, progress_verbose,  # noqa: E402
@@ -38,7 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--name-classes", nargs="+", default=None,
                    help="class names for the evaluation report (default: the five cherry "
                         "classes when --num-classes is 5, else class_0 ...)")
-    p.add_argument("--backbone", choices=("resnet50", "vgg"), default="resnet50",
+    p.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet50",
                    help="encoder (original: resnet50)")
     p.add_argument("--input-shape", type=int, nargs=2, default=[576, 1024], metavar=("H", "W"),
                    help="network input height and width (original: 576 1024)")
@@ -219,7 +220,7 @@ def main(argv=None):
 
     import keras
 
-    from nets.unet import Unet, get_encoder
+    from nets.unet import build_unet, get_encoder
     from utils.callbacks import (EpochCheckpoint, ExponentDecayScheduler, MIoUCallback,
                                  ResumableEarlyStopping, validation_epochs)
     from utils.dataloader import build_dataset, check_split, split_path
@@ -267,7 +268,7 @@ def main(argv=None):
     print(f"Run folder: {run_dir} (precision {policy})")
 
     with strategy.scope():
-        model = Unet((h, w, 3), nc, args.backbone)
+        model = build_unet((h, w, 3), nc, args.backbone)
         encoder = get_encoder(model)
         if resume_epoch is not None:
             model.load_weights(str(last))

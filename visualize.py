@@ -21,6 +21,7 @@ from tqdm import tqdm  # noqa: E402
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from nets.encoders import BACKBONES  # noqa: E402
 from utils.errors import MissingInput, OutputExists, UserError  # noqa: E402
 from utils.image_check import bad_images_error, find_bad_images  # noqa: E402
 from utils.utils import make_run_dir, set_seed, write_json  # noqa: E402
@@ -275,7 +276,7 @@ def parse_args(argv=None):
     common.add_argument("--model-path", default=None,
                         help="pretrained weights: encoder.weights.h5, a Siamese/U-Net "
                              "checkpoint or a legacy .h5, loaded by layer name")
-    common.add_argument("--backbone", choices=("resnet50", "vgg"), default="resnet50",
+    common.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet50",
                         help="(original: resnet50)")
     common.add_argument("--out-dir", default=None,
                         help="output folder (default: a new <logs-dir>/visualize_<time>)")

@@ -26,13 +26,13 @@ MODES = ("frozen", "decoder", "unfrozen")
 def time_mode(args, mode, mixed):
     import keras
 
-    from nets.unet import Unet, get_encoder, unet_decoder
+    from nets.unet import build_unet, get_encoder, unet_decoder
     from nets.unet_training import get_loss
     from utils.utils import set_mixed_precision, set_seed
 
     set_seed(args.seed)
     policy = set_mixed_precision(mixed)
-    unet = Unet((*args.input_shape, 3), 5, "resnet50")
+    unet = build_unet((*args.input_shape, 3), 5, "resnet50")
     encoder = get_encoder(unet)
     encoder.trainable = mode == "unfrozen"
     rng = np.random.default_rng(args.seed)

@@ -28,6 +28,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.utils import NAME_CLASSES  # noqa: E402
+from utils.utils_metrics import (fast_hist, per_Accuracy, per_class_iu,  # noqa: E402
+                                 per_class_PA_Recall)
+from utils.voc import image_path, label_path, read_split  # noqa: E402
 
 
 def colour_features(rgb):
@@ -39,24 +42,22 @@ def colour_features(rgb):
     return feats.reshape(rgb.shape[:-1] + (7,))
 
 
-def read_split(voc, split):
-    """Photos (RGB uint8) and masks (class index) of one split of a VOC2007 folder."""
-    ids = (voc / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
-    if not ids:
-        raise ValueError(f"{voc}: the {split} split is empty")
-    for i in ids:
-        with Image.open(voc / "JPEGImages" / f"{i}.jpg") as im:
+def read_pairs(voc, split):
+    """Photos (RGB uint8) and masks (class index) of one split of a VOC folder."""
+    for i in read_split(voc, split):
+        with Image.open(image_path(voc, i)) as im:
             rgb = np.asarray(im.convert("RGB"))
-        with Image.open(voc / "SegmentationClass" / f"{i}.png") as m:
+        with Image.open(label_path(voc, i)) as m:
             mask = np.asarray(m)
         if mask.shape != rgb.shape[:2]:
-            raise ValueError(f"{voc}: {i}: mask {mask.shape} and photo {rgb.shape[:2]} differ")
+            raise ValueError(f"{label_path(voc, i)}: mask {mask.shape} and photo "
+                             f"{rgb.shape[:2]} differ")
         yield i, rgb, mask
 
 
 def sample_pixels(voc, split, per_image, rng, n_classes):
     xs, ys = [], []
-    for _, rgb, mask in read_split(voc, split):
+    for _, rgb, mask in read_pairs(voc, split):
         flat = mask.reshape(-1)
         idx = rng.choice(flat.size, size=min(per_image, flat.size), replace=False)
         keep = flat[idx] < n_classes
@@ -87,24 +88,12 @@ def make_model(name, seed, balanced=False):
     raise ValueError(f"unknown model {name!r}")
 
 
-def scores(hist):
-    """Per-class IoU, recall (PA), precision from a confusion matrix (rows = truth)."""
-    tp = np.diag(hist).astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = tp / (hist.sum(0) + hist.sum(1) - tp)
-        recall = tp / hist.sum(1)
-        precision = tp / hist.sum(0)
-    return iou, recall, precision
-
-
 def evaluate(model, voc, split, stride, n_classes):
     hist = np.zeros((n_classes, n_classes), np.int64)
-    for _, rgb, mask in read_split(voc, split):
+    for _, rgb, mask in read_pairs(voc, split):
         rgb, mask = rgb[::stride, ::stride], mask[::stride, ::stride].reshape(-1)
         pred = model.predict(colour_features(rgb.reshape(-1, 3)))
-        ok = mask < n_classes
-        hist += np.bincount(n_classes * mask[ok].astype(np.int64) + pred[ok],
-                            minlength=n_classes ** 2).reshape(n_classes, n_classes)
+        hist += fast_hist(mask, pred, n_classes)
     return hist
 
 
@@ -145,20 +134,18 @@ def main(argv=None):
             voc = Path(args.voc)
         else:
             raise ValueError("give --voc <VOCdevkit folder> or --generate")
-        if (voc / "VOC2007").is_dir():
-            voc = voc / "VOC2007"
         n = len(NAME_CLASSES)
         rng = np.random.default_rng(args.seed)
         x, y = sample_pixels(voc, "train", args.pixels_per_image, rng, n)
         model = make_model(args.model, args.seed, args.balanced).fit(x, y)
         hist = evaluate(model, voc, "test", args.stride, n)
-    iou, recall, precision = scores(hist)
+    iou, recall = per_class_iu(hist), per_class_PA_Recall(hist)
     result = {
         "model": args.model + (" balanced" if args.balanced else ""), "train_pixels": int(len(y)),
         "iou": {c: float(v) for c, v in zip(NAME_CLASSES, iou)},
         "recall": {c: float(v) for c, v in zip(NAME_CLASSES, recall)},
         "mIoU": float(np.nanmean(iou)), "mPA": float(np.nanmean(recall)),
-        "accuracy": float(np.diag(hist).sum() / hist.sum()),
+        "accuracy": float(per_Accuracy(hist)),
         "test_share": {c: float(v) for c, v in zip(NAME_CLASSES, hist.sum(1) / hist.sum())},
         "seconds": round(time.perf_counter() - t0, 1),
     }

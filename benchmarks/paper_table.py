@@ -25,33 +25,29 @@ if __package__ in (None, ""):
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import run_pipeline as pipeline  # noqa: E402
-from benchmarks.published import PUBLISHED, markdown_table  # noqa: E402
-from utils.utils import make_run_dir, set_seed, write_json  # noqa: E402
+from pipeline.pretrainers import PAIR_PRETRAINERS, PRETRAINERS  # noqa: E402
+from pipeline.profiles import PROFILES, to_argv  # noqa: E402
+from pipeline.published import PUBLISHED, markdown_table, row_label  # noqa: E402
+from pipeline.steps import (join_argv, make_data, make_pairs, open_run, pretrain_encoder,  # noqa: E402
+                            select_images, unet_argv)
+from utils.utils import set_seed, write_json  # noqa: E402
 
-ROWS = ("random", "scratch", "simclr", "moco", "simsiam", "supervised", "pde_class",
-        "pde_grading", "imagenet")
-SSL_ROWS = ("simclr", "moco", "simsiam")
-
-# Pretraining options of the single-image methods per profile (PDE uses the
-# pipeline's profile); the rest of each script's options keep the original values.
-SSL_ARGS = {
-    "tiny": "--input-shape 64 64 --batch-size 4 --epochs 1 --steps-per-epoch 2 --pool gap",
-    # The PDE demo's input, batch, steps, learning rate and precise BN.
-    "demo": "--input-shape 32 64 --batch-size 32 --epochs 3 --steps-per-epoch 100 --pool gap "
-            "--learning-rate 1e-3 --precise-bn 20",
-    "paper": "",
-}
+# Rows without pretraining; every other row is a PRETRAINERS entry.
+BASE_ROWS = ("random", "scratch", "imagenet")
+ROWS = (*BASE_ROWS, *PRETRAINERS)
+# The rows run by default: the published table's, in its order.
+DEFAULT_ROWS = ("random", "scratch", "simclr", "moco", "simsiam", "supervised", "pde_class",
+                "pde_grading", "imagenet")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--profile", choices=sorted(pipeline.PROFILES), default="demo",
-                   help="sizes and epochs, as run_pipeline.py (default demo)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="demo",
+                   help="sizes and epochs, as run_pipeline.py (pipeline/profiles.py; default demo)")
     p.add_argument("--rows", default=None,
-                   help=f"comma-separated rows from {','.join(ROWS)} (default: all; "
-                        f"imagenet only with --imagenet-weights)")
+                   help=f"comma-separated rows from {','.join(ROWS)} (default: "
+                        f"{','.join(DEFAULT_ROWS)}, imagenet only with --imagenet-weights)")
     p.add_argument("--seeds", type=int, default=1,
                    help="repeat every row with this many seeds and report mean ± std (default 1)")
     p.add_argument("--imagenet-weights",
@@ -68,7 +64,7 @@ def parse_args(argv=None):
                    help="extra train.py options for every row")
     args = p.parse_args(argv)
     if args.rows is None:
-        rows = [r for r in ROWS if r != "imagenet" or args.imagenet_weights]
+        rows = [r for r in DEFAULT_ROWS if r != "imagenet" or args.imagenet_weights]
     else:
         rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in rows if r not in ROWS]
@@ -83,53 +79,27 @@ def parse_args(argv=None):
     return args
 
 
-def _pipeline_args(args, seed):
-    """The run_pipeline options the shared data steps read."""
-    return pipeline.parse_args(
-        ["--profile", args.profile, "--seed", str(seed), "--logs-dir", args.logs_dir]
-        + (["--archive", args.archive, "--phenology", args.phenology] if args.archive else [])
-        + (["--voc", args.voc] if args.voc else [])
-        + (["--data-dir", args.data_dir] if args.data_dir else []))
-
-
 def pretrain(row, args, run, seed):
     """Return the encoder file a row starts from (None: random initialisation)."""
-    profile = pipeline.PROFILES[args.profile]
-    out = run.result("select")["out_dir"]
-    common = ["--logs-dir", str(run.dir), "--seed", str(seed)]
     if row in ("random", "scratch"):
         return None
     if row == "imagenet":
         return args.imagenet_weights
-    if row in ("pde_class", "pde_grading"):
-        p_args = _pipeline_args(args, seed)
-        p_args.method = "class" if row == "pde_class" else "grading"
-        return pipeline.step_pretrain(p_args, run, profile)["encoder_path"]
-    if row in SSL_ROWS:
-        from other_ssl import train_ssl
-
-        result = train_ssl.main(pipeline._argv(["--method", row, "--image-dir", out],
-                                               common, SSL_ARGS[args.profile]))
-    else:  # supervised phenological classification
-        from other_ssl import train_supervised
-
-        result = train_supervised.main(pipeline._argv(["--image-dir", out], common,
-                                                      SSL_ARGS[args.profile]))
-    return str(result["encoder_path"])
+    return str(pretrain_encoder(row, run, PROFILES[args.profile], seed)["encoder_path"])
 
 
 def downstream(row, encoder, args, run, seed):
     """Frozen-only and fine-tuned U-Nets from one encoder; their test metrics."""
     import train
 
-    profile = pipeline.PROFILES[args.profile]
+    profile = PROFILES[args.profile]
     data = run.result("orchard")
-    freeze, total = profile["unet_epochs"]
-    extra = pipeline._argv(profile["unet"], args.unet_args)
+    freeze, total = profile.unet_epochs
+    extra = join_argv(to_argv(profile.unet), args.unet_args)
 
     def argv(frozen_only, frozen_run=None):
-        return pipeline.unet_argv(data["voc"], run.dir, seed, freeze, total, encoder,
-                                  frozen_only, extra, frozen_run=frozen_run)
+        return unet_argv(data["voc"], run.dir, seed, freeze, total, encoder,
+                         frozen_only, extra, frozen_run=frozen_run)
 
     if row == "scratch":
         tuned = train.main(argv(False) + ["--from-scratch"])["test_metrics"]
@@ -169,7 +139,8 @@ def _cell(stat):
 def render(summary, data_label):
     lines, csv_rows = [], []
     for row, stats in summary.items():
-        label, pub_data, *pub = PUBLISHED[row]
+        label = row_label(row)
+        pub_data, *pub = PUBLISHED[row][1:] if row in PUBLISHED else ("—",) + (None,) * 4
         cells = [_cell(stats[k]) for k in ("frozen mIoU", "frozen mPA", "tuned mIoU", "tuned mPA")]
         lines.append((f"{label}, this run", data_label.get(row, "—"), *cells))
         lines.append((f"{label}, published", pub_data, *pub))
@@ -181,19 +152,16 @@ def render(summary, data_label):
 def main(argv=None):
     args = parse_args(argv)
     set_seed(args.seed)
-    if args.resume:
-        run = pipeline.Run(args.resume)
-        if not run.dir.is_dir():
-            raise SystemExit(f"--resume: {run.dir} is not a run folder")
-    else:
-        run = pipeline.Run(make_run_dir(f"paper_table_{args.profile}", args, root=args.logs_dir))
-    print(f"Run folder: {run.dir}")
-    p_args = _pipeline_args(args, args.seed)
-    profile = pipeline.PROFILES[args.profile]
-    for step in ("orchard", "select", "pairs"):
+    run = open_run(args.resume, f"paper_table_{args.profile}", args, args.logs_dir)
+    profile = PROFILES[args.profile]
+    data_steps = {"orchard": lambda: make_data(args.profile, profile, args.seed, args.archive,
+                                               args.phenology, args.voc, args.data_dir),
+                  "select": lambda: select_images(run, args.seed),
+                  "pairs": lambda: make_pairs(run, profile, args.seed)}
+    for step, make in data_steps.items():
         if not run.done(step):
             start = time.time()
-            run.finish(step, pipeline.STEP_FUNCS[step](p_args, run, profile), time.time() - start)
+            run.finish(step, make(), time.time() - start)
     rows_path = run.dir / "rows.json"
     done = json.loads(rows_path.read_text()) if rows_path.exists() else {}
     seeds = [args.seed + k for k in range(args.seeds)]
@@ -218,8 +186,7 @@ def main(argv=None):
     pde_data = f"{n_pairs:,} pairs from {n_images:,} images" if n_images else "pairs"
     img_data = f"{n_images:,} stage images" if n_images else "stage images"
     data_label = {"random": "none", "scratch": "none", "imagenet": "ImageNet weights file",
-                  "pde_class": pde_data, "pde_grading": pde_data,
-                  **{r: img_data for r in (*SSL_ROWS, "supervised")}}
+                  **{r: pde_data if r in PAIR_PRETRAINERS else img_data for r in PRETRAINERS}}
     summary = summarise({r: done[r] for r in args.rows if r in done}, seeds)
     table, csv_rows = render(summary, data_label)
     (run.dir / "table.md").write_text(table + "\n")

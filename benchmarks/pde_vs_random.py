@@ -71,14 +71,9 @@ def _knn(encoder_path, image_dir, input_size, seed, out_dir):
 
 
 def _unet_input(profile):
-    import run_pipeline
+    from pipeline.profiles import PROFILES
 
-    unet = run_pipeline.PROFILES[profile]["unet"]
-    words = shlex.split(unet) if isinstance(unet, str) else list(unet)
-    if "--input-shape" in words:
-        i = words.index("--input-shape")
-        return int(words[i + 1]), int(words[i + 2])
-    return 576, 1024
+    return tuple(PROFILES[profile].unet.get("input_shape", (576, 1024)))
 
 
 def run_seed(args, seed, out_dir):

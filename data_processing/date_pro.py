@@ -352,7 +352,6 @@ def parse_args(argv=None):
                         help="preset points (original: 1 2 3 4 5)")
     parser.add_argument("--times", nargs="+", default=list(DEFAULT_TIMES),
                         help="times of day (original: 09 12 15)")
-    parser.add_argument("--seed", type=int, default=0, help="unused (nothing random); accepted for uniformity")
     return parser.parse_args(argv)
 
 

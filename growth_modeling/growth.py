@@ -129,7 +129,7 @@ def red_fruit_fraction(rgb, fruit):
 
 def overlay(rgb, class_map, mask=None, alpha=0.7):
     """The original's picture: class colours blended 70 % over the photo, plant only."""
-    from unet import class_colors
+    from utils.utils import class_colors
 
     palette = np.array(class_colors(int(class_map.max()) + 1), np.uint8)
     blend = (1 - alpha) * rgb.astype(np.float32) + alpha * palette[class_map].astype(np.float32)

@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 
 from growth_modeling import growth  # noqa: E402
 from growth_modeling.smoothing import OBSERVATION_COVARIANCE, TRANSITION_COVARIANCE  # noqa: E402
+from nets.encoders import BACKBONES  # noqa: E402
 from utils.errors import MissingInput, OutputExists, UserError  # noqa: E402
 from utils.image_check import bad_images_error, find_bad_images  # noqa: E402
 from utils.utils import NAME_CLASSES, make_run_dir, write_json  # noqa: E402
@@ -35,12 +36,12 @@ OUTPUTS = ("args.json", "shares.csv", "shares_smoothed.csv", "red_fruit.csv", "g
 
 def unet_segmenter(model_path=None, num_classes=5, backbone="resnet50", input_shape=(576, 1024),
                    batch_size=8, model=None):
-    """The real ``segment`` callable: the project's ``unet.Unet`` predictor, built once.
+    """The real ``segment`` callable: the ``Unet`` predictor (``utils.predictor``), built once.
 
     Returns a function from a list of PIL images to a list of HxW uint8 class maps at
-    the photos' own size. TensorFlow is imported only here.
+    the photos' own size.
     """
-    from unet import Unet
+    from utils.predictor import Unet
 
     kwargs = dict(num_classes=num_classes, backbone=backbone, input_shape=tuple(input_shape))
     if model is not None:
@@ -67,7 +68,7 @@ def parse_args(argv=None):
     p.add_argument("--model-path", help="trained U-Net (.keras or .h5); required unless the "
                                         "caller passes a segment function")
     p.add_argument("--num-classes", type=int, default=5, help="classes of the U-Net (original: 5)")
-    p.add_argument("--backbone", default="resnet50", choices=("resnet50", "vgg"),
+    p.add_argument("--backbone", default="resnet50", choices=sorted(BACKBONES),
                    help="U-Net encoder when --model-path holds weights only (original: resnet50)")
     p.add_argument("--input-shape", type=int, nargs=2, default=[576, 1024], metavar=("H", "W"),
                    help="U-Net input size (original: 576 1024)")

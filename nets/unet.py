@@ -16,8 +16,12 @@ def _conv(filters):
                          kernel_initializer=initializers.RandomNormal(stddev=0.02))
 
 
-def Unet(input_shape=(576, 1024, 3), num_classes=5, backbone="resnet50"):
-    """Build the segmentation model; output (H, W, num_classes) softmax."""
+def build_unet(input_shape=(576, 1024, 3), num_classes=5, backbone="resnet50"):
+    """Build the segmentation model; output (H, W, num_classes) softmax.
+
+    The original named this builder ``Unet``, like the predictor class in ``unet.py``;
+    here ``Unet`` is only the predictor.
+    """
     check_input_shape(input_shape, backbone)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     encoder = build_encoder(input_shape, backbone)
@@ -46,7 +50,7 @@ def unet_decoder(features, num_classes=5, backbone="resnet50"):
 
 
 def get_encoder(model):
-    """The encoder sub-model of a U-Net built by :func:`Unet`."""
+    """The encoder sub-model of a U-Net built by :func:`build_unet`."""
     for layer in model.layers:
         if isinstance(layer, keras.Model):
             return layer

@@ -47,14 +47,22 @@ def _focal(y_true, y_pred, weights, alpha, gamma):
     return ops.mean(-ops.power(1.0 - pt, gamma) * logpt)
 
 
-def _dice(y_true, y_pred, beta, smooth):
-    # Per-class F-beta over the whole batch, then averaged over classes.
+def f_beta(y_true, y_pred, beta=1, smooth=1e-5):
+    """Per-class F-beta over the whole batch: (B, H, W, C), (B, H, W, C) -> (C,).
+
+    The Dice loss uses it on probabilities, ``utils.utils_metrics.f_score`` on the
+    thresholded prediction.
+    """
     tp = ops.sum(y_true * y_pred, axis=(0, 1, 2))
     fp = ops.sum(y_pred, axis=(0, 1, 2)) - tp
     fn = ops.sum(y_true, axis=(0, 1, 2)) - tp
     b2 = beta ** 2
-    score = ((1 + b2) * tp + smooth) / ((1 + b2) * tp + b2 * fn + fp + smooth)
-    return 1.0 - ops.mean(score)
+    return ((1 + b2) * tp + smooth) / ((1 + b2) * tp + b2 * fn + fp + smooth)
+
+
+def _dice(y_true, y_pred, beta, smooth):
+    # Per-class F-beta, then averaged over classes.
+    return 1.0 - ops.mean(f_beta(y_true, y_pred, beta, smooth))
 
 
 def CE(cls_weights):

@@ -17,7 +17,7 @@ import keras  # noqa: E402
 from keras import layers  # noqa: E402
 
 from nets.encoders import build_encoder, check_input_shape  # noqa: E402
-from pde_self_supervised.layers import DISTANCES  # noqa: E402
+from nets.distances import DISTANCES  # noqa: E402
 
 POOLS = ("flatten", "gap")
 # Names the original's unnamed head layers got in a fresh Keras session, so a

@@ -18,7 +18,7 @@ from keras import layers  # noqa: E402
 
 from nets.encoders import weighted_layers  # noqa: E402
 from pde_self_supervised.con_resnet import build_towers  # noqa: E402
-from pde_self_supervised.layers import SquaredDifference  # noqa: E402
+from nets.distances import SquaredDifference  # noqa: E402
 
 NUM_PAIR_CLASSES = 4
 

@@ -2,7 +2,7 @@
 import pytest
 
 from nets.encoders import build_encoder, check_input_shape, weighted_layers
-from nets.unet import Unet, get_encoder
+from nets.unet import build_unet, get_encoder
 
 BLOCKS = {2: 3, 3: 4, 4: 6, 5: 3}
 
@@ -29,7 +29,7 @@ def expected_resnet50_names(suffix=""):
 
 @pytest.fixture(scope="module")
 def unet_resnet():
-    return Unet((576, 1024, 3), 5, "resnet50")
+    return build_unet((576, 1024, 3), 5, "resnet50")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def tower2():
 
 @pytest.fixture(scope="module")
 def unet_vgg():
-    return Unet((576, 1024, 3), 5, "vgg")
+    return build_unet((576, 1024, 3), 5, "vgg")
 
 
 def test_expected_list_itself():
@@ -96,6 +96,6 @@ def test_check_input_shape():
     with pytest.raises(ValueError, match="not divisible by 32"):
         check_input_shape((100, 64, 3), "resnet50")
     with pytest.raises(ValueError, match="not divisible by 16"):
-        Unet((40, 64, 3), 5, "vgg")
+        build_unet((40, 64, 3), 5, "vgg")
     with pytest.raises(ValueError, match="Unsupported backbone"):
         build_encoder((64, 64, 3), "resnet18")

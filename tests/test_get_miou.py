@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 
 import get_miou
-from get_miou import (compute_mIoU, evaluate_split, fast_hist, per_Accuracy, per_class_iu,
-                      per_class_PA_Recall, per_class_Precision, show_results)
+from get_miou import evaluate_split
+from utils.utils_metrics import (compute_mIoU, fast_hist, per_Accuracy, per_class_iu,
+                                 per_class_PA_Recall, per_class_Precision, show_results)
 
 # Label and prediction, 3 classes. By hand (rows = label, columns = prediction):
 #   label 0 (2 px) -> predicted 0, 1        row [1, 1, 0]
@@ -185,3 +186,43 @@ def test_bad_splits_name_the_file(voc, model_file, tmp_path):
         (bad / "VOC2007/SegmentationClass/i0.png").read_bytes())
     with pytest.raises(FileNotFoundError, match=r"JPEGImages.nope\.jpg"):
         evaluate_split(model_file[0], bad, "gone", out_dir=tmp_path / "o4")
+
+
+def test_absent_class_scores_zero_and_counts_in_the_mean():
+    # Class 2 is neither labelled nor predicted: 0 (the original's clamped denominator),
+    # and the NaN-aware mean still averages over all three classes.
+    hist = fast_hist(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 3)
+    np.testing.assert_allclose(per_class_iu(hist), [0.5, 2 / 3, 0.0])
+    np.testing.assert_allclose(per_class_PA_Recall(hist), [0.5, 1.0, 0.0])
+    np.testing.assert_allclose(per_class_Precision(hist), [1.0, 2 / 3, 0.0])
+    assert np.nanmean(per_class_iu(hist)) == pytest.approx((0.5 + 2 / 3) / 3)
+
+
+def test_training_val_miou_equals_get_miou_on_a_fixed_batch(model_file, tmp_path):
+    """The val_mIoU that picks best_epoch.keras is get_miou's mIoU on the same images."""
+    from utils.callbacks import MIoUCallback
+    from utils.dataloader import build_dataset
+
+    rng = np.random.default_rng(5)
+    base = tmp_path / "VOCdevkit/VOC2007"
+    (base / "JPEGImages").mkdir(parents=True)
+    (base / "ImageSets/Segmentation").mkdir(parents=True)
+    masks = {}
+    for k in range(3):       # network-sized photos: no resizing on either path
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), np.uint8)).save(base / f"JPEGImages/v{k}.jpg")
+        masks[f"v{k}"] = rng.integers(0, 4, (64, 64))        # class 4 never labelled
+    masks["v0"][:4] = 255                                     # VOC border: ignored
+    _write_masks(base / "SegmentationClass", masks)
+    (base / "ImageSets/Segmentation/test.txt").write_text("v0\nv1\nv2\n")
+    model, _ = model_file
+
+    with pytest.warns(UserWarning, match="ignored by the loss"):
+        dataset = build_dataset(tmp_path / "VOCdevkit", "test", (64, 64), 2, 5, train=False)
+    callback = MIoUCallback(dataset, 5, verbose=0)
+    callback.set_model(model)
+    logs = {}
+    callback.on_epoch_end(0, logs)
+    # get_miou accepts the VOC2007 folder as well as the VOCdevkit.
+    result = evaluate_split(model, base, "test", out_dir=tmp_path / "ev", batch_size=2)
+    assert logs["val_mIoU"] == pytest.approx(result["mIoU"], abs=1e-12)
+    assert 0 < result["mIoU"] < 1

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from nets.unet import Unet, get_encoder
+from nets.unet import build_unet, get_encoder
 from other_ssl import augment
 from other_ssl.base import CollapseMonitor, MomentumSSLMethod, check_embedding
 from other_ssl.dataset import list_images, make_image_dataset, stage_labels
@@ -70,7 +70,7 @@ def stage_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def unet_encoder():
-    return get_encoder(Unet((32, 32, 3), 5))
+    return get_encoder(build_unet((32, 32, 3), 5))
 
 
 def assert_loads_whole(encoder, path):

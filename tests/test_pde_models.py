@@ -7,7 +7,7 @@ import pytest
 
 from nets.encoders import weighted_layers
 from pde_self_supervised import con_resnet, con_resnet_class
-from pde_self_supervised.layers import CosineDistance, EuclideanDistance, SquaredDifference
+from nets.distances import CosineDistance, EuclideanDistance, SquaredDifference
 from pde_self_supervised.losses import ContrastiveLoss, contrastive_loss
 
 ENCODER_PARAMS = 23_587_712  # ResNet50 without top, any input size

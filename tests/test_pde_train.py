@@ -118,7 +118,7 @@ def test_precise_bn_makes_inference_match_training(trained):
 
 def test_saved_encoder_reloads_with_identical_outputs_and_into_a_unet(trained):
     from nets.encoders import build_encoder, weighted_layers
-    from nets.unet import Unet, get_encoder
+    from nets.unet import build_unet, get_encoder
     from utils.weights import load_weights_by_name
 
     result, _, _ = trained
@@ -128,7 +128,7 @@ def test_saved_encoder_reloads_with_identical_outputs_and_into_a_unet(trained):
     x = np.random.default_rng(1).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
     for a, b in zip(encoder(x, training=False), tower(x, training=False)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
-    unet = Unet((32, 32, 3), 5, "resnet50")
+    unet = build_unet((32, 32, 3), 5, "resnet50")
     report = load_weights_by_name(unet, result["encoder_path"])
     encoder_layers = [layer.name for layer in weighted_layers(get_encoder(unet))]
     assert len(encoder_layers) == 106 and report.loaded == encoder_layers

@@ -13,6 +13,7 @@ import pytest
 
 import run_pipeline
 from benchmarks import paper_table
+from pipeline.steps import Run
 
 pytestmark = pytest.mark.xdist_group("pipeline")
 
@@ -45,7 +46,7 @@ def test_every_step_leaves_its_artifacts(tiny_run):
         assert (Path(unet["run_dir"]) / "miou_test" / "metrics.json").is_file()
         assert 0.0 <= unet["test_metrics"]["mIoU"] <= 1.0
     # Only the U-Net the predictions used is kept; the encoder file stays.
-    kept = run_pipeline.kept_unet(run_pipeline.Run(run))
+    kept = run_pipeline.kept_unet(Run(run))
     assert [str(p) for p in run.rglob("*.keras")] == [kept]
     random_args = json.loads((Path(steps["random_frozen"]["result"]["run_dir"]) / "args.json")
                              .read_text())
@@ -56,7 +57,7 @@ def test_every_step_leaves_its_artifacts(tiny_run):
                             .read_text())
     assert Path(tuned_args["init_model"]).parent == frozen_dir
     assert tuned_args["init_epoch"] == 1 and not tuned_args["model_path"]
-    assert len(list((run / "predictions").glob("*"))) == run_pipeline.PROFILES["tiny"]["predict_images"]
+    assert len(list((run / "predictions").glob("*"))) == run_pipeline.PROFILES["tiny"].predict_images
     growth = steps["growth"]["result"]
     assert Path(growth["shares_csv"]).is_file() and all(Path(p).is_file() for p in growth["plots"])
     record = (run / "results.md").read_text()
@@ -143,7 +144,7 @@ def test_paper_table_refuses_unknown_rows_and_missing_imagenet_file(tmp_path):
 
 def _fake_run(tmp_path):
     """A run record with both rows finished, and the files the U-Net steps leave."""
-    run = run_pipeline.Run(tmp_path)
+    run = Run(tmp_path)
     metrics = {"mIoU": 0.5, "mPA": 0.6, "IoU": [0.9, 0.1, 0.7, 0.3, 0.5]}
     run.record["pairs"] = {"result": {"counts": {"0": 10, "1": 10}, "n_images": 8}}
     run.record["pretrain"] = {"result": {"test_metrics": {"acc": 0.66}}}

@@ -10,9 +10,10 @@ from PIL import Image
 
 import train
 from nets.encoders import build_encoder, weighted_layers
-from nets.unet import Unet, get_encoder
-from utils.callbacks import MIoUCallback, ResumableEarlyStopping, _confusion, miou_from_confusion
+from nets.unet import build_unet, get_encoder
+from utils.callbacks import MIoUCallback, ResumableEarlyStopping
 from utils.utils import set_seed
+from utils.utils_metrics import fast_hist, per_class_iu
 from utils.weights import save_encoder, save_weights_by_name
 
 SEED = 3
@@ -123,9 +124,9 @@ def test_frozen_phase_keeps_encoder_and_trains_decoder(run):
 
     # main() seeds, then builds: the same seed rebuilds its initial decoder exactly.
     set_seed(SEED)
-    initial = _decoder_kernels(Unet((64, 64, 3), 5, "vgg"))
+    initial = _decoder_kernels(build_unet((64, 64, 3), 5, "vgg"))
     set_seed(SEED)
-    again = _decoder_kernels(Unet((64, 64, 3), 5, "vgg"))
+    again = _decoder_kernels(build_unet((64, 64, 3), 5, "vgg"))
     assert all(np.array_equal(a, b) for a, b in zip(initial, again))
     trained = _decoder_kernels(after_frozen)
     assert [a.shape for a in trained] == [a.shape for a in initial]
@@ -151,7 +152,7 @@ def test_resume_continues_from_the_logged_epoch(run, capsys):
 
 
 def test_whole_checkpoint_loads_into_encoder_and_unrelated_file_raises(run, tmp_path, capsys):
-    model = Unet((64, 64, 3), 5, "vgg")
+    model = build_unet((64, 64, 3), 5, "vgg")
     report = train.load_pretrained(model, run["result"]["run_dir"] / "last_epoch.keras")
     assert len(report.loaded) == 13 and not report.missing and not report.mismatched
     assert "13/13 layers matched" in capsys.readouterr().out
@@ -166,7 +167,7 @@ def test_resnet50_encoder_file_transfers_every_layer(tmp_path, capsys):
     source = build_encoder((64, 64, 3), "resnet50")
     path = save_encoder(source, tmp_path / "encoder.weights.h5")
     legacy = save_weights_by_name(source, tmp_path / "resnet50_notop_style.h5")
-    model = Unet((64, 64, 3), 5, "resnet50")
+    model = build_unet((64, 64, 3), 5, "resnet50")
     for file in (path, legacy):
         report = train.load_pretrained(model, file)
         assert len(report.loaded) == 106 == report.total
@@ -254,11 +255,9 @@ def test_train_split_smaller_than_batch_fails_before_any_run_folder(tmp_path):
 def test_miou_callback_confusion_and_ignore():
     labels = np.array([0, 0, 1, 1, 2, 3])      # 3 = ignore for 3 classes
     preds = np.array([0, 1, 1, 1, 0, 2])
-    hist = _confusion(labels, preds, 3)
+    hist = fast_hist(labels, preds, 3)
     np.testing.assert_array_equal(hist, [[1, 1, 0], [0, 2, 0], [1, 0, 0]])
-    iou, miou = miou_from_confusion(hist)
-    np.testing.assert_allclose(iou, [1 / 3, 2 / 3, 0])
-    assert miou == pytest.approx(1 / 3)
+    np.testing.assert_allclose(per_class_iu(hist), [1 / 3, 2 / 3, 0])
 
     # Through the callback: the "model" passes probabilities through unchanged.
     probs = np.eye(3, dtype=np.float32)[preds].reshape(1, 2, 3, 3)

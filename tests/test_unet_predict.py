@@ -12,7 +12,7 @@ def unet_files(tmp_path_factory):
     """An untrained VGG U-Net at 64x64, saved whole and as an encoder file."""
     import keras
 
-    from nets.unet import Unet as build_unet, get_encoder
+    from nets.unet import build_unet, get_encoder
     from utils.weights import save_encoder
 
     keras.utils.set_random_seed(3)

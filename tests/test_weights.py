@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nets.encoders import build_encoder, weighted_layers
-from nets.unet import Unet, get_encoder
+from nets.unet import build_unet, get_encoder
 from utils.weights import load_weights_by_name, save_encoder, save_weights_by_name
 
 SHAPE = (32, 32, 3)
@@ -64,7 +64,7 @@ def test_save_encoder_round_trip(source, target, encoder_file):
 
 def test_save_encoder_into_unet(source, encoder_file):
     encoder, x, want = source
-    unet = Unet(SHAPE, 5, "resnet50")
+    unet = build_unet(SHAPE, 5, "resnet50")
     report = load_weights_by_name(unet, encoder_file, verbose=False)
     assert len(report.loaded) == 106
     # The decoder's layers are reported as not in the file, never silently.

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from utils.run import Run, logged
+from utils.utils_metrics import fast_hist, per_class_iu
 
 
 def _get_lr(optimizer):
@@ -47,25 +48,14 @@ class ExponentDecayScheduler(keras.callbacks.Callback):
             logs["learning_rate"] = _get_lr(self.model.optimizer)
 
 
-def _confusion(labels, preds, n):
-    # Rows: true class, columns: predicted class; labels outside 0..n-1 are ignored.
-    keep = (labels >= 0) & (labels < n)
-    return np.bincount(n * labels[keep].astype(np.int64) + preds[keep],
-                       minlength=n * n).reshape(n, n)
-
-
-def miou_from_confusion(hist):
-    """Per-class IoU and its NaN-aware mean, as the original ``per_class_iu``."""
-    diag = np.diag(hist)
-    iou = diag / np.maximum(hist.sum(0) + hist.sum(1) - diag, 1)
-    return iou, float(np.nanmean(iou))
 
 
 class MIoUCallback(keras.callbacks.Callback):
     """Mean IoU on a validation dataset after every epoch, logged as ``val_mIoU``.
 
     ``dataset`` yields ``(images, one-hot targets)`` with the extra ignore channel, as
-    :func:`utils.dataloader.build_dataset`; ignored pixels are left out. Put this
+    :func:`utils.dataloader.build_dataset`; ignored pixels are left out, and the IoU rule
+    is ``get_miou``'s (:mod:`utils.utils_metrics`). Put this
     callback before checkpoints and loggers so they see the value.
     """
 
@@ -88,8 +78,9 @@ class MIoUCallback(keras.callbacks.Callback):
             probs = self.model(images, training=False)
             preds = np.argmax(keras.ops.convert_to_numpy(probs), axis=-1).reshape(-1)
             labels = np.argmax(np.asarray(targets), axis=-1).reshape(-1)
-            hist += _confusion(labels, preds, n)
-        return miou_from_confusion(hist)
+            hist += fast_hist(labels, preds, n)
+        iou = per_class_iu(hist)
+        return iou, float(np.nanmean(iou))
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.period and epoch + 1 != self.last_epoch:

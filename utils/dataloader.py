@@ -1,10 +1,6 @@
 """U-Net input pipeline: a ``tf.data.Dataset`` over a VOCdevkit split.
 
-Layout (as the original)::
-
-    <voc>/VOC2007/JPEGImages/<id>.jpg
-    <voc>/VOC2007/SegmentationClass/<id>.png     pixel value = class index
-    <voc>/VOC2007/ImageSets/Segmentation/<split>.txt
+The folder (the VOCdevkit or its VOC2007) is read by :mod:`utils.voc`.
 
 Each element is ``(image, target)``: ``image`` float32 (H, W, 3) scaled to 0..1, and
 ``target`` float32 one-hot (H, W, num_classes + 1) whose last channel marks pixels to
@@ -13,43 +9,18 @@ ignore (mask values >= num_classes). Files are decoded and augmented with PIL/Op
 parallel ``map``; one-hot encoding, batching and prefetching run in the graph.
 """
 import warnings
-from pathlib import Path
 
 import cv2
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from utils.errors import BAD_RECORD_MARK, MissingInput, UserError
-from utils.image_check import bad_images_error, find_bad_images
+from utils.errors import BAD_RECORD_MARK, UserError
 from utils.utils import cvtColor, preprocess_input, resize_image
+from utils.voc import (SKIP_HINT, check_files, check_images, image_path, label_path,  # noqa: F401
+                       read_split, split_path)
 
 MASK_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")
-
-
-def voc_dirs(voc_path):
-    """``(JPEGImages, SegmentationClass, ImageSets/Segmentation)`` folders of a VOCdevkit."""
-    root = Path(voc_path) / "VOC2007"
-    return root / "JPEGImages", root / "SegmentationClass", root / "ImageSets" / "Segmentation"
-
-
-def split_path(voc_path, split):
-    return voc_dirs(voc_path)[2] / f"{split}.txt"
-
-
-def read_split(voc_path, split):
-    """Image ids listed in ``<split>.txt`` (first word of each non-blank line)."""
-    path = split_path(voc_path, split)
-    if not path.is_file():
-        raise MissingInput(path, "split list not found", f"give the VOCdevkit folder that "
-                           f"holds VOC2007/ImageSets/Segmentation/{split}.txt")
-    names = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
-    if not names:
-        raise UserError(path, "the split list is empty", "list one image id per line")
-    return names
-
-
-SKIP_HINT = "replace or delete it (and its line in the split list), or pass --skip-bad-images"
 
 
 def check_split(voc_path, split, num_classes, check_values=True, skip_bad=False):
@@ -63,29 +34,11 @@ def check_split(voc_path, split, num_classes, check_values=True, skip_bad=False)
     one warning. Returns the ids.
     """
     names = read_split(voc_path, split)
-    jpg_dir, png_dir, _ = voc_dirs(voc_path)
-    missing = [str(p) for n in names for p in (jpg_dir / f"{n}.jpg", png_dir / f"{n}.png")
-               if not p.is_file()]
-    if missing:
-        raise MissingInput(
-            f"{split_path(voc_path, split)}: {len(missing)} listed file(s) are missing: "
-            + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""),
-            fix="add them or remove their lines")
-    bad = find_bad_images([jpg_dir / f"{n}.jpg" for n in names], "pil",
-                          desc=f"checking {split} images")
-    if bad and not skip_bad:
-        raise bad_images_error(bad, SKIP_HINT)
-    if bad:
-        warnings.warn(f"--skip-bad-images: {len(bad)} unreadable image(s) of split {split!r} "
-                      f"left out: " + "; ".join(f"{p}: {why}" for p, why in bad.items()),
-                      stacklevel=2)
-        names = [n for n in names if str(jpg_dir / f"{n}.jpg") not in bad]
-        if not names:
-            raise UserError(split_path(voc_path, split), "no readable image left",
-                            "replace the unreadable images")
+    check_files(voc_path, names, where=split_path(voc_path, split))
+    names = check_images(voc_path, names, skip_bad=skip_bad, where=split_path(voc_path, split))
     problems, ignored_files, ignored_pixels, ignored_values = [], [], 0, set()
     for n in names:
-        jpg, png = jpg_dir / f"{n}.jpg", png_dir / f"{n}.png"
+        jpg, png = image_path(voc_path, n), label_path(voc_path, n)
         try:
             with Image.open(jpg) as im:
                 image_size = im.size
@@ -195,8 +148,7 @@ def load_sample(voc_path, name, input_shape, num_classes, train, rng=None, label
     Returns ``(image float32 (h, w, 3) in 0..1, label uint8 (h, w))`` where ignored
     pixels hold ``num_classes``.
     """
-    jpg_dir, png_dir, _ = voc_dirs(voc_path)
-    jpg, png = jpg_dir / f"{name}.jpg", png_dir / f"{name}.png"
+    jpg, png = image_path(voc_path, name), label_path(voc_path, name)
     with Image.open(jpg) as im:
         image = cvtColor(im)
         image.load()
@@ -244,7 +196,11 @@ def build_dataset(voc_path, split, input_shape, batch_size, num_classes, train,
         # leave tf.data threads blocked at interpreter exit (the run hung after its
         # traceback): report the file as data and fail, or drop, in the graph instead.
         except (OSError, ValueError, SyntaxError) as exc:
-            why = f"{voc_dirs(voc_path)[0] / (name + '.jpg')} (or its mask): {exc}"
+            try:
+                where = image_path(voc_path, name)
+            except OSError:          # gone since the check
+                where = f"image {name!r} of the split"
+            why = f"{where} (or its mask): {exc}"
             if skip_bad and name not in dropped:
                 dropped.add(name)
                 warnings.warn(f"--skip-bad-images: dropping {why}", stacklevel=1)

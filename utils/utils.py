@@ -1,4 +1,5 @@
 """Small helpers every entry point shares: seeding, run folders, image basics."""
+import colorsys
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,20 @@ from utils.run import json_text, make_run_dir, write_atomic  # noqa: F401  (make
 
 # The five classes of the cherry data set, in label order (pixel value = index).
 NAME_CLASSES = ["_background_", "fruit", "leaf", "trunk", "flower"]
+
+# The PASCAL VOC colour map: class k is drawn in VOC_PALETTE[k].
+VOC_PALETTE = [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128),
+               (0, 128, 128), (128, 128, 128), (64, 0, 0), (192, 0, 0), (64, 128, 0),
+               (192, 128, 0), (64, 0, 128), (192, 0, 128), (64, 128, 128), (192, 128, 128),
+               (0, 64, 0), (128, 64, 0), (0, 192, 0), (128, 192, 0), (0, 64, 128)]
+
+
+def class_colors(num_classes):
+    """The VOC palette for up to 21 classes, evenly spaced hues beyond that."""
+    if num_classes <= len(VOC_PALETTE):
+        return VOC_PALETTE[:num_classes]
+    hsv = [(k / num_classes, 1.0, 1.0) for k in range(num_classes)]
+    return [tuple(int(c * 255) for c in colorsys.hsv_to_rgb(*x)) for x in hsv]
 
 
 def set_seed(seed):

@@ -1,20 +1,47 @@
-"""Training metrics of the original U-Net: thresholded F-score and IoU per class.
+"""Every segmentation metric of the project, under the original's names.
 
-Both take the one-hot target with the extra last "ignore" channel (dropped) and the
-softmax output, threshold the prediction at ``threhold`` (the original's spelling),
-sum over batch, height and width and return one score per class; Keras averages the
-vector into the logged value. The confusion-matrix evaluation lives in ``get_miou.py``.
+Training-time metrics on tensors (``Iou_score``, ``f_score``, thresholded, as the
+original logs them in ``fit``) and the evaluation on a confusion matrix
+(``fast_hist``, ``per_class_iu``, ``per_class_PA_Recall``, ``per_class_Precision``,
+``per_Accuracy``, ``compute_mIoU``, ``show_results``), used by ``get_miou.py``, the
+training-time ``val_mIoU`` (``utils.callbacks.MIoUCallback``) and the benchmarks.
+
+The rule for a class that never appears (no label and no predicted pixel): its IoU,
+recall and precision are 0, not NaN, because each denominator is clamped to 1 as in
+the original; the means are ``np.nanmean`` as in the original, so such a class counts
+as 0 in mIoU and mPA. Every caller reports the same numbers for the same matrix.
 """
-from keras import ops
+import csv
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from utils.utils import write_json
+
+RESULT_FILES = ("mIoU.png", "mPA.png", "Recall.png", "Precision.png", "confusion_matrix.csv",
+                "confusion_matrix.png", "metrics.json")
 
 
 def _binarise(y_true, y_pred, threhold):
+    # Keras is imported here so the confusion-matrix evaluation runs without TensorFlow.
+    from keras import ops
+
     y_pred = ops.cast(ops.greater(ops.cast(y_pred, "float32"), threhold), "float32")
     return ops.cast(y_true, "float32")[..., :-1], y_pred
 
 
 def Iou_score(smooth=1e-5, threhold=0.5):
-    """``(|T and P| + smooth) / (|T or P| + smooth)`` per class."""
+    """``(|T and P| + smooth) / (|T or P| + smooth)`` per class.
+
+    Takes the one-hot target with the extra last "ignore" channel (dropped) and the
+    softmax output, thresholds the prediction at ``threhold`` (the original's
+    spelling), sums over batch, height and width; Keras averages the vector it returns.
+    """
+    from keras import ops
+
     def metric(y_true, y_pred):
         y_true, y_pred = _binarise(y_true, y_pred, threhold)
         intersection = ops.sum(y_true * y_pred, axis=(0, 1, 2))
@@ -26,14 +53,225 @@ def Iou_score(smooth=1e-5, threhold=0.5):
 
 
 def f_score(beta=1, smooth=1e-5, threhold=0.5):
-    """F-beta of the thresholded prediction per class (beta = 1: Dice)."""
+    """F-beta of the thresholded prediction per class (beta = 1: Dice); the same
+    formula as the Dice loss (:func:`nets.unet_training.f_beta`)."""
+    from nets.unet_training import f_beta
+
     def metric(y_true, y_pred):
         y_true, y_pred = _binarise(y_true, y_pred, threhold)
-        tp = ops.sum(y_true * y_pred, axis=(0, 1, 2))
-        fp = ops.sum(y_pred, axis=(0, 1, 2)) - tp
-        fn = ops.sum(y_true, axis=(0, 1, 2)) - tp
-        b2 = beta ** 2
-        return ((1 + b2) * tp + smooth) / ((1 + b2) * tp + b2 * fn + fp + smooth)
+        return f_beta(y_true, y_pred, beta, smooth)
 
     metric.__name__ = "f_score"
     return metric
+
+
+def fast_hist(a, b, n):
+    """Confusion matrix (n x n, rows = label, columns = prediction) of two flat arrays.
+
+    Labels outside 0..n-1 (e.g. 255, the VOC border) are ignored.
+    """
+    a = np.asarray(a).ravel()
+    b = np.asarray(b).ravel()
+    k = (a >= 0) & (a < n)
+    pred = b[k].astype(np.int64)
+    if pred.size and (pred.min() < 0 or pred.max() >= n):
+        raise ValueError(f"prediction holds class {int(pred.max())} outside 0..{n - 1}")
+    return np.bincount(n * a[k].astype(np.int64) + pred, minlength=n ** 2).reshape(n, n)
+
+
+def per_class_iu(hist):
+    """IoU per class: TP / (TP + FP + FN); 0 for a class absent from labels and predictions
+    (see the module's note)."""
+    return np.diag(hist) / np.maximum(hist.sum(1) + hist.sum(0) - np.diag(hist), 1)
+
+
+def per_class_PA_Recall(hist):
+    """Recall per class (the original's "PA"): TP / labelled pixels of the class."""
+    return np.diag(hist) / np.maximum(hist.sum(1), 1)
+
+
+def per_class_Precision(hist):
+    """Precision per class: TP / pixels predicted as the class."""
+    return np.diag(hist) / np.maximum(hist.sum(0), 1)
+
+
+def per_Accuracy(hist):
+    """Pixel accuracy over all classes."""
+    return np.sum(np.diag(hist)) / np.maximum(np.sum(hist), 1)
+
+
+def confusion_of_files(gt_dir, pred_dir, png_name_list, num_classes):
+    """Accumulate the confusion matrix.
+
+    Returns ``(hist, skipped, ignored)``: the matrix, ``(name, label shape, prediction
+    shape)`` of the pairs left out because their sizes differ, and the number of label
+    pixels outside the classes (ignored, as the original).
+    """
+    hist = np.zeros((num_classes, num_classes), dtype=np.int64)
+    skipped = []
+    ignored, ignored_in = 0, []
+    for ind, name in enumerate(tqdm(png_name_list, desc="mIoU", unit="img")):
+        gt_path = Path(gt_dir) / f"{name}.png"
+        pred_path = Path(pred_dir) / f"{name}.png"
+        for p in (gt_path, pred_path):
+            if not p.is_file():
+                raise FileNotFoundError(f"{p}: listed as {name!r} but not found")
+        label = np.array(Image.open(gt_path))
+        pred = np.array(Image.open(pred_path))
+        if label.ndim == 3 or pred.ndim == 3:
+            bad = gt_path if label.ndim == 3 else pred_path
+            raise ValueError(f"{bad}: a class-index PNG must have one channel "
+                             f"(pixel value = class), this one has shape {label.shape}")
+        if label.shape != pred.shape:
+            skipped.append((name, label.shape, pred.shape))
+            continue
+        outside = int(np.count_nonzero(label >= num_classes))
+        if outside:
+            ignored += outside
+            ignored_in.append(name)
+        try:
+            hist += fast_hist(label, pred, num_classes)
+        except ValueError as exc:
+            raise ValueError(f"{pred_path}: {exc}") from exc
+        if ind > 0 and ind % 10 == 0:
+            tqdm.write(f"{ind} / {len(png_name_list)}: mIoU-{100 * np.nanmean(per_class_iu(hist)):0.2f}%; "
+                       f"mPA-{100 * np.nanmean(per_class_PA_Recall(hist)):0.2f}%; "
+                       f"Accuracy-{100 * per_Accuracy(hist):0.2f}%")
+    if ignored:
+        # 255 marks borders in VOC labels; other values usually mean a wrong class count.
+        print(f"Note: {ignored} label pixels with values >= {num_classes} were ignored "
+              f"(in {len(ignored_in)} labels, e.g. {ignored_in[0]}.png).")
+    if skipped:
+        listing = ", ".join(f"{n} (label {s[1]}x{s[0]}, prediction {p[1]}x{p[0]})"
+                            for n, s, p in skipped[:20])
+        warnings.warn(f"{len(skipped)} of {len(png_name_list)} images were left out of the "
+                      f"metrics because label and prediction sizes differ (label size != "
+                      f"image size in {gt_dir}?): {listing}"
+                      + (" ..." if len(skipped) > 20 else ""), stacklevel=3)
+    return hist, skipped, ignored
+
+
+def compute_mIoU(gt_dir, pred_dir, png_name_list, num_classes, name_classes=None):
+    """Compare ``<gt_dir>/<name>.png`` with ``<pred_dir>/<name>.png`` for every name.
+
+    Returns ``(hist, IoUs, PA_Recall, Precision)``: the confusion matrix as an integer
+    array and the per-class float arrays. Pairs whose sizes differ are left out with a
+    warning naming them.
+    """
+    print("Num classes", num_classes)
+    hist, _, _ = confusion_of_files(gt_dir, pred_dir, png_name_list, num_classes)
+    IoUs, PA_Recall, Precision = per_class_iu(hist), per_class_PA_Recall(hist), per_class_Precision(hist)
+    print_summary(hist, IoUs, PA_Recall, Precision, name_classes)
+    return hist, IoUs, PA_Recall, Precision
+
+
+def print_summary(hist, IoUs, PA_Recall, Precision, name_classes):
+    """Print each class's IoU, recall and precision, then mIoU, mPA and accuracy."""
+    if name_classes is not None:
+        for k, name in enumerate(name_classes):
+            print(f"===>{name}:\tIou-{100 * IoUs[k]:.2f}; Recall (equal to the PA)-"
+                  f"{100 * PA_Recall[k]:.2f}; Precision-{100 * Precision[k]:.2f}")
+    print(f"===> mIoU: {100 * np.nanmean(IoUs):.2f}; mPA: {100 * np.nanmean(PA_Recall):.2f}; "
+          f"Accuracy: {100 * per_Accuracy(hist):.2f}")
+
+
+def _bar_chart(values, name_classes, title, xlabel, path, tick_font_size=12):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 0.5 * len(values) + 1.5))
+    ax.barh(range(len(values)), values, color="royalblue")
+    ax.set_title(title, fontsize=tick_font_size + 2)
+    ax.set_xlabel(xlabel, fontsize=tick_font_size)
+    ax.set_yticks(range(len(values)), name_classes, fontsize=tick_font_size)
+    top = max([v for v in values if np.isfinite(v)] + [1.0])
+    ax.set_xlim(0, top * 1.2)
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:.2f}" if v < 1.0 else f" {v}", color="royalblue", va="center",
+                fontweight="bold")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _heatmap(hist, name_classes, path, tick_font_size=12):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    # Row-normalised, so a rare class is as readable as the background.
+    rows = hist / np.maximum(hist.sum(1, keepdims=True), 1)
+    n = len(name_classes)
+    fig, ax = plt.subplots(figsize=(1.1 * n + 2.5, 1.0 * n + 2))
+    im = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), name_classes, rotation=45, ha="right", fontsize=tick_font_size)
+    ax.set_yticks(range(n), name_classes, fontsize=tick_font_size)
+    ax.set_xlabel("predicted", fontsize=tick_font_size)
+    ax.set_ylabel("label", fontsize=tick_font_size)
+    ax.set_title("Confusion matrix (share of each label row; pixel counts)",
+                 fontsize=tick_font_size)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{rows[i, j]:.2f}\n{int(hist[i, j])}", ha="center", va="center",
+                    fontsize=max(tick_font_size - 4, 6),
+                    color="white" if rows[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def metrics_dict(hist, IoUs, PA_Recall, Precision, name_classes):
+    """Plain-Python summary: per-class IoU / recall / precision, mIoU, mPA, accuracy."""
+    return {
+        "mIoU": float(np.nanmean(IoUs)),
+        "mPA": float(np.nanmean(PA_Recall)),
+        "accuracy": float(per_Accuracy(hist)),
+        "mPrecision": float(np.nanmean(Precision)),
+        "classes": list(name_classes),
+        "IoU": [float(v) for v in IoUs],
+        "recall": [float(v) for v in PA_Recall],
+        "precision": [float(v) for v in Precision],
+        "per_class": {n: {"IoU": float(i), "recall": float(r), "precision": float(p)}
+                      for n, i, r, p in zip(name_classes, IoUs, PA_Recall, Precision)},
+        "confusion_matrix": np.asarray(hist).astype(int).tolist(),
+    }
+
+
+def show_results(miou_out_path, hist, IoUs, PA_Recall, Precision, name_classes,
+                 tick_font_size=12, extra=None, overwrite=False):
+    """Write the original's charts and CSV plus ``confusion_matrix.png`` and ``metrics.json``.
+
+    Refuses to replace earlier results in ``miou_out_path`` unless ``overwrite``.
+    Returns the metrics dict (with ``extra`` merged in).
+    """
+    out = Path(miou_out_path)
+    out.mkdir(parents=True, exist_ok=True)
+    if not overwrite:
+        existing = [f for f in RESULT_FILES if (out / f).exists()]
+        if existing:
+            raise FileExistsError(f"{out} already holds results ({', '.join(existing)}); "
+                                  f"choose another output folder")
+    name_classes = list(name_classes)
+    charts = [(IoUs, f"mIoU = {100 * np.nanmean(IoUs):.2f}%", "Intersection over Union", "mIoU.png"),
+              (PA_Recall, f"mPA = {100 * np.nanmean(PA_Recall):.2f}%", "Pixel Accuracy", "mPA.png"),
+              (PA_Recall, f"mRecall = {100 * np.nanmean(PA_Recall):.2f}%", "Recall", "Recall.png"),
+              (Precision, f"mPrecision = {100 * np.nanmean(Precision):.2f}%", "Precision",
+               "Precision.png")]
+    for values, title, xlabel, fname in charts:
+        _bar_chart(list(values), name_classes, title, xlabel, out / fname, tick_font_size)
+        print(f"Save {fname[:-4]} out to {out / fname}")
+    with open(out / "confusion_matrix.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([" "] + name_classes)
+        for name, row in zip(name_classes, np.asarray(hist)):
+            writer.writerow([name] + [str(int(x)) for x in row])
+    print(f"Save confusion_matrix out to {out / 'confusion_matrix.csv'}")
+    _heatmap(np.asarray(hist), name_classes, out / "confusion_matrix.png", tick_font_size)
+    metrics = metrics_dict(hist, IoUs, PA_Recall, Precision, name_classes)
+    metrics.update(extra or {})
+    write_json(out / "metrics.json", metrics)
+    return metrics

@@ -113,11 +113,8 @@ def read_named_weights(path):
     if zipfile.is_zipfile(path):
         import keras
 
-        # Import the modules whose custom layers may be inside a checkpoint.
-        try:
-            import pde_self_supervised.layers  # noqa: F401
-        except ImportError:
-            pass
+        # Registers the Siamese distance layers a whole PDE checkpoint holds.
+        import nets.distances  # noqa: F401
         model = keras.models.load_model(path, compile=False, safe_mode=False)
         return _named_weights_of(model)
     try:

@@ -24,6 +24,12 @@ PUBLISHED = {
 }
 
 
+def row_label(key):
+    """The table's name of a row: the published label, or the registry name of a
+    method the paper did not report."""
+    return PUBLISHED[key][0] if key in PUBLISHED else key
+
+
 def fmt(value):
     """A table cell: 4 decimals for numbers, a dash for missing values."""
     if value is None:

@@ -1,0 +1,190 @@
+"""The run record and the steps both ``run_pipeline.py`` and ``paper_table.py`` run:
+the data (orchard, select, pairs), the pretraining, and the U-Net options."""
+import json
+import shlex
+from pathlib import Path
+
+from pipeline.pretrainers import PRETRAINERS, PretrainInputs
+from pipeline.profiles import to_argv
+from utils.errors import MissingInput, UserError
+from utils.utils import make_run_dir, write_json
+
+
+class Run:
+    """The run folder and its record of finished steps (``steps.json``)."""
+
+    def __init__(self, run_dir):
+        self.dir = Path(run_dir)
+        self.record_path = self.dir / "steps.json"
+        self.record = json.loads(self.record_path.read_text()) if self.record_path.exists() else {}
+
+    def done(self, step):
+        """Recorded as finished and its outputs still there."""
+        return step in self.record and not missing_outputs(step, self.result(step))
+
+    def finish(self, step, result, seconds):
+        """Record ``step`` as done, once its outputs exist (else a UserError)."""
+        missing = missing_outputs(step, result)
+        if missing:
+            raise UserError(f"step {step}", f"finished without its outputs ({', '.join(missing)})",
+                            "check the step's messages above; it is not recorded as done")
+        self.record[step] = {"seconds": round(seconds, 1), "result": result}
+        write_json(self.record_path, self.record)
+
+    def result(self, step):
+        return self.record.get(step, {}).get("result", {})
+
+
+# The U-Net steps of run_pipeline.py (their records hold run_dir and model_path).
+UNET_STEPS = ("unet_frozen", "unet_finetune", "random_frozen", "random_finetune")
+
+
+def step_outputs(step, result):
+    """The files and folders a finished step must have left (from its recorded result)."""
+    result = result or {}
+    if step == "orchard":
+        paths = [result.get("archive"), result.get("phenology")]
+        if result.get("voc"):
+            paths.append(result["voc"])
+        return paths
+    if step == "select":
+        return [result.get("out_dir"), result.get("manifest")]
+    if step == "pairs":
+        return [result.get("x"), result.get("y")] + [
+            p for pair in result.get("splits", {}).values() for p in pair]
+    if step == "pretrain":
+        return [result["encoder_path"]] if result.get("encoder_path") else []
+    if step in UNET_STEPS:
+        return [result.get("run_dir"), result.get("model_path")]
+    if step in ("predict", "growth"):
+        key = "out_dir" if step == "predict" else "run_dir"
+        return [result.get(key)] if result.get(key) else []
+    return []
+
+
+def missing_outputs(step, result):
+    """Outputs of ``step`` that are not there (a None is a missing entry)."""
+    return [str(p) for p in step_outputs(step, result) if p is None or not Path(p).exists()]
+
+
+def open_run(resume, name, args, logs_dir):
+    """The run folder ``resume`` to continue, or a new ``<logs_dir>/<name>_<time>``
+    holding ``args.json``."""
+    if resume:
+        run = Run(resume)
+        if not run.dir.is_dir():
+            raise MissingInput(run.dir, "--resume: run folder not found",
+                               "give the folder it printed as 'Run folder:'")
+    else:
+        run = Run(make_run_dir(name, args, root=logs_dir))
+    print(f"Run folder: {run.dir}")
+    return run
+
+
+def join_argv(*parts):
+    """One argv from lists of values and from users' option strings (shell-split)."""
+    out = []
+    for part in parts:
+        out += shlex.split(part) if isinstance(part, str) else [str(x) for x in part]
+    return out
+
+
+def plain(d):
+    """Paths to strings, so step results fit in steps.json."""
+    return json.loads(json.dumps(d, default=str))
+
+
+def orchard_spec(profile_name, profile, seed, data_dir=None):
+    """Where the synthetic orchard lives and the settings it is generated with."""
+    return Path(data_dir or Path("demo_data") / profile_name), dict(profile.orchard, seed=seed)
+
+
+def check_orchard_spec(profile_name, profile, seed, data_dir=None):
+    """A data folder that holds an orchard made with other settings is refused."""
+    data_dir, spec = orchard_spec(profile_name, profile, seed, data_dir)
+    spec_path = data_dir / "orchard_spec.json"
+    if spec_path.exists() and json.loads(spec_path.read_text()) != plain(spec):
+        raise UserError(spec_path, f"{data_dir} holds an orchard generated with other settings",
+                        "pass another --data-dir")
+
+
+def make_data(profile_name, profile, seed, archive=None, phenology=None, voc=None,
+              data_dir=None):
+    """The user's data, or the profile's synthetic orchard (generated once in
+    ``data_dir``, default ``demo_data/<profile>``, and reused while its spec matches).
+    Returns ``{"archive", "phenology", "voc"}``."""
+    if archive:
+        return {"archive": archive, "phenology": phenology, "voc": voc}
+    from data_processing.synthetic_orchard import generate_orchard
+
+    data_dir, spec = orchard_spec(profile_name, profile, seed, data_dir)
+    spec_path = data_dir / "orchard_spec.json"
+    if spec_path.exists():
+        check_orchard_spec(profile_name, profile, seed, data_dir)
+        print(f"  reusing the synthetic orchard in {data_dir}")
+        return {"archive": str(data_dir / "archive"), "phenology": str(data_dir / "phenology.toml"),
+                "voc": str(data_dir / "VOCdevkit")}
+    made = generate_orchard(data_dir, contact_sheet=data_dir / "contact_sheet.png", **spec)
+    write_json(spec_path, spec)
+    return plain({k: made[k] for k in ("archive", "phenology", "voc")})
+
+
+def select_images(run, seed, extra=()):
+    """Step 2: the stage images of the run's data into ``<run>/out``."""
+    from data_processing import select_img
+
+    data = run.result("orchard")
+    return plain(select_img.main(join_argv(["--archive", data["archive"], "--phenology",
+                                            data["phenology"], "--out", run.dir / "out",
+                                            "--seed", seed], extra)))
+
+
+def make_pairs(run, profile, seed, extra=()):
+    """Step 3: the pair index of the selected images, split by date 0.8 / 0.1 / 0.1."""
+    from data_processing import make_dataset
+
+    out = run.result("select")["out_dir"]
+    pairs = run.dir / "pairs"
+    return plain(make_dataset.main(join_argv(["--image-dir", out, "--out-x", pairs / "X.npy",
+                                              "--out-y", pairs / "Y.npy",
+                                              "--split", "0.8", "0.1", "0.1",
+                                              "--split-by", "date", "--seed", seed],
+                                             to_argv(profile.pairs), extra)))
+
+
+def pretrain_encoder(name, run, profile, seed, extra=()):
+    """Run pretrainer ``name`` of :data:`PRETRAINERS` on the run's selected images (and
+    pair index); returns ``{"run_dir", "encoder_path", "test_metrics"}``."""
+    inputs = PretrainInputs(image_dir=run.result("select")["out_dir"],
+                            pairs=run.result("pairs").get("splits"), logs_dir=run.dir, seed=seed)
+    result = PRETRAINERS[name](inputs, profile, join_argv(extra))
+    return plain({"run_dir": result["run_dir"], "encoder_path": result["encoder_path"],
+                  "test_metrics": result.get("test_metrics", {})})
+
+
+def frozen_phase_checkpoint(run_dir, freeze):
+    """The ``epNNN-*.keras`` a frozen-only run saved at the end of its frozen phase
+    (epoch ``freeze``), or None."""
+    if not run_dir:
+        return None
+    found = sorted(Path(run_dir).glob(f"ep{int(freeze):03d}-*.keras"))
+    return found[0] if found else None
+
+
+def unet_argv(voc, logs_dir, seed, freeze, total, encoder, frozen_only, extra,
+              frozen_run=None):
+    """train.py options for one of the two U-Nets of a row.
+
+    The frozen-only run keeps a checkpoint at the end of its frozen phase; the fine-tuned
+    run starts from it (``--init-model``) instead of repeating that phase, which is the
+    same training with the same seeds. Without such a checkpoint (an early stop, or a
+    ``--save-period`` override) it trains both phases itself.
+    """
+    start = frozen_phase_checkpoint(frozen_run, freeze) if not frozen_only else None
+    return join_argv(["--voc-path", voc, "--logs-dir", logs_dir, "--seed", seed,
+                      "--freeze-epoch", freeze, "--unfreeze-epoch", total,
+                      "--save-period", freeze if frozen_only else 0],
+                     ["--frozen-only"] if frozen_only else [],
+                     ["--init-model", start, "--init-epoch", freeze] if start
+                     else (["--model-path", encoder] if encoder else []),
+                     extra)

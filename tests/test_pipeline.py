@@ -1,0 +1,54 @@
+"""The shared pipeline module: one pretraining registry and typed profiles."""
+import shlex
+
+import pytest
+
+from other_ssl.methods import METHODS
+from pipeline.pretrainers import PRETRAINERS, PretrainInputs
+from pipeline.profiles import PROFILES, to_argv
+
+
+def test_registry_holds_pde_every_ssl_method_and_supervised():
+    assert {"pde_class", "pde_grading", "supervised", *METHODS} == set(PRETRAINERS)
+
+
+def test_to_argv_flags_tuples_and_left_out_values():
+    argv = to_argv({"input_shape": (32, 64), "run_eagerly": True, "shared_towers": False,
+                    "pool": "gap", "learning_rate": 1e-3, "model_path": None})
+    assert argv == ["--input-shape", "32", "64", "--run-eagerly", "--pool", "gap",
+                    "--learning-rate", "0.001"]
+
+
+@pytest.mark.parametrize("name, field, old", [
+    ("tiny", "pretrain", "--input-shape 64 64 --load-size 72 72 --batch-size 4 "
+                         "--test-batch-size 4 --epochs 1 --steps-per-epoch 2 --run-eagerly "
+                         "--precise-bn 1"),
+    ("demo", "pretrain", "--input-shape 32 64 --load-size 32 64 --batch-size 32 "
+                         "--test-batch-size 64 --epochs 3 --steps-per-epoch 100 --pool gap "
+                         "--shared-towers --no-augment --learning-rate 1e-3 --precise-bn 20 "
+                         "--validation-steps 5 --keep-checkpoints 1"),
+    ("demo", "unet", "--input-shape 64 128 --freeze-batch-size 8 --unfreeze-batch-size 8 "
+                     "--freeze-lr 1e-3 --mixed-precision --eval-checkpoint best"),
+    ("demo", "images_pretrain", "--input-shape 32 64 --batch-size 32 --epochs 3 "
+                                "--steps-per-epoch 100 --pool gap --learning-rate 1e-3 "
+                                "--precise-bn 20"),
+    ("tiny", "pairs", "--per-class 24 --drop-empty-classes"),
+])
+def test_profiles_give_the_scripts_the_same_values_as_the_former_option_strings(name, field, old):
+    def parsed(tokens):
+        # Numbers compare as numbers: 1e-3 and 0.001 are one value.
+        return [float(t) if t.replace(".", "").replace("e-", "").isdigit() else t for t in tokens]
+
+    assert parsed(to_argv(getattr(PROFILES[name], field))) == parsed(shlex.split(old))
+
+
+def test_an_ssl_pretrainer_runs_its_method_with_the_profile_and_the_overrides(monkeypatch):
+    from other_ssl import train_ssl
+
+    seen = {}
+    monkeypatch.setattr(train_ssl, "main", lambda argv: seen.setdefault("argv", argv))
+    inputs = PretrainInputs(image_dir="out", pairs=None, logs_dir="logs", seed=3)
+    PRETRAINERS["simsiam"](inputs, PROFILES["tiny"], ["--epochs", "5"])
+    assert seen["argv"][:8] == ["--method", "simsiam", "--image-dir", "out", "--logs-dir",
+                                "logs", "--seed", "3"]
+    assert seen["argv"][-2:] == ["--epochs", "5"] and "--pool" in seen["argv"]
