@@ -345,13 +345,27 @@ def prune_checkpoints(run):
     """Delete the run's model files nobody needs once every step is done: the PDE
     epoch checkpoints (the encoder file stays) and every U-Net .keras except the kept
     U-Net. Returns the MB freed."""
-    keep = {Path(kept_unet(run)).resolve()}
+    kept = Path(kept_unet(run)).resolve()
     freed = 0
+    if kept.name == "last_epoch.keras":      # the one checkpoint with optimizer state
+        freed = kept.stat().st_size - _drop_optimizer_state(kept)
     for path in run.dir.rglob("*.keras"):
-        if path.resolve() not in keep:
+        if path.resolve() != kept:
             freed += path.stat().st_size
             path.unlink()
     return freed / 2**20
+
+
+def _drop_optimizer_state(path):
+    """Rewrite a U-Net checkpoint without the optimizer state a resume point carries
+    (two thirds of ``last_epoch.keras``); nothing resumes a finished run. Returns its size."""
+    import keras
+
+    from utils.run import Run, checkpoint_epoch
+
+    model = keras.models.load_model(path, compile=False)
+    Run(path.parent).save_model(model, path.name, checkpoint_epoch(path) or 0)
+    return path.stat().st_size
 
 
 def step_predict(args, run, profile):

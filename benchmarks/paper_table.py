@@ -25,7 +25,7 @@ if __package__ in (None, ""):
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline.pretrainers import PAIR_PRETRAINERS, PRETRAINERS  # noqa: E402
+from pipeline.pretrainers import LABELLED_PRETRAINERS, PAIR_PRETRAINERS, PRETRAINERS  # noqa: E402
 from pipeline.profiles import PROFILES, to_argv  # noqa: E402
 from pipeline.published import PUBLISHED, markdown_table, row_label  # noqa: E402
 from pipeline.steps import (join_argv, make_data, make_pairs, open_run, pretrain_encoder,  # noqa: E402
@@ -186,7 +186,8 @@ def main(argv=None):
     pde_data = f"{n_pairs:,} pairs from {n_images:,} images" if n_images else "pairs"
     img_data = f"{n_images:,} stage images" if n_images else "stage images"
     data_label = {"random": "none", "scratch": "none", "imagenet": "ImageNet weights file",
-                  **{r: pde_data if r in PAIR_PRETRAINERS else img_data for r in PRETRAINERS}}
+                  **{r: pde_data if r in PAIR_PRETRAINERS else img_data for r in PRETRAINERS},
+                  **{r: "labelled VOC train split" for r in LABELLED_PRETRAINERS}}
     summary = summarise({r: done[r] for r in args.rows if r in done}, seeds)
     table, csv_rows = render(summary, data_label)
     (run.dir / "table.md").write_text(table + "\n")

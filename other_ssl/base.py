@@ -68,20 +68,18 @@ def clone_network(model, name):
     return copy
 
 
-class SSLMethod(keras.Model):
-    """Base of every method: two augmented views per image, one optimiser step.
+class PretextMethod(keras.Model):
+    """What every registered method shares: hyperparameters and the backbone.
 
     ``defaults`` lists the method's hyperparameters and their default values; they are
-    set as attributes and can be overridden as keyword arguments. ``probe_classes > 0``
-    adds an online linear probe (Dense on the stop-gradient encoder output of the first
-    view) trained on integer labels given as ``(images, labels)`` batches.
+    set as attributes and can be overridden as keyword arguments. ``backbone`` (image ->
+    feature maps) is what ``train_ssl.py`` saves for ``train.py``.
     """
 
     defaults = {}
 
-    def __init__(self, backbone=None, input_shape=(288, 512, 3), width=256,
-                 pool="flatten", backbone_name="resnet50", augmenter=None,
-                 probe_classes=0, name=None, **hyperparameters):
+    def __init__(self, backbone=None, input_shape=(288, 512, 3), backbone_name="resnet50",
+                 name=None, **hyperparameters):
         super().__init__(name=name or type(self).__name__.lower())
         unknown = sorted(set(hyperparameters) - set(self.defaults))
         if unknown:
@@ -91,9 +89,23 @@ class SSLMethod(keras.Model):
         self.hyperparameters = {**self.defaults, **hyperparameters}
         for key, value in self.hyperparameters.items():
             setattr(self, key, value)
-        self.width = int(width)
         self.backbone = backbone if backbone is not None else build_encoder(
             input_shape, backbone_name)
+
+
+class SSLMethod(PretextMethod):
+    """Base of the two-view methods: two augmented views per image, one optimiser step.
+
+    ``probe_classes > 0`` adds an online linear probe (Dense on the stop-gradient
+    encoder output of the first view) trained on integer labels given as
+    ``(images, labels)`` batches.
+    """
+
+    def __init__(self, backbone=None, input_shape=(288, 512, 3), width=256,
+                 pool="flatten", backbone_name="resnet50", augmenter=None,
+                 probe_classes=0, name=None, **hyperparameters):
+        super().__init__(backbone, input_shape, backbone_name, name, **hyperparameters)
+        self.width = int(width)
         self.encoder = wrap_encoder(self.backbone, self.width, pool)
         self.projector = projection_head(self.width)
         self.predictor = self.build_predictor()
@@ -225,10 +237,16 @@ class MomentumSSLMethod(SSLMethod):
         return tf.stop_gradient(self.m_projector(h, training=training))
 
     def after_step(self, out):
-        c = tf.cast(self.momentum_coeff, tf.float32)
-        pairs = list(zip(self.encoder.weights, self.m_encoder.weights)) + list(
-            zip(self.projector.weights, self.m_projector.weights))
-        for online, momentum in pairs:
+        ema_update([(self.encoder, self.m_encoder), (self.projector, self.m_projector)],
+                   self.momentum_coeff)
+
+
+def ema_update(pairs, coeff):
+    """``momentum <- coeff * momentum + (1 - coeff) * online`` for every float weight of
+    each ``(online, momentum)`` pair of networks, BN statistics included."""
+    c = tf.cast(coeff, tf.float32)
+    for online_net, momentum_net in pairs:
+        for online, momentum in zip(online_net.weights, momentum_net.weights):
             if not momentum.dtype.startswith("float"):
                 continue
             value = c * tf.cast(momentum, tf.float32) + (1.0 - c) * tf.cast(online, tf.float32)

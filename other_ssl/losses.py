@@ -176,3 +176,140 @@ def collapse_threshold(dim, ratio=0.1):
 
 def is_collapsed(std, dim, ratio=0.1):
     return float(std) < collapse_threshold(dim, ratio)
+
+
+# CSCL (Tarasiou et al. 2022): supervised context-self contrastive pretraining. Unlike
+# the functions above, these work on dense maps, not embedding batches.
+
+def cscl_targets(labels, kernel_size=3, dilation=1):
+    """Which neighbours of each pixel share its label.
+
+    labels: int (B, H, W). Returns float32 (B, H, W, k, k): entry [b, h, w, i, j] is 1
+    when ``labels[b, h, w] == labels[b, h + (i - k//2) * dilation, w + (j - k//2) *
+    dilation]``, 0 otherwise and for offsets outside the image; the centre is 1.
+    """
+    labels = tf.cast(labels, tf.int32)
+    h, w = tf.shape(labels)[1], tf.shape(labels)[2]
+    pad = (kernel_size // 2) * dilation
+    # -1 is no class, so an offset outside the image never matches.
+    padded = tf.pad(labels, [[0, 0], [pad, pad], [pad, pad]], constant_values=-1)
+    rows = []
+    for i in range(kernel_size):
+        cols = [padded[:, i * dilation:i * dilation + h, j * dilation:j * dilation + w]
+                for j in range(kernel_size)]
+        rows.append(tf.stack(cols, axis=-1))
+    return tf.cast(tf.equal(tf.stack(rows, axis=-2), labels[..., None, None]), tf.float32)
+
+
+def cscl_loss(similarity, same, pos_weight=0.125):
+    """CSCL: mean over every element of -pos_weight * y * s + (1 - y) * s.
+
+    similarity: cosines s (B, H, W, k, k); same: targets y of the same shape (from
+    :func:`cscl_targets`). Pulls same-label neighbours together, pushes the others apart.
+    """
+    s, y = _f32(similarity), _f32(same)
+    return tf.reduce_mean(-pos_weight * y * s + (1.0 - y) * s)
+
+
+# Multitask self-supervision (Li, Chen, Shi 2021).
+
+def inpainting_loss(y_true, y_pred, corrupted):
+    """L1 on the corrupted pixels only: sum |y_pred - y| * W / (sum W + 1e-6), with
+    W = |y - corrupted| per pixel and channel (zero where the corruption left the pixel
+    as it was). All three (B, H, W, C)."""
+    y, p, c = _f32(y_true), _f32(y_pred), _f32(corrupted)
+    weight = tf.abs(y - c)
+    return tf.reduce_sum(tf.abs(p - y) * weight) / (tf.reduce_sum(weight) + 1e-6)
+
+
+def exemplar_loss(z1, z2, temperature=1.0):
+    """Exemplar contrast over the 2B x 2B cosine matrix of [z1; z2] / temperature, its
+    diagonal set to 0 (not removed, as the authors); the mean over the 2B rows of
+    -log softmax(row)[positive], row i's positive being the other view of image i."""
+    z = _l2(tf.concat([z1, z2], axis=0))
+    n = tf.shape(z1)[0]
+    sim = tf.matmul(z, z, transpose_b=True) / temperature
+    sim = sim * (1.0 - tf.eye(2 * n))
+    positive = tf.concat([tf.range(n, 2 * n), tf.range(n)], axis=0)
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=positive, logits=sim))
+
+
+# CMID (Muhtar et al. 2023): masked reconstruction, global MoCo-v2, local DINO.
+
+def focal_l1(y_true, y_pred, mask, alpha=0.2):
+    """CMID's focal L1 on the masked pixels: l = |y_pred - y|, l * (2 sigmoid(alpha l) - 1)
+    summed where mask is 1, / (sum mask + 1e-5) / channels.
+
+    y_true, y_pred: (B, H, W, C); mask: (B, H, W), 1 = masked, broadcast over channels.
+    """
+    y, p, mask = _f32(y_true), _f32(y_pred), _f32(mask)
+    l1 = tf.abs(p - y)
+    focal = l1 * (2.0 * tf.sigmoid(alpha * l1) - 1.0)
+    channels = tf.cast(tf.shape(y)[-1], tf.float32)
+    # The mask is counted once per pixel, then the sum is divided by the channels.
+    return (tf.reduce_sum(focal * mask[..., None]) / (tf.reduce_sum(mask) + 1e-5)
+            / channels)
+
+
+def focal_frequency_loss(y_true, y_pred, mask, unmask_weight=1e-3):
+    """The focal frequency loss (Jiang et al. 2021) as CMID configures it.
+
+    The unmasked pixels of the prediction are mostly replaced (weight
+    ``1 - unmask_weight``) by the mean of the stop-gradient prediction and the target;
+    both images go through an orthonormal 2-D FFT per channel, averaged over the batch;
+    the squared spectrum distance d is weighted by log(1 + sqrt d), divided by its
+    maximum, clipped to [0, 1] and held constant; the loss is the mean of weight * d.
+
+    y_true, y_pred: (B, H, W, C); mask: (B, H, W), 1 = masked.
+    """
+    y, p = _f32(y_true), _f32(y_pred)
+    keep = _f32(mask)[..., None]
+    keep = keep + (1.0 - keep) * unmask_weight
+    replacement = 0.5 * tf.stop_gradient(p) + 0.5 * y
+    p = p * keep + replacement * (1.0 - keep)
+
+    def spectrum(x):
+        # (B, H, W, C) -> (C, H, W) complex, orthonormal, averaged over the batch.
+        x = tf.transpose(x, [0, 3, 1, 2])
+        n = tf.sqrt(tf.cast(tf.shape(x)[2] * tf.shape(x)[3], tf.float32))
+        f = tf.signal.fft2d(tf.complex(x, tf.zeros_like(x))) / tf.complex(n, 0.0)
+        return tf.reduce_mean(f, axis=0)
+
+    diff = spectrum(p) - spectrum(y)
+    distance = tf.square(tf.math.real(diff)) + tf.square(tf.math.imag(diff))
+    weight = tf.math.log(tf.sqrt(distance) + 1.0)
+    weight = tf.math.divide_no_nan(weight, tf.reduce_max(weight))
+    weight = tf.stop_gradient(tf.clip_by_value(weight, 0.0, 1.0))
+    return tf.reduce_mean(weight * distance)
+
+
+def mocov2_loss(q1, q2, k1, k2, queue, temperature=0.2):
+    """MoCo-v2, symmetrised, as CMID: each query's logits are [its key of the other
+    view, the queue] / temperature (the other keys of the batch are not negatives,
+    unlike :func:`moco_loss`); cross-entropy with the key first, averaged over the two
+    directions. Queries, keys (B, D) and queue (K, D) are L2-normalised here."""
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits
+    queue = _l2(queue)
+
+    def one_way(q, k):
+        q, k = _l2(q), tf.stop_gradient(_l2(k))
+        logits = tf.concat([tf.reduce_sum(q * k, axis=1, keepdims=True),
+                            tf.matmul(q, queue, transpose_b=True)], axis=1) / temperature
+        return tf.reduce_mean(ce(labels=tf.zeros(tf.shape(q)[0], tf.int32), logits=logits))
+
+    return 0.5 * (one_way(q1, k2) + one_way(q2, k1))
+
+
+def dino_local_loss(student, teacher, center, student_temperature=0.1,
+                    teacher_temperature=0.04):
+    """DINO's cross-entropy on matched cells: the teacher's output minus ``center``,
+    sharpened by its temperature and held constant, against the student's log-softmax.
+
+    student, teacher: logits (..., D) of matched cells; center: (D,). Returns the mean
+    over every cell of -sum_d softmax((t - c) / T_t) log softmax(s / T_s).
+    """
+    target = tf.stop_gradient(tf.nn.softmax((_f32(teacher) - _f32(center))
+                                            / teacher_temperature, axis=-1))
+    log_pred = tf.nn.log_softmax(_f32(student) / student_temperature, axis=-1)
+    return tf.reduce_mean(-tf.reduce_sum(target * log_pred, axis=-1))

@@ -7,6 +7,8 @@ import tensorflow as tf
 
 from other_ssl import losses
 from other_ssl.base import MomentumSSLMethod, SSLMethod, prediction_head
+from other_ssl.cmid import CMID
+from other_ssl.multitask import Multitask
 
 
 def _random_unit_rows(shape, dtype=None):
@@ -170,7 +172,8 @@ class DINO(MomentumSSLMethod):
 
 METHODS = {"simclr": SimCLR, "moco": MoCo, "simsiam": SimSiam, "byol": BYOL,
            "barlow_twins": BarlowTwins, "nnclr": NNCLR, "dcclr": DCCLR,
-           "hsictwins": HSICTwins, "twist": TWIST, "dino": DINO}
+           "hsictwins": HSICTwins, "twist": TWIST, "dino": DINO, "multitask": Multitask,
+           "cmid": CMID}
 
 
 def get_method(name):

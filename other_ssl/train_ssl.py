@@ -38,7 +38,15 @@ from utils.weights import save_encoder  # noqa: E402
 # Method hyperparameters settable from the command line; None = the method's default.
 HYPERPARAMETERS = {"temperature": float, "queue_size": int, "momentum_coeff": float,
                    "redundancy_reduction_weight": float, "sharpening": float,
-                   "predictor_hidden": int}
+                   "predictor_hidden": int,
+                   # multitask
+                   "inpainting_weight": float, "recognition_weight": float,
+                   "exemplar_weight": float,
+                   # cmid
+                   "num_matches": int, "mask_ratio": float, "student_temperature": float,
+                   "teacher_temperature": float, "final_teacher_temperature": float,
+                   "teacher_warmup_epochs": int, "center_momentum": float,
+                   "fft_weight": float}
 
 
 def _defaults_of(key):

@@ -22,6 +22,7 @@ class PretrainInputs:
     pairs: dict          # split -> (X.npy, Y.npy) of the pair index (PDE only)
     logs_dir: str        # parent of the pretraining run folder
     seed: int
+    voc: str = None      # the labelled VOCdevkit (supervised pretrainers such as CSCL)
 
 
 def pde(script):
@@ -54,4 +55,23 @@ PRETRAINERS = {"pde_class": pde("con_train_resnet_class"),        # step 5, the 
                "pde_grading": pde("con_train_resnet"),            # step 4
                **{name: single_images("train_ssl", "--method", name) for name in METHODS},
                "supervised": single_images("train_supervised")}   # phenological stages
+
+
+def labelled(script):
+    """A supervised pretraining on the labelled VOC set: ``other_ssl/<script>.py`` at the
+    U-Net's input size, with the batch, epochs and steps of the profile's
+    ``images_pretrain`` options (the rest keep the script's defaults, the authors')."""
+    def pretrain(inputs, profile, extra=()):
+        options = {k: v for k, v in profile.images_pretrain.items()
+                   if k in ("batch_size", "epochs", "steps_per_epoch")}
+        options["input_shape"] = profile.unet["input_shape"]
+        argv = ["--voc-path", inputs.voc, "--logs-dir", inputs.logs_dir, "--seed", inputs.seed]
+        main = importlib.import_module(f"other_ssl.{script}").main
+        return main([str(a) for a in argv] + to_argv(options) + list(extra))
+
+    return pretrain
+
+
+PRETRAINERS["cscl"] = labelled("train_cscl")                      # CSCL, on the VOC labels
 PAIR_PRETRAINERS = ("pde_class", "pde_grading")     # they read the pair index
+LABELLED_PRETRAINERS = ("cscl",)                    # they read the VOC labels

@@ -156,7 +156,8 @@ def pretrain_encoder(name, run, profile, seed, extra=()):
     """Run pretrainer ``name`` of :data:`PRETRAINERS` on the run's selected images (and
     pair index); returns ``{"run_dir", "encoder_path", "test_metrics"}``."""
     inputs = PretrainInputs(image_dir=run.result("select")["out_dir"],
-                            pairs=run.result("pairs").get("splits"), logs_dir=run.dir, seed=seed)
+                            pairs=run.result("pairs").get("splits"), logs_dir=run.dir, seed=seed,
+                            voc=run.result("orchard").get("voc"))
     result = PRETRAINERS[name](inputs, profile, join_argv(extra))
     return plain({"run_dir": result["run_dir"], "encoder_path": result["encoder_path"],
                   "test_metrics": result.get("test_metrics", {})})

@@ -21,6 +21,8 @@ from other_ssl.methods import METHODS, get_method
 from utils.weights import load_weights_by_name
 
 LEARNING = ("simsiam", "simclr", "barlow_twins")
+# Methods with views and heads of their own, tested in test_new_methods.py.
+OWN_VIEWS = ("multitask", "cmid")
 RESNET50_LAYERS = 106
 
 
@@ -83,7 +85,7 @@ def assert_loads_whole(encoder, path):
 
 def test_registry_and_unknown_method():
     assert set(METHODS) == {"simclr", "moco", "simsiam", "byol", "barlow_twins", "nnclr",
-                            "dcclr", "hsictwins", "twist", "dino"}
+                            "dcclr", "hsictwins", "twist", "dino", "multitask", "cmid"}
     with pytest.raises(ValueError, match="known methods: simclr, moco, simsiam"):
         get_method("swav")
 
@@ -160,7 +162,7 @@ def run_steps(model, images, n, graph):
     return losses, {k: float(v) for k, v in logs.items()}
 
 
-@pytest.mark.parametrize("name", [n for n in METHODS if n not in LEARNING])
+@pytest.mark.parametrize("name", [n for n in METHODS if n not in LEARNING + OWN_VIEWS])
 def test_method_steps_give_finite_loss(name):
     keras.utils.set_random_seed(0)
     # MoCo runs as a graph (queue and momentum updates inside tf.function), with the

@@ -8,8 +8,8 @@ from pipeline.pretrainers import PRETRAINERS, PretrainInputs
 from pipeline.profiles import PROFILES, to_argv
 
 
-def test_registry_holds_pde_every_ssl_method_and_supervised():
-    assert {"pde_class", "pde_grading", "supervised", *METHODS} == set(PRETRAINERS)
+def test_registry_holds_pde_every_ssl_method_supervised_and_cscl():
+    assert {"pde_class", "pde_grading", "supervised", "cscl", *METHODS} == set(PRETRAINERS)
 
 
 def test_to_argv_flags_tuples_and_left_out_values():
@@ -28,13 +28,14 @@ def test_to_argv_flags_tuples_and_left_out_values():
                          "--shared-towers --no-augment --learning-rate 1e-3 --precise-bn 20 "
                          "--validation-steps 5 --keep-checkpoints 1"),
     ("demo", "unet", "--input-shape 64 128 --freeze-batch-size 8 --unfreeze-batch-size 8 "
-                     "--freeze-lr 1e-3 --mixed-precision --eval-checkpoint best"),
+                     "--freeze-lr 1e-3 --mixed-precision --encoder-bn-batches 7 "
+                     "--val-period 5"),
     ("demo", "images_pretrain", "--input-shape 32 64 --batch-size 32 --epochs 3 "
                                 "--steps-per-epoch 100 --pool gap --learning-rate 1e-3 "
                                 "--precise-bn 20"),
     ("tiny", "pairs", "--per-class 24 --drop-empty-classes"),
 ])
-def test_profiles_give_the_scripts_the_same_values_as_the_former_option_strings(name, field, old):
+def test_profiles_become_the_scripts_option_strings(name, field, old):
     def parsed(tokens):
         # Numbers compare as numbers: 1e-3 and 0.001 are one value.
         return [float(t) if t.replace(".", "").replace("e-", "").isdigit() else t for t in tokens]
@@ -52,3 +53,16 @@ def test_an_ssl_pretrainer_runs_its_method_with_the_profile_and_the_overrides(mo
     assert seen["argv"][:8] == ["--method", "simsiam", "--image-dir", "out", "--logs-dir",
                                 "logs", "--seed", "3"]
     assert seen["argv"][-2:] == ["--epochs", "5"] and "--pool" in seen["argv"]
+
+
+def test_cscl_pretrainer_reads_the_voc_set_at_the_unet_size(monkeypatch):
+    from other_ssl import train_cscl
+
+    seen = {}
+    monkeypatch.setattr(train_cscl, "main", lambda argv: seen.setdefault("argv", argv))
+    inputs = PretrainInputs(image_dir="out", pairs=None, logs_dir="logs", seed=3, voc="VOC")
+    PRETRAINERS["cscl"](inputs, PROFILES["tiny"])
+    argv = " ".join(seen["argv"])
+    assert argv.startswith("--voc-path VOC --logs-dir logs --seed 3")
+    assert "--input-shape 64 64" in argv and "--batch-size 4" in argv
+    assert "--pool" not in argv and "--image-dir" not in argv

@@ -186,3 +186,22 @@ def test_pruning_keeps_the_encoder_and_the_better_unet_only(tmp_path):
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.keras"))
     assert left == ["unet_frozen/best_epoch.keras"]
     assert (tmp_path / "pde" / "encoder.weights.h5").is_file()
+
+
+def test_kept_resume_point_loses_its_optimizer_state_but_not_its_weights(tmp_path):
+    import keras
+    import numpy as np
+
+    from utils.run import Run, checkpoint_epoch
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(64), keras.layers.Dense(3)])
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    model.fit(np.ones((8, 4)), np.zeros((8, 3)), epochs=1, verbose=0)
+    path = Run(tmp_path).save_model(model, "last_epoch.keras", 7, include_optimizer=True)
+    before = path.stat().st_size
+    after = run_pipeline._drop_optimizer_state(path)
+    assert after < before
+    assert checkpoint_epoch(path) == 7
+    reloaded = keras.models.load_model(path, compile=False)
+    for a, b in zip(model.weights, reloaded.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

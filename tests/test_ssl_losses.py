@@ -133,3 +133,126 @@ def test_embedding_std_and_collapse_flag():
     std = value(losses.embedding_std(healthy))
     assert std == pytest.approx(1 / 16, rel=0.05)
     assert not losses.is_collapsed(std, 256)
+
+
+# CSCL, multitask and CMID losses.
+
+LABELS_4X4 = np.array([[0, 0, 1, 1],
+                       [0, 0, 1, 1],
+                       [2, 2, 1, 1],
+                       [2, 2, 2, 2]], "int32")
+
+
+def _cscl_reference(labels, k, d):
+    b, h, w = labels.shape
+    out = np.zeros((b, h, w, k, k), "float32")
+    for n, y, x, i, j in np.ndindex(b, h, w, k, k):
+        yy, xx = y + (i - k // 2) * d, x + (j - k // 2) * d
+        if 0 <= yy < h and 0 <= xx < w:
+            out[n, y, x, i, j] = labels[n, y, x] == labels[n, yy, xx]
+    return out
+
+
+def test_cscl_targets_at_the_border():
+    y = np.asarray(losses.cscl_targets(LABELS_4X4[None], 3, 1))[0]
+    assert y.shape == (4, 4, 3, 3)
+    # Corner (0, 0): five offsets fall outside (0); the three inside neighbours are 0s.
+    np.testing.assert_array_equal(y[0, 0], [[0, 0, 0], [0, 1, 1], [0, 1, 1]])
+    # Corner (3, 3), label 2: only its left neighbour shares the label.
+    np.testing.assert_array_equal(y[3, 3], [[0, 0, 0], [1, 1, 0], [0, 0, 0]])
+    # Top edge (0, 2), label 1 beside a 0 on its left.
+    np.testing.assert_array_equal(y[0, 2], [[0, 0, 0], [0, 1, 1], [0, 1, 1]])
+    assert (y[:, :, 1, 1] == 1).all()  # the centre always counts
+    # Dilation 2 looks two pixels away: (2, 2) sees (0, 2) above, the rest is out or differs.
+    y2 = np.asarray(losses.cscl_targets(LABELS_4X4[None], 3, 2))[0]
+    np.testing.assert_array_equal(y2[2, 2], [[0, 1, 0], [0, 1, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(y2[0, 0], [[0, 0, 0], [0, 1, 0], [0, 0, 0]])
+
+
+@pytest.mark.parametrize("k,d", [(3, 1), (5, 2)])
+def test_cscl_targets_match_a_loop(k, d):
+    labels = np.random.RandomState(k).randint(0, 3, (2, 5, 6)).astype("int32")
+    np.testing.assert_array_equal(losses.cscl_targets(labels, k, d), _cscl_reference(labels, k, d))
+
+
+def test_cscl_loss_by_hand():
+    s = np.array([0.5, -0.2], "float32").reshape(1, 1, 1, 1, 2)
+    y = np.array([1.0, 0.0], "float32").reshape(1, 1, 1, 1, 2)
+    # (-0.125 * 0.5 + (1 - 0) * -0.2) / 2
+    assert value(losses.cscl_loss(s, y)) == pytest.approx((-0.0625 - 0.2) / 2, abs=1e-7)
+    assert value(losses.cscl_loss(s, y, pos_weight=1.0)) == pytest.approx(-0.35, abs=1e-7)
+
+
+def test_inpainting_loss_counts_only_changed_pixels():
+    y = np.array([0.0, 1.0], "float32").reshape(1, 1, 2, 1)
+    corrupted = np.array([1.0, 1.0], "float32").reshape(1, 1, 2, 1)
+    pred = np.array([0.5, 5.0], "float32").reshape(1, 1, 2, 1)
+    # W = [1, 0]: the second pixel's error of 4 does not count.
+    assert value(losses.inpainting_loss(y, pred, corrupted)) == pytest.approx(0.5, abs=1e-5)
+    # Nothing corrupted: 0, not a division by zero.
+    assert value(losses.inpainting_loss(y, pred, y)) == pytest.approx(0.0)
+
+
+def test_exemplar_loss_by_hand():
+    # Rows of the 4x4 cosine matrix with the diagonal zeroed: [0, 0, 1, 0] etc.;
+    # -log(e / (e + 3)) for every row.
+    assert value(losses.exemplar_loss(I2, I2, 1.0)) == pytest.approx(math.log(1 + 3 / E), abs=1e-6)
+    assert value(losses.exemplar_loss(I2, I2, 0.5)) == pytest.approx(math.log(1 + 3 * E ** -2),
+                                                                     abs=1e-6)
+
+
+def test_focal_l1_by_hand():
+    f = lambda l: l * (2 / (1 + math.exp(-0.2 * l)) - 1)  # noqa: E731
+    y = np.zeros((1, 1, 2, 2), "float32")
+    pred = np.array([[[[2.0, 4.0], [7.0, 7.0]]]], "float32")
+    mask = np.array([[[1.0, 0.0]]], "float32")
+    # One masked pixel, two channels: (f(2) + f(4)) / 1 / 2; the unmasked 7s do not count.
+    want = (f(2) + f(4)) / (1 + 1e-5) / 2
+    assert value(losses.focal_l1(y, pred, mask)) == pytest.approx(want, rel=1e-5)
+
+
+def _ffl_reference(y, p, mask, unmask_weight=1e-3):
+    keep = mask[..., None] + (1 - mask[..., None]) * unmask_weight
+    p = p * keep + (0.5 * p + 0.5 * y) * (1 - keep)
+    fp = np.fft.fft2(p, axes=(1, 2), norm="ortho").mean(0)
+    fy = np.fft.fft2(y, axes=(1, 2), norm="ortho").mean(0)
+    d = np.abs(fp - fy) ** 2
+    w = np.log(np.sqrt(d) + 1)
+    return (np.clip(w / w.max(), 0, 1) * d).mean()
+
+
+def test_focal_frequency_loss_by_hand_and_numpy():
+    y = np.zeros((1, 1, 2, 1), "float32")
+    p = np.array([3.0, 1.0], "float32").reshape(1, 1, 2, 1)
+    # Orthonormal FFT of [3, 1]: [4, 2] / sqrt 2 -> d = [8, 2]; weights log(1 + sqrt d),
+    # the larger scaled to 1.
+    w2 = math.log(1 + math.sqrt(2)) / math.log(1 + math.sqrt(8))
+    got = value(losses.focal_frequency_loss(y, p, np.ones((1, 1, 2), "float32")))
+    assert got == pytest.approx((8 + 2 * w2) / 2, rel=1e-5)
+    rng = np.random.RandomState(0)
+    y, p = rng.rand(2, 4, 6, 3).astype("float32"), rng.rand(2, 4, 6, 3).astype("float32")
+    mask = (rng.rand(2, 4, 6) > 0.5).astype("float32")
+    assert value(losses.focal_frequency_loss(y, p, mask)) == pytest.approx(
+        _ffl_reference(y, p, mask), rel=1e-4)
+
+
+def test_mocov2_loss_by_hand():
+    queue = np.array([[1.0, 0.0]], "float32")
+    # Row 0: logits [1 (key), 1 (queue)] -> log 2; row 1: [1, 0] -> log(1 + 1/e). The
+    # batch's other key is no negative (moco_loss would add it).
+    want = (math.log(2) + math.log(1 + 1 / E)) / 2
+    assert value(losses.mocov2_loss(I2, I2, I2, I2, queue, 1.0)) == pytest.approx(want, abs=1e-6)
+
+
+def test_dino_local_loss_centres_and_sharpens():
+    t_s = 0.1
+    student = np.array([[0.0, math.log(3) * t_s]], "float32")
+    # Teacher [1, 0] minus centre [1, 0]: a uniform target against softmax [1/4, 3/4].
+    want = -(0.5 * math.log(0.25) + 0.5 * math.log(0.75))
+    got = losses.dino_local_loss(student, np.array([[1.0, 0.0]], "float32"),
+                                 np.array([1.0, 0.0], "float32"), t_s, 0.04)
+    assert value(got) == pytest.approx(want, abs=1e-5)
+    # Without the centre the teacher is sharp (1 / 0.04): nearly all mass on class 0.
+    sharp = losses.dino_local_loss(student, np.array([[1.0, 0.0]], "float32"),
+                                   np.zeros(2, "float32"), t_s, 0.04)
+    assert value(sharp) == pytest.approx(-math.log(0.25), abs=1e-5)
