@@ -1,16 +1,20 @@
-"""Pairs per second of one classification-distance PDE training step, float32 vs mixed.
+"""Pairs per second of one classification-distance PDE training step, side by side.
 
-The model of step 5 (two ResNet50 towers, Adam) at 96x160 with batch 16 by default,
-on in-memory random pairs so only the step is timed; the first steps (graph tracing)
-are left out. ``--mixed-precision`` in the training scripts is the "mixed" column:
-bfloat16 on a CPU, float16 on a GPU.
+The model of step 5 (ResNet50 towers, Adam) on in-memory random pairs, so only the
+step is timed. Every configuration asked for (precision x batch-norm kernel, and
+optionally a plain ``keras.applications.ResNet50`` Siamese of the same shape) is built
+first, then timed one step each in turn for ``--steps`` rounds (``benchmarks/timing.py``),
+so the ratios hold on a shared machine. ``--mixed-precision`` in the training scripts
+is the "mixed" precision: bfloat16 on a CPU, float16 on a GPU. "keras" BN is Keras 3's
+unfused ``BatchNormalization``, "fused" the fused kernel the encoder uses
+(``nets/layers.py``). GFLOP/s counts 3x the forward pass's FLOPs (TensorFlow's profiler).
 
-    python benchmarks/bench_pde_step.py --input-shape 96 160 --batch-size 16 --steps 10
+    python benchmarks/bench_pde_step.py --input-shape 64 128 --batch-size 16 --pool gap \\
+        --precision float32 mixed --bn keras fused --steps 8
 """
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -20,48 +24,89 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from benchmarks.timing import forward_flops, interleaved  # noqa: E402
 
-def time_steps(args, mixed):
+PRECISIONS = ("float32", "mixed")
+BN_KINDS = ("fused", "keras")
+
+
+def keras_app_siamese(shape, pool, shared_towers):
+    """The PDE classification model with ``keras.applications.ResNet50(weights=None)``
+    as its encoder: the plain Keras reference for the port's own ResNet50."""
     import keras
 
+    from pde_self_supervised.con_resnet import projection_head
+    from pde_self_supervised.layers import SquaredDifference
+
+    inputs = [keras.Input(shape, name="self_input1"), keras.Input(shape, name="self_input2")]
+    embeddings = []
+    encoder = head = None
+    for tower, x in enumerate(inputs):
+        if encoder is None or not shared_towers:
+            encoder = keras.applications.ResNet50(include_top=False, weights=None,
+                                                  input_shape=shape, name=f"resnet50_{tower}")
+            head = projection_head(pool, tower=tower)
+        embeddings.append(head(encoder(x)))
+    merged = SquaredDifference(name="squared_difference")(embeddings)
+    output = keras.layers.Dense(4, activation="softmax", name="self_output",
+                                dtype="float32")(merged)
+    return keras.Model(inputs, {"self_output": output})
+
+
+def build_step(args, precision, bn):
+    """A zero-argument callable running one train step of the configuration, and the
+    model (for its FLOP count)."""
+    import keras
+    import tensorflow as tf
+
+    from nets.layers import keras_batch_norm
     from pde_self_supervised.con_resnet_class import self_sup_resnet
     from pde_self_supervised.train_common import build_training_state
     from utils.utils import jit_compile_default, set_mixed_precision, set_seed
 
     set_seed(args.seed)
-    policy = set_mixed_precision(mixed)
-    model = self_sup_resnet((*args.input_shape, 3), pool=args.pool)
+    set_mixed_precision(precision == "mixed")
+    shape = (*args.input_shape, 3)
+    if bn == "keras-app":
+        model = keras_app_siamese(shape, args.pool, args.shared_towers)
+    elif bn == "keras":
+        with keras_batch_norm():
+            model = self_sup_resnet(shape, pool=args.pool, shared_towers=args.shared_towers)
+    else:
+        model = self_sup_resnet(shape, pool=args.pool, shared_towers=args.shared_towers)
     model.compile(optimizer=keras.optimizers.Adam(), loss="categorical_crossentropy",
-                  metrics=["mse", "acc"], jit_compile=jit_compile_default())
-    rng = np.random.default_rng(args.seed)
-    shape = (args.batch_size, *args.input_shape, 3)
-    x = {"self_input1": rng.uniform(-1, 1, shape).astype("float32"),
-         "self_input2": rng.uniform(-1, 1, shape).astype("float32")}
-    y = {"self_output": np.eye(4, dtype="float32")[rng.integers(0, 4, args.batch_size)]}
-    import tensorflow as tf
-
-    build_training_state(model, tf.data.Dataset.from_tensors((x, y)).element_spec)
-    start = time.perf_counter()
-    for _ in range(args.warmup):
-        model.train_on_batch(x, y)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        model.train_on_batch(x, y)
-    elapsed = time.perf_counter() - start
+                  metrics=["acc"], jit_compile=jit_compile_default())
+    # Layers keep the policy they were built with; the next model starts from float32.
     set_mixed_precision(False)
-    return {"policy": policy, "pairs_per_s": args.steps * args.batch_size / elapsed,
-            "s_per_step": elapsed / args.steps, "warmup_s": first}
+    rng = np.random.default_rng(args.seed)
+    batch = (args.batch_size, *args.input_shape, 3)
+    x = {"self_input1": rng.uniform(-1, 1, batch).astype("float32"),
+         "self_input2": rng.uniform(-1, 1, batch).astype("float32")}
+    y = {"self_output": np.eye(4, dtype="float32")[rng.integers(0, 4, args.batch_size)]}
+    build_training_state(model, tf.data.Dataset.from_tensors((x, y)).element_spec)
+    return (lambda: model.train_on_batch(x, y)), model, x
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--input-shape", type=int, nargs=2, default=[96, 160], metavar=("H", "W"))
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
+    p.add_argument("--steps", type=int, default=10, help="timed rounds (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed first steps (default 2)")
     p.add_argument("--pool", choices=("flatten", "gap"), default="flatten")
-    p.add_argument("--precision", choices=("both", "float32", "mixed"), default="both")
+    p.add_argument("--shared-towers", action="store_true",
+                   help="one tower for both images (the demo profile's setting)")
+    p.add_argument("--precision", nargs="+", choices=("both",) + PRECISIONS, default=["both"],
+                   help="float32, mixed or both (default both)")
+    p.add_argument("--bn", nargs="+", choices=BN_KINDS, default=["fused"],
+                   help="batch-norm kernel(s) of the port's encoder: fused (the default, "
+                        "what training uses), keras (Keras 3's unfused layer)")
+    p.add_argument("--keras-resnet50", action="store_true",
+                   help="also time a Siamese on keras.applications.ResNet50 (same shape, "
+                        "head and policy), the plain Keras reference")
+    p.add_argument("--peak-gflops", type=float, default=256.0,
+                   help="float32 peak of the machine, for the %% of peak column "
+                        "(default 256: 2 Sapphire Rapids cores, 2 AVX-512 FMA units)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -70,20 +115,42 @@ def main(argv=None):
     args = parse_args(argv)
     import tensorflow as tf
 
+    precisions = PRECISIONS if "both" in args.precision else tuple(args.precision)
+    kinds = list(args.bn) + (["keras-app"] if args.keras_resnet50 else [])
     device = "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({os.cpu_count()} cores)"
-    runs = {"float32": False, "mixed": True}
-    if args.precision != "both":
-        runs = {args.precision: runs[args.precision]}
-    results = {name: time_steps(args, mixed) for name, mixed in runs.items()}
     h, w = args.input_shape
     print(f"PDE classification-distance train step, {h}x{w}, batch {args.batch_size}, "
-          f"pool {args.pool}, {device}, mean of {args.steps} steps after {args.warmup}")
+          f"pool {args.pool}, {'shared' if args.shared_towers else 'two'} towers, {device}; "
+          f"median of {args.steps} interleaved rounds after {args.warmup} warm-up steps",
+          flush=True)
+    steps, flops = {}, None
+    for precision in precisions:
+        for bn in kinds:
+            step, model, x = build_step(args, precision, bn)
+            steps[f"{precision}/{bn}"] = step
+            if flops is None and precision == "float32" and bn != "keras-app":
+                flops = 3 * forward_flops(model, x)
+    results = interleaved(steps, args.steps, args.warmup)
+    if flops:
+        print(f"  {flops / 1e9:.1f} GFLOP per step (3 x forward), fp32 peak "
+              f"{args.peak_gflops:.0f} GFLOP/s")
+    base = next(iter(results))
     for name, r in results.items():
-        print(f"  {name:8s} ({r['policy']:14s}) {r['pairs_per_s']:7.1f} pairs/s  "
-              f"{r['s_per_step']:6.2f} s/step  (first {args.warmup} steps {r['warmup_s']:.0f} s)")
-    if len(results) == 2:
-        ratio = results["mixed"]["pairs_per_s"] / results["float32"]["pairs_per_s"]
-        print(f"  mixed / float32: {ratio:.2f}x")
+        rate = f"{flops / r['s'] / 1e9:6.1f} GFLOP/s ({100 * flops / r['s'] / 1e9 / args.peak_gflops:3.0f} % of fp32 peak)" if flops else ""
+        print(f"  {name:18s} {args.batch_size / r['s']:7.1f} pairs/s  {r['s']:6.3f} s/step  "
+              f"CPU {100 * r['cpu']:3.0f} %  {rate}  x{results[base]['s'] / r['s']:.2f} vs {base}")
+    for precision in precisions:
+        if f"{precision}/keras" in results and f"{precision}/fused" in results:
+            ratio = results[f"{precision}/keras"]["s"] / results[f"{precision}/fused"]["s"]
+            print(f"  fused / keras BN, {precision}: {ratio:.2f}x")
+    for bn in kinds:
+        if all(f"{p}/{bn}" in results for p in PRECISIONS):
+            ratio = results[f"float32/{bn}"]["s"] / results[f"mixed/{bn}"]["s"]
+            print(f"  mixed / float32, {bn}: {ratio:.2f}x")
+    if "keras-app" in kinds and "fused" in kinds:
+        for precision in precisions:
+            ratio = results[f"{precision}/keras-app"]["s"] / results[f"{precision}/fused"]["s"]
+            print(f"  port (fused) / keras.applications.ResNet50, {precision}: {ratio:.2f}x")
     return results
 
 

@@ -1,16 +1,20 @@
-"""Seconds per U-Net training step: frozen, decoder alone, unfrozen; float32 vs bfloat16.
+"""Seconds per U-Net training step: frozen, decoder alone, unfrozen; float32 vs bfloat16;
+Keras's or the fused batch norm; side by side.
 
 The step 6 model (ResNet50 U-Net, Dice + Focal loss, Adam) on in-memory random images,
-so only the step is timed; the first steps (graph tracing) are left out. "decoder"
-trains the same decoder layers on precomputed encoder features: what a cache of a
-frozen encoder's outputs would leave to do per step.
+so only the step is timed. "decoder" trains the same decoder layers on precomputed
+encoder features: what a cache of a frozen encoder's outputs would leave to do per
+step. Every configuration is built first, then timed one step each in turn for
+``--steps`` rounds (``benchmarks/timing.py``), so the ratios hold on a shared machine.
+GFLOP/s counts 3x the forward pass's FLOPs (TensorFlow's profiler), also for a frozen
+encoder, whose weight gradients are not computed: there it overstates the work.
 
-    python benchmarks/bench_unet_step.py --input-shape 64 128 --batch-size 8 --steps 10
+    python benchmarks/bench_unet_step.py --input-shape 64 128 --batch-size 8 --steps 10 \\
+        --modes frozen unfrozen --bn keras fused
 """
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -20,19 +24,29 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from benchmarks.timing import forward_flops, interleaved  # noqa: E402
+
 MODES = ("frozen", "decoder", "unfrozen")
+PRECISIONS = ("float32", "mixed")
+BN_KINDS = ("fused", "keras")
 
 
-def time_mode(args, mode, mixed):
+def build_step(args, mode, precision, bn):
+    """A zero-argument callable running one train step, the model and its input."""
     import keras
 
+    from nets.layers import keras_batch_norm
     from nets.unet import build_unet, get_encoder, unet_decoder
     from nets.unet_training import get_loss
-    from utils.utils import set_mixed_precision, set_seed
+    from utils.utils import jit_compile_default, set_mixed_precision, set_seed
 
     set_seed(args.seed)
-    policy = set_mixed_precision(mixed)
-    unet = build_unet((*args.input_shape, 3), 5, "resnet50")
+    set_mixed_precision(precision == "mixed")
+    if bn == "keras":
+        with keras_batch_norm():
+            unet = build_unet((*args.input_shape, 3), 5, "resnet50")
+    else:
+        unet = build_unet((*args.input_shape, 3), 5, "resnet50")
     encoder = get_encoder(unet)
     encoder.trainable = mode == "unfrozen"
     rng = np.random.default_rng(args.seed)
@@ -45,43 +59,61 @@ def time_mode(args, mode, mixed):
         model = keras.Model(features, unet_decoder(features, 5, "resnet50"))
         x = [np.asarray(f, "float32") for f in encoder(x, training=False)]
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=get_loss("dice_focal", np.ones(5)),
-                  jit_compile=False)
-    for _ in range(args.warmup):
-        model.train_on_batch(x, y)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        model.train_on_batch(x, y)
-    elapsed = (time.perf_counter() - start) / args.steps
+                  jit_compile=jit_compile_default())
+    # Layers keep the policy they were built with; the next model starts from float32.
     set_mixed_precision(False)
-    return policy, elapsed
+    return (lambda: model.train_on_batch(x, y)), model, x
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--input-shape", type=int, nargs=2, default=[64, 128], metavar=("H", "W"))
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=10, help="timed steps per mode")
+    p.add_argument("--steps", type=int, default=10, help="timed rounds (default 10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed first steps (tracing)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--precision", nargs="+", choices=("both",) + PRECISIONS, default=["both"],
+                   help="float32, mixed or both (default both)")
+    p.add_argument("--bn", nargs="+", choices=BN_KINDS, default=["fused"],
+                   help="batch-norm kernel(s) of the encoder: fused (the default, what "
+                        "training uses), keras (Keras 3's unfused layer)")
+    p.add_argument("--peak-gflops", type=float, default=256.0,
+                   help="float32 peak of the machine, for the %% of peak column (default 256)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    precisions = PRECISIONS if "both" in args.precision else tuple(args.precision)
     h, w = args.input_shape
-    print(f"U-Net ResNet50 train step, {h}x{w}, batch {args.batch_size}, {args.steps} timed steps")
-    rows = []
+    print(f"U-Net ResNet50 train step, {h}x{w}, batch {args.batch_size}; median of "
+          f"{args.steps} interleaved rounds after {args.warmup} warm-up steps", flush=True)
+    steps, flops = {}, {}
     for mode in args.modes:
-        times = {}
-        for mixed in (False, True):
-            policy, seconds = time_mode(args, mode, mixed)
-            times[policy] = seconds
-        (p32, t32), (pbf, tbf) = times.items()
-        rows.append((mode, t32, tbf))
-        print(f"{mode:9s} {p32} {t32 * 1000:6.0f} ms/step   {pbf} {tbf * 1000:6.0f} ms/step   "
-              f"ratio {t32 / tbf:.2f}x", flush=True)
-    return rows
+        for precision in precisions:
+            for bn in args.bn:
+                step, model, x = build_step(args, mode, precision, bn)
+                steps[f"{mode}/{precision}/{bn}"] = step
+                if mode not in flops:
+                    flops[mode] = 3 * forward_flops(model, x)
+    results = interleaved(steps, args.steps, args.warmup)
+    for name, r in results.items():
+        gflops = flops[name.split("/")[0]] / r["s"] / 1e9
+        print(f"  {name:24s} {r['s'] * 1000:6.0f} ms/step  CPU {100 * r['cpu']:3.0f} %  "
+              f"{gflops:6.1f} GFLOP/s ({100 * gflops / args.peak_gflops:3.0f} % of fp32 peak)")
+    for mode in args.modes:
+        for precision in precisions:
+            pair = [f"{mode}/{precision}/{bn}" for bn in ("keras", "fused")]
+            if all(name in results for name in pair):
+                print(f"  {mode:9s} fused / keras BN, {precision}: "
+                      f"{results[pair[0]]['s'] / results[pair[1]]['s']:.2f}x")
+        for bn in args.bn:
+            pair = [f"{mode}/{p}/{bn}" for p in PRECISIONS]
+            if all(name in results for name in pair):
+                print(f"  {mode:9s} mixed / float32, {bn} BN: "
+                      f"{results[pair[0]]['s'] / results[pair[1]]['s']:.2f}x")
+    return results
 
 
 if __name__ == "__main__":

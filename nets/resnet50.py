@@ -10,6 +10,8 @@ encoder and those files by layer name. The original's second Siamese tower used
 import keras
 from keras import layers
 
+from nets.layers import BatchNormalization
+
 # (filters, number of blocks) per stage; block letters are a, b, c, ...
 STAGES = ((2, (64, 64, 256), 3), (3, (128, 128, 512), 4),
           (4, (256, 256, 1024), 6), (5, (512, 512, 2048), 3))
@@ -26,16 +28,16 @@ def _bottleneck(x, filters, stage_label, block, strides, shortcut_conv):
     conv = f"res{stage_label}{block}_branch"
     bn = f"bn{stage_label}{block}_branch"
     y = layers.Conv2D(f1, 1, strides=strides, name=conv + "2a")(x)
-    y = layers.BatchNormalization(name=bn + "2a")(y)
+    y = BatchNormalization(name=bn + "2a")(y)
     y = layers.Activation("relu")(y)
     y = layers.Conv2D(f2, 3, padding="same", name=conv + "2b")(y)
-    y = layers.BatchNormalization(name=bn + "2b")(y)
+    y = BatchNormalization(name=bn + "2b")(y)
     y = layers.Activation("relu")(y)
     y = layers.Conv2D(f3, 1, name=conv + "2c")(y)
-    y = layers.BatchNormalization(name=bn + "2c")(y)
+    y = BatchNormalization(name=bn + "2c")(y)
     if shortcut_conv:
         x = layers.Conv2D(f3, 1, strides=strides, name=conv + "1")(x)
-        x = layers.BatchNormalization(name=bn + "1")(x)
+        x = BatchNormalization(name=bn + "1")(x)
     y = layers.add([y, x])
     return layers.Activation("relu")(y)
 
@@ -49,7 +51,7 @@ def resnet50_features(img_input, suffix=""):
     """
     x = layers.ZeroPadding2D(3)(img_input)
     x = layers.Conv2D(64, 7, strides=2, name="conv1" + suffix)(x)
-    x = layers.BatchNormalization(name="bn_conv1" + suffix)(x)
+    x = BatchNormalization(name="bn_conv1" + suffix)(x)
     x = layers.Activation("relu")(x)
     features = [x]
     x = layers.ZeroPadding2D(1)(x)

@@ -7,6 +7,7 @@ import keras
 from keras import initializers, layers
 
 from nets.encoders import build_encoder, check_input_shape
+from nets.layers import BatchNormalization
 
 DECODER_FILTERS = (512, 256, 128, 64)
 
@@ -40,7 +41,7 @@ def unet_decoder(features, num_classes=5, backbone="resnet50"):
         x = _conv(filters)(x)
         x = _conv(filters)(x)
     if backbone == "vgg":
-        x = layers.BatchNormalization()(x)
+        x = BatchNormalization()(x)
     else:
         # ResNet50's first feature is at stride 2: one more upsampling stage.
         x = layers.UpSampling2D(2)(x)

@@ -2,6 +2,7 @@
 import pytest
 
 from nets.encoders import build_encoder, check_input_shape, weighted_layers
+from nets.layers import BatchNormalization
 from nets.unet import build_unet, get_encoder
 
 BLOCKS = {2: 3, 3: 4, 4: 6, 5: 3}
@@ -56,6 +57,9 @@ def test_resnet50_tower1_names_and_params(unet_resnet):
     assert names[-1] == "bn5c_branch2c"
     assert names == expected_resnet50_names()
     assert encoder.count_params() == 23_587_712
+    # Every batch norm runs the fused kernel, under Keras's class name and config.
+    bns = [layer for layer in encoder.layers if "BatchNormalization" in type(layer).__name__]
+    assert len(bns) == 53 and all(type(layer) is BatchNormalization for layer in bns)
 
 
 def test_resnet50_tower2_names_and_params(tower2):

@@ -103,6 +103,22 @@ def get_strategy(name="default"):
     raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
 
 
+def is_chief(strategy=None):
+    """Whether this process writes the run's files (checkpoints, logs, plots).
+
+    Under ``multiworker`` every worker runs the same script and computes the same
+    weights; only one may write: the task ``chief``, or worker 0 when the cluster in
+    ``TF_CONFIG`` names no chief. Every other strategy has one process: always True.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return (resolver.task_type == "worker" and resolver.task_id == 0
+            and "chief" not in resolver.cluster_spec().as_dict())
+
+
 def add_common_training_args(parser, seed=11):
     """Options every training script shares: seed, logs, precision, strategy."""
     parser.add_argument("--seed", type=int, default=seed, help=f"random seed (default {seed})")
