@@ -19,12 +19,13 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nets.encoders import BACKBONES  # noqa: E402
+from utils.errors import MissingInput, OutputExists, UserError  # noqa: E402
 from utils.run import fresh_path  # noqa: E402
 from utils.utils import NAME_CLASSES, make_run_dir, set_seed, write_json  # noqa: E402
 from utils.utils_metrics import (RESULT_FILES, compute_mIoU, confusion_of_files,  # noqa: E402
                                  per_class_iu, per_class_PA_Recall, per_class_Precision,
                                  print_summary, show_results)
-from utils.voc import check_files, image_path, read_split, voc_dirs  # noqa: E402
+from utils.voc import check_files, check_images, image_path, read_split, voc_dirs  # noqa: E402
 
 
 def predict_split(unet, voc_path, image_ids, pred_dir, batch_size=8):
@@ -82,6 +83,7 @@ def evaluate_split(model, voc_path, split="test", num_classes=5, name_classes=No
     """
     image_ids = read_split(voc_path, split)
     check_files(voc_path, image_ids)
+    check_images(voc_path, image_ids, where=f"split {split!r}")
     out_dir = Path(out_dir) if out_dir is not None else make_run_dir("miou")
     unet = _as_unet(model, num_classes, backbone, input_shape, name_classes)
     names = _class_names(unet.num_classes, name_classes)
@@ -133,19 +135,31 @@ def main(argv=None):
     args = parse_args(argv)
     set_seed(args.seed)
     if args.miou_mode in (0, 1) and not args.model_path:
-        raise SystemExit("get_miou.py: --model-path is needed to predict (modes 0 and 1)")
+        raise UserError("--model-path", "needed to predict (modes 0 and 1)",
+                        "give the trained model (best_epoch.keras of a train.py run)")
     if args.miou_mode == 2 and not args.pred_dir and not args.out_dir:
-        raise SystemExit("get_miou.py: mode 2 needs --pred-dir (or --out-dir of an earlier run)")
+        raise UserError("--miou-mode 2", "needs --pred-dir (or --out-dir of an earlier run)")
+    if args.model_path and args.miou_mode in (0, 1):
+        from utils.weights import check_weights_file
+
+        check_weights_file(args.model_path, "--model-path")
+    if args.miou_mode == 2:
+        given = Path(args.pred_dir) if args.pred_dir else Path(args.out_dir) / "detection-results"
+        if not given.is_dir():
+            raise MissingInput(given, "folder of predicted class maps not found",
+                               "give --pred-dir of an earlier mode 0 or 1 run")
     names = _class_names(args.num_classes, args.name_classes)
     image_ids = read_split(args.voc_path, args.split)
     check_files(args.voc_path, image_ids, need_images=args.miou_mode != 2)
+    if args.miou_mode != 2:
+        check_images(args.voc_path, image_ids, where=f"split {args.split!r}")
     if args.out_dir:
         out_dir = Path(args.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         existing = [f for f in RESULT_FILES if (out_dir / f).exists()]
         if args.miou_mode in (0, 2) and existing:
-            raise FileExistsError(f"{out_dir} already holds results ({', '.join(existing)}); "
-                                  f"choose another --out-dir")
+            raise OutputExists(out_dir, f"already holds results ({', '.join(existing)})",
+                               "choose another --out-dir")
         # mode 1 then mode 2 in one folder keeps both
         write_json(fresh_path(out_dir / "args.json"), vars(args))
     else:
@@ -172,4 +186,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from utils.errors import run_cli
+
+    run_cli(main)

@@ -24,6 +24,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nets.encoders import BACKBONES  # noqa: E402
+from utils.errors import MissingInput, UserError  # noqa: E402
+from utils.image_check import bad_images_error, find_bad_images  # noqa: E402
 from utils.run import fresh_path  # noqa: E402
 from utils.utils import set_seed  # noqa: E402
 
@@ -36,13 +38,13 @@ def open_image(path):
     """Open a photo as RGB; a clear error naming a missing or unreadable file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
+        raise MissingInput(path, "image not found", "check the path")
     try:
         with Image.open(path) as im:
             im.load()
             return im.convert("RGB")
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable image ({exc})") from exc
+        raise UserError(path, f"not a readable image ({exc})") from exc
 
 
 def predict_images(unet, paths, save_dir, count=False, batch_size=8):
@@ -180,12 +182,45 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def check_inputs(args):
+    """Everything a mode reads, before the model is loaded: the model file, the images
+    (each decoded once, cached), the input folder, the video file. Returns the image
+    paths of modes predict and dir_predict."""
+    from utils.weights import check_weights_file
+
+    if args.images and args.mode != "predict":
+        raise UserError("images", f"image arguments are only for --mode predict, not {args.mode}",
+                        "drop them or use --mode predict")
+    check_weights_file(args.model_path, "--model-path")
+    paths = []
+    if args.mode == "predict":
+        paths = [Path(p) for p in args.images]
+    elif args.mode == "dir_predict":
+        folder = Path(args.dir_origin_path)
+        if not folder.is_dir():
+            raise MissingInput(folder, "input folder not found", "check --dir-origin-path")
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise UserError(folder, f"no images ({', '.join(IMAGE_SUFFIXES)})",
+                            "check --dir-origin-path")
+    elif args.mode == "fps":
+        paths = [Path(args.fps_image_path)]
+    elif args.mode == "video" and not str(args.video_path).isdigit() \
+            and not Path(args.video_path).is_file():
+        raise MissingInput(args.video_path, "video not found", "check --video-path")
+    for p in paths:
+        if not p.is_file():
+            raise MissingInput(p, "image not found", "check the path")
+    bad = find_bad_images(paths, "pil")
+    if bad:
+        raise bad_images_error(bad, "replace it or leave it out")
+    return paths
+
+
 def main(argv=None):
     args = parse_args(argv)
     set_seed(args.seed)
-    if args.images and args.mode != "predict":
-        raise SystemExit(f"predict.py: image arguments are only for --mode predict, "
-                         f"not {args.mode}")
+    paths = check_inputs(args)
     from unet import Unet
 
     unet = Unet(model_path=args.model_path, num_classes=args.num_classes,
@@ -194,18 +229,12 @@ def main(argv=None):
     result = {"mode": args.mode}
     if args.mode == "predict":
         if args.images:
-            saved, shares = predict_images(unet, args.images, args.dir_save_path, args.count,
+            saved, shares = predict_images(unet, paths, args.dir_save_path, args.count,
                                            args.batch_size)
         else:
             saved, shares = interactive(unet, args.dir_save_path, args.count)
         result.update(saved=saved, shares=shares)
     elif args.mode == "dir_predict":
-        folder = Path(args.dir_origin_path)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"input folder not found: {folder}")
-        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not paths:
-            raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
         saved, shares = predict_images(unet, paths, args.dir_save_path, args.count,
                                        args.batch_size)
         result.update(saved=saved, shares=shares)
@@ -220,4 +249,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from utils.errors import run_cli
+
+    run_cli(main)

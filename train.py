@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 
 from nets.encoders import BACKBONES  # noqa: E402
 from nets.unet_training import LOSSES, get_loss  # noqa: E402
+from utils.errors import MissingInput, UserError, user_errors  # noqa: E402
 from utils.run import (Run, checkpoint_epoch, fresh_path, logged, progress_verbose,  # noqa: E402
                        read_log, resume_args)
 from utils.utils import (NAME_CLASSES, add_common_training_args, jit_compile_default,  # noqa: E402
@@ -107,6 +108,9 @@ def parse_args(argv=None):
     p.add_argument("--eval-checkpoint", choices=("last", "best"), default="last",
                    help="weights evaluated at the end: the last epoch (as the original) or "
                         "the epoch with the best val_mIoU")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out train/val photos that do not decode, naming them "
+                        "(default: stop with an error naming the first)")
     p.add_argument("--encoder-bn-batches", type=int, default=0, metavar="N",
                    help="before the first phase, re-estimate the encoder's batch-norm "
                         "statistics from N batches of the U-Net's own training images "
@@ -149,27 +153,37 @@ def plan_phases(args):
 
 
 def check_args(args):
+    """Options that contradict each other or name missing files: before any work."""
     from nets.encoders import check_input_shape
+    from utils.weights import check_weights_file
 
-    check_input_shape(args.input_shape, args.backbone)
+    with user_errors("--input-shape"):
+        check_input_shape(args.input_shape, args.backbone)
     if args.val_period < 1:
-        raise ValueError(f"--val-period must be at least 1, not {args.val_period}")
+        raise UserError("--val-period", f"must be at least 1, not {args.val_period}")
     if args.frozen_only and (args.from_scratch or not args.freeze_train):
-        raise ValueError("--frozen-only needs the frozen phase: drop --from-scratch / "
-                         "--no-freeze-train")
+        raise UserError("--frozen-only", "needs the frozen phase",
+                        "drop --from-scratch / --no-freeze-train")
     if args.init_model and args.model_path:
-        raise ValueError("--init-model already holds the encoder: drop --model-path")
-    # A resumed run starts from its own last_epoch.keras, whatever it started from.
-    if args.init_model and not args.resume and not Path(args.init_model).is_file():
-        raise FileNotFoundError(f"--init-model {args.init_model}: no such file")
+        raise UserError("--init-model", "already holds the encoder", "drop --model-path")
     if args.from_scratch and args.model_path:
-        raise ValueError("--from-scratch trains a random encoder; drop --model-path")
+        raise UserError("--from-scratch", "trains a random encoder", "drop --model-path")
     if args.cls_weights is not None and len(args.cls_weights) != args.num_classes:
-        raise ValueError(f"--cls-weights has {len(args.cls_weights)} values for "
-                         f"{args.num_classes} classes")
+        raise UserError("--cls-weights", f"--cls-weights has {len(args.cls_weights)} values "
+                                         f"for {args.num_classes} classes",
+                        "give one weight per class")
     if args.name_classes is not None and len(args.name_classes) != args.num_classes:
-        raise ValueError(f"--name-classes has {len(args.name_classes)} names for "
-                         f"{args.num_classes} classes")
+        raise UserError("--name-classes", f"--name-classes has {len(args.name_classes)} names "
+                                          f"for {args.num_classes} classes",
+                        "give one name per class")
+    # A resumed run starts from its own last_epoch.keras, whatever it started from.
+    if args.init_model and not args.resume:
+        check_weights_file(args.init_model, "--init-model")
+    if args.model_path:
+        check_weights_file(args.model_path, "--model-path")
+    if not Path(args.voc_path).is_dir():
+        raise MissingInput(args.voc_path, "--voc-path: VOCdevkit folder not found",
+                           "give the folder that holds VOC2007/")
 
 
 def class_names(args):
@@ -209,7 +223,7 @@ def main(argv=None):
     from nets.unet import build_unet, get_encoder
     from utils.callbacks import (EpochCheckpoint, ExponentDecayScheduler, MIoUCallback,
                                  ResumableEarlyStopping, validation_epochs)
-    from utils.dataloader import build_dataset, check_split
+    from utils.dataloader import build_dataset, check_split, split_path
     from utils.utils_metrics import f_score
 
     set_seed(args.seed)
@@ -220,17 +234,18 @@ def main(argv=None):
     cls_weights = np.asarray(args.cls_weights or np.ones(nc), np.float32)
     loss = get_loss(args.loss, cls_weights)
 
-    train_names = check_split(args.voc_path, "train", nc)
-    val_names = check_split(args.voc_path, "val", nc)
+    train_names = check_split(args.voc_path, "train", nc, skip_bad=args.skip_bad_images)
+    val_names = check_split(args.voc_path, "val", nc, skip_bad=args.skip_bad_images)
     if args.eval_split.lower() != "none":
         # Found missing before hours of training, not after.
         check_split(args.voc_path, args.eval_split, nc)
     phases = plan_phases(args)
     for phase in phases:
         if len(train_names) < phase.batch_size:
-            raise ValueError(f"the train split has {len(train_names)} images, fewer than the "
-                             f"{phase.name} phase's batch size {phase.batch_size}; lower "
-                             f"--freeze-batch-size / --unfreeze-batch-size")
+            raise UserError(split_path(args.voc_path, "train"),
+                            f"the train split has {len(train_names)} images, fewer than the "
+                            f"{phase.name} phase's batch size {phase.batch_size}",
+                            "lower --freeze-batch-size / --unfreeze-batch-size")
 
     # A resume starts after the newest complete last_epoch.keras (a cut-off one never
     # lands: checkpoints are renamed into place) and forgets the log rows after it.
@@ -277,7 +292,7 @@ def main(argv=None):
 
         bn_ds = build_dataset(args.voc_path, "train", (h, w), phases[0].batch_size, nc, True,
                               names=train_names, num_workers=args.num_workers or None,
-                              seed=args.seed)
+                              seed=args.seed, skip_bad=args.skip_bad_images)
         used = recalibrate_batchnorm(encoder, bn_ds, args.encoder_bn_batches)
         print(f"Re-estimated the encoder's batch-norm statistics from {used} training batches.")
 
@@ -298,13 +313,16 @@ def main(argv=None):
         train_ds = build_dataset(args.voc_path, "train", (h, w), phase.batch_size, nc, True,
                                  names=train_names, num_workers=workers,
                                  seed=args.seed + phase.start,
-                                 skip=(start - phase.start) * steps * phase.batch_size)
+                                 skip=(start - phase.start) * steps * phase.batch_size,
+                                 skip_bad=args.skip_bad_images)
         val_ds = build_dataset(args.voc_path, "val", (h, w), phase.batch_size, nc, False,
-                               names=val_names, num_workers=workers)
+                               names=val_names, num_workers=workers,
+                               skip_bad=args.skip_bad_images)
         # mIoU leaves the letterbox bars out (labelled "ignore"); val_loss keeps them as
         # background, as the original.
         miou_ds = build_dataset(args.voc_path, "val", (h, w), phase.batch_size, nc, False,
-                                names=val_names, num_workers=workers, label_fill=nc)
+                                names=val_names, num_workers=workers, label_fill=nc,
+                                skip_bad=args.skip_bad_images)
         if val_steps:
             val_ds, miou_ds = val_ds.take(val_steps), miou_ds.take(val_steps)
 
@@ -373,4 +391,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from utils.errors import run_cli
+
+    run_cli(main)

@@ -22,6 +22,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nets.encoders import BACKBONES  # noqa: E402
+from utils.errors import MissingInput, OutputExists, UserError  # noqa: E402
+from utils.image_check import bad_images_error, find_bad_images  # noqa: E402
 from utils.utils import make_run_dir, set_seed, write_json  # noqa: E402
 
 FEATURE_NAMES = ("feat1", "feat2", "feat3", "feat4", "feat5")
@@ -137,7 +139,7 @@ def _stage_images(folder, max_images=None, seed=11):
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
+        raise MissingInput(folder, "image folder not found", "check --image-dir")
     items, bad = [], []
     for p in sorted(folder.iterdir()):
         if not is_image_file(p):
@@ -149,8 +151,9 @@ def _stage_images(folder, max_images=None, seed=11):
     if bad:
         print(f"Skipped {len(bad)} images whose names are not stage names, e.g. {bad[0]}")
     if not items:
-        raise ValueError(f"{folder}: no stage images named "
-                         f"<camera>p<preset>t<HH>i<stage>d<YYYY-MM-DD>_<HH>.jpg")
+        raise UserError(folder, "no stage images named "
+                                "<camera>p<preset>t<HH>i<stage>d<YYYY-MM-DD>_<HH>.jpg",
+                        "give the out/ folder of select_img.py")
     if max_images and len(items) > max_images:
         pick = np.random.default_rng(seed).choice(len(items), max_images, replace=False)
         items = [items[i] for i in sorted(pick)]
@@ -306,14 +309,28 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def check_inputs(args):
+    """The weights file and (embeddings) the stage images, before any model is built."""
+    from utils.weights import check_weights_file
+
+    if args.model_path:
+        check_weights_file(args.model_path, "--model-path")
+    if args.mode == "embeddings":
+        items = _stage_images(args.image_dir, args.max_images, args.seed)
+        bad = find_bad_images([p for p, _ in items], "pil")
+        if bad:
+            raise bad_images_error(bad, "replace or delete it")
+
+
 def main(argv=None):
     args = parse_args(argv)
     set_seed(args.seed)
+    check_inputs(args)
     if args.out_dir:
         out_dir = Path(args.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         if any(out_dir.iterdir()):
-            raise FileExistsError(f"{out_dir} is not empty; choose a new output folder")
+            raise OutputExists(out_dir, "is not empty", "choose a new --out-dir")
         write_json(out_dir / "args.json", vars(args))
     else:
         out_dir = make_run_dir(f"visualize_{args.mode}", args, root=args.logs_dir)
@@ -324,4 +341,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from utils.errors import run_cli
+
+    run_cli(main)

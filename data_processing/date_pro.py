@@ -18,7 +18,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_processing.names import FileNameError, parse_archive_name  # noqa: E402
+from data_processing.names import (FileNameError, is_image_file,  # noqa: E402
+                                   parse_archive_name)
+from utils.errors import MissingInput, UserError  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,36 +46,41 @@ def _parse_date(value, where):
     try:
         return datetime.date.fromisoformat(text).isoformat()
     except ValueError as exc:
-        raise ValueError(f"{where}: {value!r} is not a YYYY-MM-DD date") from exc
+        raise UserError(where, f"{value!r} is not a YYYY-MM-DD date", "write it as 2021-01-08") from exc
 
 
 def load_phenology(path):
     """Read and check a phenology TOML file; errors name the file and the entry."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"phenology file not found: {path}")
+        raise MissingInput(path, "phenology file not found",
+                           "give --phenology (data_processing/phenology.example.toml is a template)")
     try:
-        data = tomllib.loads(path.read_text())
+        # utf-8-sig: editors on Windows save a byte-order mark, which tomllib rejects.
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: not valid TOML ({exc})") from exc
+        raise UserError(path, f"not valid TOML ({exc})", "fix the line it names") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(path, f"not UTF-8 text ({exc.reason})", "save it as UTF-8") from exc
     try:
         season, stages, cameras = data["season"], data["stages"], data["cameras"]
         start = _parse_date(season["start"], f"{path} [season] start")
         end = _parse_date(season["end"], f"{path} [season] end")
         window = int(season.get("window_days", 12))
     except KeyError as exc:
-        raise ValueError(f"{path}: missing entry {exc}") from exc
+        raise UserError(path, f"missing entry {exc}",
+                        "see data_processing/phenology.example.toml") from exc
     parsed = []
     for i, s in enumerate(stages):
         if "name" not in s or (("offset" in s) == bool(s.get("last", False))):
-            raise ValueError(f"{path}: stage {i} needs a name and exactly one of "
-                             f"`offset` or `last = true`")
+            raise UserError(path, f"stage {i} needs a name and exactly one of "
+                                  f"`offset` or `last = true`")
         parsed.append(Stage(s["name"], int(s["offset"]) if "offset" in s else None,
                             bool(s.get("last", False))))
     if not cameras:
-        raise ValueError(f"{path}: [cameras] lists no camera")
+        raise UserError(path, "[cameras] lists no camera", "add `<camera id> = \"<bud date>\"` lines")
     if window < 1 or start > end:
-        raise ValueError(f"{path}: season {start}..{end} with window_days={window} is empty")
+        raise UserError(path, f"season {start}..{end} with window_days={window} is empty")
     cams = {str(c): _parse_date(d, f"{path} [cameras] {c}") for c, d in cameras.items()}
     return Phenology(start, end, window, tuple(parsed), cams, str(path))
 
@@ -142,9 +149,9 @@ def _offset_windows(phenology, buddate, camera):
         first = _shift(buddate, stage.offset)
         last = _shift(first, phenology.window_days - 1)
         if last < phenology.start or first > phenology.end:
-            raise ValueError(f"{where}: stage {i} {stage.name!r} window {first}..{last} "
-                             f"falls outside the season {phenology.start}..{phenology.end}; "
-                             f"check the bud date, the offsets and [season]")
+            raise UserError(f"{where}: stage {i} {stage.name!r} window {first}..{last} "
+                            f"falls outside the season {phenology.start}..{phenology.end}; "
+                            f"check the bud date, the offsets and [season]")
         if first < phenology.start or last > phenology.end:
             clipped = max(first, phenology.start), min(last, phenology.end)
             warnings.warn(f"{where}: stage {i} {stage.name!r} window {first}..{last} "
@@ -172,23 +179,48 @@ def _archive_name(point, date, time):
     return f"{point}_{date}_{time}.jpg"
 
 
-def get_date_list(buddate, point, time, path, phenology=None):
+def archive_photos(folder):
+    """``({<preset>_<date>_<HH>.jpg: path}, [unparsed image paths])`` of one camera folder.
+
+    The key is the name :func:`get_date_list` looks for; the path is the file as it is
+    (``.jpg``, ``.jpeg`` or ``.png``, any case). Image files whose names do not parse
+    are returned apart, so a caller can say so.
+    """
+    photos, unparsed = {}, []
+    for p in sorted(Path(folder).iterdir()):
+        if not (p.is_file() and is_image_file(p)):
+            continue
+        try:
+            name = parse_archive_name(p)
+        except FileNameError:
+            unparsed.append(str(p))
+            continue
+        photos.setdefault(_archive_name(name.preset, name.date, name.hour), str(p))
+    return photos, unparsed
+
+
+def get_date_list(buddate, point, time, path, phenology=None, photos=None):
     """Paths of each stage's images for one camera folder, preset ``point`` and ``time``.
 
     Returns one list per stage (five with the original's priors) of full paths
-    ``<path>/<point>_<date>_<time>.jpg``. Offset stages list every date of their window
-    whether or not the file exists; a ``last`` stage lists the last ``window_days``
-    existing images of this preset and time within the season.
+    ``<path>/<point>_<date>_<time>.jpg`` (``.png`` or ``.jpeg`` where the archive holds
+    that file). Offset stages list every date of their window whether or not the file
+    exists; a ``last`` stage lists the last ``window_days`` existing images of this
+    preset and time within the season. ``photos`` (from :func:`archive_photos`) saves
+    listing the folder again.
     """
     phenology = phenology or ORIGINAL_PHENOLOGY
     camera = Path(path).name
     windows = _offset_windows(phenology, buddate, camera)
     season = create_assist_date(phenology.start, phenology.end)
-    paths = [os.path.join(path, _archive_name(point, d, time)) for d in season]
+    if photos is None:
+        photos = archive_photos(path)[0] if Path(path).is_dir() else {}
+    names = [_archive_name(point, d, time) for d in season]
+    paths = [photos.get(n, os.path.join(path, n)) for n in names]
     lists = []
     for i, stage in enumerate(phenology.stages):
         if stage.last:
-            existing = [p for p in paths if os.path.exists(p)]
+            existing = [p for n, p in zip(names, paths) if n in photos]
             lists.append(existing[-phenology.window_days:])
         else:
             first, last = windows[i]
@@ -210,10 +242,12 @@ def camera_folder(archive, camera):
     folder = Path(archive) / str(camera)
     if not folder.is_dir():
         if not Path(archive).is_dir():
-            raise FileNotFoundError(f"archive folder not found: {archive}")
+            raise MissingInput(archive, "archive folder not found",
+                               "give the folder holding <camera>/<preset>_<date>_<HH>.jpg")
         present = sorted(p.name for p in Path(archive).iterdir() if p.is_dir())
-        raise FileNotFoundError(f"camera folder not found: {folder} (the archive has: "
-                                f"{', '.join(present[:20]) or 'no camera folders'})")
+        raise MissingInput(folder, f"camera folder not found (the archive has: "
+                                   f"{', '.join(present[:20]) or 'no camera folders'})",
+                           "check the camera ids in [cameras] and --cameras")
     return folder
 
 
@@ -226,7 +260,8 @@ def stage_windows(phenology, camera, archive=None, presets=None, times=None):
     """
     phenology = phenology or ORIGINAL_PHENOLOGY
     if camera not in phenology.cameras:
-        raise ValueError(f"{_source(phenology)}: camera {camera!r} is not in [cameras]")
+        raise UserError(_source(phenology), f"camera {camera!r} is not in [cameras]",
+                        "add its bud date there")
     windows = _offset_windows(phenology, phenology.cameras[camera], camera)
     if archive is not None and any(s.last for s in phenology.stages):
         folder = camera_folder(archive, camera)
@@ -256,9 +291,9 @@ def _time_slot(value):
     try:
         hour = int(value)
     except ValueError:
-        raise ValueError(f"time {value!r} is not an hour 00..23") from None
+        raise UserError("--times", f"{value!r} is not an hour 00..23") from None
     if not 0 <= hour <= 23:
-        raise ValueError(f"time {value!r} is not an hour 00..23")
+        raise UserError("--times", f"{value!r} is not an hour 00..23")
     return f"{hour:02d}"
 
 
@@ -268,12 +303,15 @@ def window_table(phenology, archive, cameras=None, presets=DEFAULT_PRESETS, time
     rows = []
     for camera in cameras or list(phenology.cameras):
         if camera not in phenology.cameras:
-            raise ValueError(f"{_source(phenology)}: camera {camera!r} is not in [cameras]")
+            raise UserError(_source(phenology), f"camera {camera!r} is not in [cameras]",
+                            "add its bud date there")
         folder = camera_folder(archive, camera)
+        photos = archive_photos(folder)[0]
         found = [[] for _ in phenology.stages]
         for point in presets:
             for time in times:
-                lists = get_date_list(phenology.cameras[camera], point, time, str(folder), phenology)
+                lists = get_date_list(phenology.cameras[camera], point, time, str(folder),
+                                      phenology, photos)
                 for i, paths in enumerate(lists):
                     found[i] += [parse_archive_name(p).date for p in paths if os.path.exists(p)]
         windows = stage_windows(phenology, camera)
@@ -338,4 +376,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from utils.errors import run_cli
+
+    run_cli(main)

@@ -26,6 +26,7 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 
 from data_processing.names import FileNameError, is_image_file, parse_stage_name  # noqa: E402
+from utils.errors import MissingInput, OutputExists, UserError  # noqa: E402
 
 CLASSES = (0, 1, 2, 3)
 CLASS_NAMES = {0: "same view, same stage", 1: "same view, other stage",
@@ -102,7 +103,7 @@ class PairSampler:
         w = self._weights[cls]
         cum = np.cumsum(w)
         if size and (not len(cum) or cum[-1] == 0):
-            raise ValueError(f"class {cls} ({CLASS_NAMES[cls]}) has no pair")
+            raise UserError(f"class {cls} ({CLASS_NAMES[cls]}) has no pair")
         x = rng.integers(0, cum[-1], size=size) if size else np.zeros(0, np.int64)
         i = np.searchsorted(cum, x, side="right")
         r = x - (cum[i] - w[i])        # uniform in [0, w_i): which partner
@@ -216,7 +217,7 @@ def balanced_pairs(views, stages, per_class, rng, classes=CLASSES, drop_empty=Fa
     empty = [c for c in classes if available[c] == 0 and per_class > 0]
     if empty and not drop_empty:
         c = empty[0]
-        raise ValueError(f"{where}class {c} ({CLASS_NAMES[c]}) has no possible pair among "
+        raise UserError(f"{where}class {c} ({CLASS_NAMES[c]}) has no possible pair among "
                          f"{len(views)} images in {len(np.unique(views))} view(s) and "
                          f"{len(np.unique(stages))} stage(s); add images{hint} or pass "
                          f"--drop-empty-classes")
@@ -248,7 +249,7 @@ def save_outputs(outputs, overwrite=False):
         if Path(path).exists() and _same_npy(path, array):
             continue
         if Path(path).exists() and not overwrite:
-            raise FileExistsError(f"{path} exists with different content; nothing was written. "
+            raise OutputExists(f"{path} exists with different content; nothing was written. "
                                   f"Choose other output names or pass --overwrite.")
         todo[path] = array
     for path, array in todo.items():
@@ -275,7 +276,7 @@ def save_preview(path, image_dir, x, labels, per_class=3, overwrite=False):
     from PIL import Image
 
     if Path(path).exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; choose another --preview or pass --overwrite")
+        raise OutputExists(f"{path} exists; choose another --preview or pass --overwrite")
     classes = [c for c in CLASSES if (labels == c).any()]
     fig, axes = plt.subplots(len(classes), per_class, squeeze=False,
                              figsize=(4 * per_class, 2.2 * len(classes)))
@@ -285,7 +286,7 @@ def save_preview(path, image_dir, x, labels, per_class=3, overwrite=False):
             for name in x[idx]:
                 file = Path(image_dir) / Path(name).name
                 if not file.is_file():
-                    raise FileNotFoundError(f"--preview needs the image files: {file} not found")
+                    raise MissingInput(f"--preview needs the image files: {file} not found")
                 with Image.open(file) as im:
                     im = im.convert("RGB")
                     im.thumbnail((256, 256))
@@ -347,7 +348,7 @@ def _read_names(args):
         lines = Path(args.names_file).read_text().splitlines()
         return [ln.strip() for ln in lines if ln.strip()]
     if not Path(args.path).is_dir():
-        raise FileNotFoundError(f"image folder not found: {args.path} (run select_img first, "
+        raise MissingInput(f"image folder not found: {args.path} (run select_img first, "
                                 f"or give --path / --names-file)")
     return [n for n in get_dir(args.path, kind=False) if is_image_file(n)]
 
@@ -360,11 +361,13 @@ def main(argv=None):
     try:
         names, views, stages, dates, view_names, bad = parse_names(_read_names(args), args.skip_bad_names)
     except FileNameError as exc:
-        raise FileNameError(f"{source}: {exc} (pass --skip-bad-names to skip such files)") from None
+        raise FileNameError(f"{source}: {exc}; rename it, or pass --skip-bad-names to skip "
+                            f"such files") from None
     if bad:
-        print(f"skipped {len(bad)} names that do not parse, e.g. {bad[0]}")
+        print(f"warning: --skip-bad-names: skipped {len(bad)} names that do not parse, "
+              f"e.g. {bad[0]}")
     if not names:
-        raise ValueError(f"{source}: no stage images found")
+        raise UserError(f"{source}: no stage images found")
     print(f"{len(names)} images, {len(view_names)} views, {len(np.unique(stages))} stages")
     names_arr = np.asarray(names)
 
@@ -378,7 +381,7 @@ def main(argv=None):
     else:
         fractions = np.asarray(args.split, dtype=float)
         if (fractions < 0).any() or not np.isclose(fractions.sum(), 1.0):
-            raise ValueError(f"--split {args.split}: fractions must be >= 0 and sum to 1")
+            raise UserError(f"--split {args.split}: fractions must be >= 0 and sum to 1")
         assign = split_images(views, stages, dates, fractions, args.split_by, rng)
         per_split = _largest_remainder(args.per_class, fractions)
         xs, ys = [], []
@@ -388,7 +391,7 @@ def main(argv=None):
             if per_split[s] == 0:
                 continue
             if not len(idx):
-                raise ValueError(f"split {split!r}: no {args.split_by} was assigned to it "
+                raise UserError(f"split {split!r}: no {args.split_by} was assigned to it "
                                  f"(only {len(np.unique(views if args.split_by == 'view' else dates))} "
                                  f"{args.split_by}s); lower the number of splits or add images")
             # Re-code views and stages inside the split so the sampler's tables stay small.
@@ -425,4 +428,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from utils.errors import run_cli
+
+    run_cli(main)

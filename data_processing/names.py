@@ -12,6 +12,8 @@ import datetime
 import re
 from pathlib import Path
 
+from utils.errors import UserError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # Greedy camera: the strict tail decides where the camera id ends, even if it holds "p".
 _STAGE_RE = re.compile(r"^(?P<camera>.+)p(?P<preset>\d+)t(?P<time>\d{2})i(?P<stage>\d+)"
@@ -19,7 +21,7 @@ _STAGE_RE = re.compile(r"^(?P<camera>.+)p(?P<preset>\d+)t(?P<time>\d{2})i(?P<sta
 _ARCHIVE_RE = re.compile(r"^(?P<preset>\d+)_(?P<date>\d{4}-\d{2}-\d{2})_(?P<hour>\d{2})\.(?:jpe?g|png)$", re.I)
 
 
-class FileNameError(ValueError):
+class FileNameError(UserError):
     """A file name that does not follow the expected pattern."""
 
 

@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -27,37 +28,95 @@ if __package__ in (None, ""):
 from tqdm import tqdm  # noqa: E402
 
 from data_processing.date_pro import (DEFAULT_PHENOLOGY_FILE, DEFAULT_PRESETS,  # noqa: E402
-                                      DEFAULT_TIMES, _time_slot, camera_folder, format_table,
-                                      get_date_list, load_phenology)
-from data_processing.names import StageImageName, parse_archive_name  # noqa: E402
+                                      DEFAULT_TIMES, _time_slot, archive_photos, camera_folder,
+                                      format_table, get_date_list, load_phenology, stage_windows)
+from data_processing.names import StageImageName, is_image_file, parse_archive_name  # noqa: E402
+from utils.errors import OutputExists, UserError  # noqa: E402
+from utils.utils import write_json  # noqa: E402
 
 MANIFEST_FIELDS = ["file", "camera", "preset", "time", "stage", "date"]
+# What was left out and why (beside manifest.csv), rewritten by every run.
+REPORT_FILE = "select_report.json"
 
 
-def plan_selection(phenology, archive, cameras=None, presets=DEFAULT_PRESETS, times=DEFAULT_TIMES):
+def plan_selection(phenology, archive, cameras=None, presets=DEFAULT_PRESETS, times=DEFAULT_TIMES,
+                   notes=None):
     """``[(source path, StageImageName), ...]`` for every existing stage image.
 
     Every camera folder is checked before anything is listed, so a typo fails at once.
+    What is left out is said, not skipped silently: archive photos whose names do not
+    parse, camera folders the phenology file does not list, and stages that select no
+    photo of a camera (with the reason). Each is a warning and a line in ``notes`` (a
+    list) when given.
     """
+    notes = [] if notes is None else notes
     cameras = list(cameras or phenology.cameras)
     for camera in cameras:
         if camera not in phenology.cameras:
-            raise ValueError(f"{phenology.path}: camera {camera!r} is not in [cameras] "
-                           f"(it lists: {', '.join(phenology.cameras)})")
+            raise UserError(phenology.path or "--phenology",
+                            f"camera {camera!r} is not in [cameras] (it lists: "
+                            f"{', '.join(phenology.cameras)})", "add its bud date or fix --cameras")
     folders = {camera: camera_folder(archive, camera) for camera in cameras}
+    unlisted = sorted(p.name for p in Path(archive).iterdir()
+                      if p.is_dir() and p.name not in phenology.cameras)
+    for name in unlisted:
+        n = sum(1 for f in (Path(archive) / name).iterdir() if is_image_file(f))
+        _note(notes, "camera_not_in_phenology", f"{Path(archive) / name}: camera {name!r} is "
+              f"in the archive ({n} photos) but not in [cameras] of {phenology.path}; its "
+              f"photos are not selected (add its bud date to select them)", camera=name, count=n)
     jobs = []
     for camera in cameras:
+        photos, unparsed = archive_photos(folders[camera])
+        if unparsed:
+            _note(notes, "unparsed_names", f"{folders[camera]}: {len(unparsed)} photo(s) whose "
+                  f"names do not parse as <preset>_<YYYY-MM-DD>_<HH>.jpg are not selected, "
+                  f"e.g. {Path(unparsed[0]).name}", camera=camera, count=len(unparsed),
+                  files=[Path(u).name for u in unparsed[:20]])
+        existing = set(photos.values())
+        per_stage = [0] * len(phenology.stages)
         for point in presets:
             for time in times:
                 lists = get_date_list(phenology.cameras[camera], point, time,
-                                      str(folders[camera]), phenology)
+                                      str(folders[camera]), phenology, photos)
                 for stage, paths in enumerate(lists):
                     for path in paths:
-                        if os.path.exists(path):
+                        if path in existing:
                             src = parse_archive_name(path)
                             jobs.append((path, StageImageName(camera, int(point), time, stage,
                                                               src.date, src.hour)))
+                            per_stage[stage] += 1
+        _explain_empty_stages(notes, phenology, camera, folders[camera], photos, per_stage,
+                              presets, times)
     return jobs
+
+
+def _note(notes, kind, message, **fields):
+    warnings.warn(message, stacklevel=3)
+    notes.append({"kind": kind, "message": message, **fields})
+
+
+def _explain_empty_stages(notes, phenology, camera, folder, photos, per_stage, presets, times):
+    """A warning for each stage of ``camera`` that selected nothing, with the reason."""
+    wanted = [parse_archive_name(p) for p in photos.values()]
+    wanted = [n for n in wanted if n.preset in presets and n.hour in times]
+    first = min((n.date for n in wanted), default=None)
+    last = max((n.date for n in wanted), default=None)
+    windows = stage_windows(phenology, camera)
+    for i, ((name, start, end), count) in enumerate(zip(windows, per_stage)):
+        if count:
+            continue
+        if last is None:
+            why = f"the archive has no photo of presets {list(presets)} at {list(times)}"
+        elif start is None:
+            why = "no photo in the season"
+        elif start > last:
+            why = f"its window {start}..{end} starts after the archive's last photo ({last})"
+        elif end < first:
+            why = f"its window {start}..{end} ends before the archive's first photo ({first})"
+        else:
+            why = f"the archive has no photo in its window {start}..{end}"
+        _note(notes, "empty_stage", f"{folder}: stage {i} {name!r} of camera {camera} selects "
+              f"0 photos: {why}", camera=camera, stage=i, count=0)
 
 
 def _same_content(src, dst):
@@ -97,9 +156,9 @@ def _read_manifest(path):
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames != MANIFEST_FIELDS:
-            raise ValueError(f"{path}: not a manifest written by select_img "
-                             f"(header {reader.fieldnames}, expected {MANIFEST_FIELDS}); "
-                             f"move it away or choose another --out")
+            raise UserError(path, f"not a manifest written by select_img (header "
+                                  f"{reader.fieldnames}, expected {MANIFEST_FIELDS})",
+                            "move it away or choose another --out")
         return {row["file"]: row for row in reader}
 
 
@@ -141,11 +200,19 @@ def parse_args(argv=None):
     parser.add_argument("--skip-existing", action="store_true",
                         help="keep an existing output file whose content differs, instead of "
                              "stopping with an error")
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="go on when a camera selects no photo (default: an error naming "
+                             "the camera and the reason)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="parallel copies (original: a process pool of all cores)")
     parser.add_argument("--seed", type=int, default=0,
                         help="random seed (nothing here is random; kept for uniformity)")
     return parser.parse_args(argv)
+
+
+def _target(out, src, name):
+    # A .png archive gives .png stage images: the bytes are copied, not re-encoded.
+    return out / name.filename(Path(src).suffix.lower())
 
 
 def main(argv=None):
@@ -155,14 +222,25 @@ def main(argv=None):
     times = [_time_slot(t) for t in args.times]
     for p in args.presets:
         if p < 0:
-            raise ValueError(f"--presets: {p} is not a preset number")
-    jobs = plan_selection(phenology, args.archive, args.cameras, args.presets, times)
+            raise UserError("--presets", f"{p} is not a preset number")
+    notes = []
+    jobs = plan_selection(phenology, args.archive, args.cameras, args.presets, times, notes)
+    cameras = list(args.cameras or phenology.cameras)
+    selected = {name.camera for _, name in jobs}
+    empty = [cam for cam in cameras if cam not in selected]
+    if empty and not args.allow_empty:
+        reasons = [n["message"] for n in notes if n.get("camera") == empty[0]]
+        raise UserError(Path(args.archive) / empty[0],
+                        f"camera {empty[0]} selects no photo"
+                        + (f" ({len(empty)} such cameras: {', '.join(empty)})" if len(empty) > 1 else "")
+                        + (f" ({reasons[0].split(': ', 1)[1]})" if reasons else ""),
+                        "check its folder, names and bud date, or pass --allow-empty")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     # Sort out existing files first, so a conflict stops the run before anything changes.
     todo, kept, conflicts = [], 0, []
-    targets = {out / name.filename(): src for src, name in jobs}
+    targets = {_target(out, src, name): src for src, name in jobs}
     for dst, src in targets.items():
         if dst.exists() or dst.is_symlink():
             if _same_content(src, dst):
@@ -172,9 +250,10 @@ def main(argv=None):
         else:
             todo.append((src, dst))
     if conflicts and not args.skip_existing:
-        raise FileExistsError(f"{len(conflicts)} output file(s) exist with different content, "
-                              f"e.g. {conflicts[0]} (from {targets[conflicts[0]]}); nothing was "
-                              f"changed. Use another --out, remove them, or pass --skip-existing.")
+        raise OutputExists(conflicts[0], f"exists with different content (from "
+                                         f"{targets[conflicts[0]]}; {len(conflicts)} such "
+                                         f"file(s)); nothing was changed",
+                           "use another --out, remove them, or pass --skip-existing")
 
     with concurrent.futures.ThreadPoolExecutor(max(1, args.workers)) as pool:
         futures = [pool.submit(_place, src, str(dst), args.link) for src, dst in todo]
@@ -183,15 +262,17 @@ def main(argv=None):
             fut.result()
 
     skipped = set(conflicts)
-    rows = [dict(file=name.filename(), camera=name.camera, preset=name.preset, time=name.time,
-                 stage=name.stage, date=name.date)
-            for _, name in jobs if out / name.filename() not in skipped]
+    rows = [dict(file=_target(out, src, name).name, camera=name.camera, preset=name.preset,
+                 time=name.time, stage=name.stage, date=name.date)
+            for src, name in jobs if _target(out, src, name) not in skipped]
     manifest = write_manifest(out / "manifest.csv", rows)
-
-    cameras = list(args.cameras or phenology.cameras)
     counts = {cam: {i: 0 for i in range(len(phenology.stages))} for cam in cameras}
     for row in rows:
         counts[row["camera"]][row["stage"]] += 1
+    write_json(out / REPORT_FILE, {"archive": str(args.archive),
+                                            "phenology": str(args.phenology),
+                                            "counts": counts, "warnings": notes})
+
     header = ["camera"] + [f"{i} {s.name}" for i, s in enumerate(phenology.stages)] + ["total"]
     table = [[cam] + list(c.values()) + [sum(c.values())] for cam, c in counts.items()]
     verb = {"hard": "hard-linked", "sym": "symlinked"}.get(args.link, "copied")
@@ -199,9 +280,14 @@ def main(argv=None):
           + (f", {len(conflicts)} different existing files skipped" if conflicts else "")
           + f"; manifest {manifest}")
     print(format_table(header, table))
+    if notes:
+        print(f"{len(notes)} warning(s), listed in {out / REPORT_FILE}")
     return {"out_dir": str(out), "manifest": str(manifest), "counts": counts,
-            "copied": len(todo), "kept": kept, "skipped": [str(c) for c in conflicts]}
+            "copied": len(todo), "kept": kept, "skipped": [str(c) for c in conflicts],
+            "warnings": notes, "report": str(out / REPORT_FILE)}
 
 
 if __name__ == "__main__":
-    main()
+    from utils.errors import run_cli
+
+    run_cli(main)

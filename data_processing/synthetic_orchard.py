@@ -38,6 +38,7 @@ if __package__ in (None, ""):
 
 from data_processing.date_pro import Phenology, Stage, write_phenology  # noqa: E402
 from utils.utils import NAME_CLASSES  # noqa: E402
+from utils.errors import OutputExists, UserError  # noqa: E402
 
 BACKGROUND, FRUIT, LEAF, TRUNK, FLOWER = range(5)
 assert NAME_CLASSES == ["_background_", "fruit", "leaf", "trunk", "flower"]
@@ -89,7 +90,7 @@ def _date(text, what):
     try:
         return datetime.date.fromisoformat(str(text))
     except ValueError as exc:
-        raise ValueError(f"{what}: {text!r} is not a YYYY-MM-DD date") from exc
+        raise UserError(f"{what}: {text!r} is not a YYYY-MM-DD date") from exc
 
 
 def _value_noise(rng, shape, cells, octaves=3):
@@ -835,43 +836,43 @@ def _task(task):
 def _check(cameras, presets, times, start, end, image_size, n_train, n_val, n_test,
            test_cameras, missing_rate, prior_noise_days, workers):
     if int(cameras) < 1:
-        raise ValueError(f"cameras={cameras}: the orchard needs at least one camera")
+        raise UserError(f"cameras={cameras}: the orchard needs at least one camera")
     if not presets or any(int(p) < 1 for p in presets):
-        raise ValueError(f"presets={presets!r}: give one or more preset numbers >= 1")
+        raise UserError(f"presets={presets!r}: give one or more preset numbers >= 1")
     if not times:
-        raise ValueError("times is empty: give one or more hours, e.g. 09 12 15")
+        raise UserError("times is empty: give one or more hours, e.g. 09 12 15")
     hours = []
     for t in times:
         try:
             hr = int(t)
         except (TypeError, ValueError):
-            raise ValueError(f"time {t!r} is not an hour (00..23)") from None
+            raise UserError(f"time {t!r} is not an hour (00..23)") from None
         if not 0 <= hr <= 23:
-            raise ValueError(f"time {t!r} is not an hour (00..23)")
+            raise UserError(f"time {t!r} is not an hour (00..23)")
         hours.append(hr)
     if len(set(hours)) != len(hours) or len(set(presets)) != len(presets):
-        raise ValueError(f"presets {presets!r} and times {times!r} must not repeat")
+        raise UserError(f"presets {presets!r} and times {times!r} must not repeat")
     if len(image_size) != 2 or any(int(s) <= 0 or int(s) % 32 for s in image_size):
-        raise ValueError(f"image size {tuple(image_size)} (height, width): both must be positive "
+        raise UserError(f"image size {tuple(image_size)} (height, width): both must be positive "
                          f"multiples of 32, as the U-Net and its ResNet50 encoder (stride 32) need")
     days = (end - start).days
     need = DAYS_BEFORE_BUD + DAYS_AFTER_BUD
     if days < need:
-        raise ValueError(
+        raise UserError(
             f"season {start}..{end} is {days} days; the stage windows need at least {need}: "
             f"{DAYS_BEFORE_BUD} days of dormancy before the bud date, the windows up to "
             f"bud+{DAYS_AFTER_BUD - WINDOW_DAYS - 3}, a few picking days and a "
             f"{WINDOW_DAYS}-day harvested window before the end")
     if min(n_train, n_val, n_test) < 0:
-        raise ValueError("labelled counts must not be negative")
+        raise UserError("labelled counts must not be negative")
     if n_test > 0 and test_cameras < 1:
-        raise ValueError("n_test > 0 needs at least one test camera (test_cameras >= 1)")
+        raise UserError("n_test > 0 needs at least one test camera (test_cameras >= 1)")
     if not 0 <= missing_rate < 1:
-        raise ValueError(f"missing_rate={missing_rate} must be in [0, 1)")
+        raise UserError(f"missing_rate={missing_rate} must be in [0, 1)")
     if prior_noise_days < 0:
-        raise ValueError("prior_noise_days must be >= 0")
+        raise UserError("prior_noise_days must be >= 0")
     if int(workers) < 1:
-        raise ValueError("workers must be >= 1")
+        raise UserError("workers must be >= 1")
     return [f"{h:02d}" for h in hours]
 
 
@@ -880,10 +881,10 @@ def _prepare_out(out, contact_sheet, overwrite):
     generator's own outputs are removed, never anything else in the folder."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a folder")
+        raise OutputExists(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty; pass --overwrite "
+            raise OutputExists(f"{out} exists and is not empty; pass --overwrite "
                                   f"(overwrite=True) to replace the generated orchard in it")
         for name in ("archive", "VOCdevkit"):
             if (out / name).is_dir():
@@ -891,7 +892,7 @@ def _prepare_out(out, contact_sheet, overwrite):
         for name in ("phenology.toml", "orchard.json"):
             (out / name).unlink(missing_ok=True)
     if contact_sheet is not None and Path(contact_sheet).exists() and not overwrite:
-        raise FileExistsError(f"contact sheet {contact_sheet} exists; pass --overwrite to replace it")
+        raise OutputExists(f"contact sheet {contact_sheet} exists; pass --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -917,7 +918,7 @@ def _pick_labelled(rng, cfg, cameras, presets, hours, n, present, used):
     while len(picked) < n:
         tries += 1
         if tries > 200 * (n + 10):
-            raise ValueError(f"cannot pick {n} distinct labelled photos from cameras {cameras}; "
+            raise UserError(f"cannot pick {n} distinct labelled photos from cameras {cameras}; "
                              f"use more cameras, presets, times or a longer season")
         k = len(picked)
         slot = k % 6
@@ -1127,11 +1128,11 @@ def render_photo(camera, preset, date, hour, cameras=4, start="2021-01-01", end=
     with the same options writes it. Returns (rgb uint8 (H, W, 3), label uint8 (H, W))."""
     cfg = make_config(cameras, start, end, image_size, seed, test_cameras)
     if camera not in cfg.bud:
-        raise ValueError(f"camera {camera!r} is not in this orchard "
+        raise UserError(f"camera {camera!r} is not in this orchard "
                          f"({', '.join(cfg.cameras + cfg.test_cameras)})")
     day = _date(date, "date")
     if not cfg.start <= day <= cfg.end:
-        raise ValueError(f"date {day} is outside the season {cfg.start}..{cfg.end}")
+        raise UserError(f"date {day} is outside the season {cfg.start}..{cfg.end}")
     presets = [int(p) for p in presets]
     key = (cfg.seed, camera, cfg.bud[camera], cfg.harvest[camera], tuple(presets),
            cfg.image_size[0] / cfg.image_size[1])
@@ -1196,7 +1197,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileExistsError) as exc:
-        sys.exit(f"error: {exc}")
+    from utils.errors import run_cli
+
+    run_cli(main)

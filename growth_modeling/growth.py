@@ -23,6 +23,7 @@ from PIL import Image
 from data_processing.names import FileNameError, is_image_file, parse_archive_name
 from growth_modeling.smoothing import (OBSERVATION_COVARIANCE, TRANSITION_COVARIANCE,
                                        kalman_smooth)
+from utils.errors import MissingInput, UserError
 
 # The original subtracts the first day's fruit, leaf and flower shares (not trunk).
 FIRST_DAY_CLASSES = ("fruit", "leaf", "flower")
@@ -52,7 +53,7 @@ def find_daily_images(archive, camera, preset=1, time=12):
     """
     folder = Path(archive) / str(camera)
     if not folder.is_dir():
-        raise FileNotFoundError(f"camera folder not found: {folder}")
+        raise MissingInput(folder, "camera folder not found", "check --archive and --camera")
     hour = f"{int(time):02d}"
     found, seen = {}, set()
     for path in sorted(folder.iterdir()):
@@ -66,14 +67,15 @@ def find_daily_images(archive, camera, preset=1, time=12):
         if name.preset != int(preset) or name.hour != hour:
             continue
         if name.date in found:
-            raise ValueError(f"{folder}: two photos for {name.date} preset {preset} at "
-                             f"{hour}: {found[name.date].name} and {path.name}")
+            raise UserError(folder, f"two photos for {name.date} preset {preset} at "
+                                    f"{hour}: {found[name.date].name} and {path.name}",
+                            "keep one of them")
         found[name.date] = path
     if not found:
         have = ", ".join(f"preset {p} at {h}" for p, h in sorted(seen)) or "none"
-        raise FileNotFoundError(f"{folder}: no photo of preset {preset} at {hour} o'clock "
-                                f"(expected names like {preset}_YYYY-MM-DD_{hour}.jpg; "
-                                f"found: {have})")
+        raise MissingInput(folder, f"no photo of preset {preset} at {hour} o'clock "
+                                   f"(expected names like {preset}_YYYY-MM-DD_{hour}.jpg; "
+                                   f"found: {have})", "check --preset and --time")
     return dict(sorted(found.items()))
 
 

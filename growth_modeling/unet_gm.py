@@ -25,6 +25,8 @@ import numpy as np  # noqa: E402
 from growth_modeling import growth  # noqa: E402
 from growth_modeling.smoothing import OBSERVATION_COVARIANCE, TRANSITION_COVARIANCE  # noqa: E402
 from nets.encoders import BACKBONES  # noqa: E402
+from utils.errors import MissingInput, OutputExists, UserError  # noqa: E402
+from utils.image_check import bad_images_error, find_bad_images  # noqa: E402
 from utils.utils import NAME_CLASSES, make_run_dir, write_json  # noqa: E402
 
 OUTPUTS = ("args.json", "shares.csv", "shares_smoothed.csv", "red_fruit.csv", "growth_raw.png",
@@ -106,8 +108,8 @@ def _prepare_out_dir(args):
     run_dir.mkdir(parents=True, exist_ok=True)
     clash = [str(run_dir / n) for n in OUTPUTS if (run_dir / n).exists()]
     if clash:
-        raise FileExistsError(f"{run_dir} already holds {', '.join(clash)}; not overwriting "
-                              f"(choose another --out-dir)")
+        raise OutputExists(run_dir, f"already holds {', '.join(clash)}; not overwriting",
+                           "choose another --out-dir")
     write_json(run_dir / "args.json", vars(args))
     return run_dir
 
@@ -125,16 +127,16 @@ def main(argv=None, segment=None):
     plant_masks = None
     if args.plant_mask:
         if not Path(args.plant_mask).is_file():
-            raise FileNotFoundError(f"plant mask image not found: {args.plant_mask}")
+            raise MissingInput(args.plant_mask, "plant mask image not found", "check --plant-mask")
         plant_masks = args.plant_mask
     elif args.mask_time is not None:
         plant_masks = growth.find_daily_images(args.archive, args.camera, args.preset,
                                                args.mask_time)
         missing = [d for d in images if d not in plant_masks]
         if missing:
-            raise FileNotFoundError(
-                f"{Path(args.archive) / args.camera}: no {args.mask_time:02d} o'clock mask photo "
-                f"for {len(missing)} day(s), first {missing[0]}")
+            raise MissingInput(
+                Path(args.archive) / args.camera, f"no {args.mask_time:02d} o'clock mask photo "
+                f"for {len(missing)} day(s), first {missing[0]}", "check --mask-time")
     phenology = None
     if args.phenology:
         from data_processing.date_pro import load_phenology
@@ -143,12 +145,19 @@ def main(argv=None, segment=None):
     windows = (growth.stage_windows(phenology, args.camera, args.archive, args.preset, args.time)
                if phenology else [])
 
+    photos = list(images.values()) + (list(plant_masks.values())
+                                      if isinstance(plant_masks, dict) else [])
+    bad = find_bad_images(photos + ([args.plant_mask] if args.plant_mask else []), "pil")
+    if bad:
+        raise bad_images_error(bad, "replace or delete it")
     if segment is None:
         if not args.model_path:
-            raise ValueError("--model-path is required (the trained U-Net)")
-        if not Path(args.model_path).is_file():
-            raise FileNotFoundError(f"model file not found: {args.model_path}")
+            raise UserError("--model-path", "is required (the trained U-Net)",
+                            "give best_epoch.keras of a train.py run")
         from utils.utils import set_seed
+        from utils.weights import check_weights_file
+
+        check_weights_file(args.model_path, "--model-path")
 
         set_seed(args.seed)
         segment = unet_segmenter(args.model_path, args.num_classes, args.backbone,
@@ -209,4 +218,6 @@ def main(argv=None, segment=None):
 
 
 if __name__ == "__main__":
-    main()
+    from utils.errors import run_cli
+
+    run_cli(main)

@@ -4,23 +4,44 @@ through ``tf.data``: decode, resize, shuffle, batch, prefetch.
 The original loaded one pre-made NumPy array of every image into memory; this streams
 the files instead, so the folder can be any size.
 """
+import warnings
 from pathlib import Path
 
 import tensorflow as tf
 
 from data_processing.names import is_image_file, parse_stage_name
+from utils.errors import MissingInput, UserError
+from utils.image_check import bad_images_error, find_bad_images
 
 
 def list_images(folder):
     """The image files (.jpg, .jpeg, .png) directly inside ``folder``, sorted by name."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
+        raise MissingInput(folder, "image folder not found",
+                           "give --image-dir, e.g. the out/ folder of select_img.py")
     paths = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
     if not paths:
-        raise ValueError(f"{folder}: no images (.jpg, .jpeg, .png) in this folder "
-                         f"(subfolders are not searched)")
+        raise UserError(folder, "no images (.jpg, .jpeg, .png) in this folder (subfolders "
+                                "are not searched)", "give the folder that holds the photos")
     return paths
+
+
+def check_images(paths, skip_bad=False):
+    """Decode every image once (cached) before training: an error naming the first
+    unreadable one, or with ``skip_bad`` the readable paths and a warning naming the
+    others."""
+    bad = find_bad_images(paths, decoder="tf")
+    if not bad:
+        return list(paths)
+    if not skip_bad:
+        raise bad_images_error(bad, "replace or delete it, or pass --skip-bad-images")
+    warnings.warn(f"--skip-bad-images: {len(bad)} unreadable image(s) left out: "
+                  + "; ".join(f"{p}: {why}" for p, why in bad.items()), stacklevel=2)
+    kept = [p for p in paths if str(p) not in bad]
+    if not kept:
+        raise UserError(Path(paths[0]).parent, "no readable image left", "replace the images")
+    return kept
 
 
 def stage_labels(paths):
@@ -33,8 +54,8 @@ def stage_labels(paths):
 def check_batch_size(n_images, batch_size, where):
     """Batches drop the remainder, so fewer images than one batch means no step at all."""
     if n_images < batch_size:
-        raise ValueError(f"{where}: {n_images} images, fewer than the batch size "
-                         f"{batch_size}; lower --batch-size or add images")
+        raise UserError(where, f"{n_images} images, fewer than the batch size {batch_size}",
+                        "lower --batch-size or add images")
 
 
 def load_image(path, size):

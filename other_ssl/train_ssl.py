@@ -23,8 +23,8 @@ import keras  # noqa: E402
 
 from nets.encoders import BACKBONES, check_input_shape  # noqa: E402
 from other_ssl.base import POOLS, CollapseMonitor  # noqa: E402
-from other_ssl.dataset import (check_batch_size, list_images, make_image_dataset,  # noqa: E402
-                               stage_labels)
+from other_ssl.dataset import (check_batch_size, check_images, list_images,  # noqa: E402
+                               make_image_dataset, stage_labels)
 from other_ssl.methods import METHODS, get_method  # noqa: E402
 from other_ssl.training import CHECKPOINT, OPTIMIZERS, epoch_steps, make_optimizer, resume  # noqa: E402
 from utils.callbacks import Checkpoint  # noqa: E402
@@ -32,6 +32,7 @@ from utils.run import Run, fresh_path, progress_verbose, resume_args  # noqa: E4
 from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,  # noqa: E402
                          set_mixed_precision, set_seed)
 from utils.precise_bn import add_precise_bn_arg, recalibrate_batchnorm  # noqa: E402
+from utils.errors import UserError, user_errors  # noqa: E402
 from utils.weights import save_encoder  # noqa: E402
 
 # Method hyperparameters settable from the command line; None = the method's default.
@@ -91,6 +92,9 @@ def parse_args(argv=None):
                         "pretraining (the probe's gradient never reaches the encoder)")
     p.add_argument("--collapse-ratio", type=float, default=0.1,
                    help="warn when the embedding std falls below this times 1/sqrt(width)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out images that do not decode, naming them (default: stop "
+                        "with an error naming the first)")
     add_precise_bn_arg(p)
     p.add_argument("--save-period", type=int, default=10,
                    help="save a checkpoint every N epochs, and after the last")
@@ -111,18 +115,21 @@ def method_hyperparameters(args, cls):
     if extra:
         flags = ", ".join("--" + k.replace("_", "-") for k in extra)
         takes = ", ".join("--" + k.replace("_", "-") for k in cls.defaults) or "none"
-        raise ValueError(f"{flags} does not apply to {args.method} (it takes: {takes})")
+        raise UserError(flags, f"does not apply to {args.method} (it takes: {takes})",
+                        "drop it or choose another --method")
     return given
 
 
 def main(argv=None):
     args = parse_args(argv)
-    cls = get_method(args.method)
+    with user_errors("--method"):
+        cls = get_method(args.method)
     hyper = method_hyperparameters(args, cls)
     input_shape = (args.input_shape[0], args.input_shape[1], 3)
-    check_input_shape(input_shape, args.backbone)
+    with user_errors("--input-shape"):
+        check_input_shape(input_shape, args.backbone)
 
-    paths = list_images(args.image_dir)
+    paths = check_images(list_images(args.image_dir), args.skip_bad_images)
     check_batch_size(len(paths), args.batch_size, args.image_dir)
     labels = stage_labels(paths) if args.probe_labels else None
     steps, capped = epoch_steps(len(paths), args.batch_size, args.steps_per_epoch)
@@ -179,4 +186,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from utils.errors import run_cli
+
+    run_cli(main)

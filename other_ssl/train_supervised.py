@@ -27,14 +27,15 @@ import tensorflow as tf  # noqa: E402
 
 from nets.encoders import BACKBONES, build_encoder, check_input_shape  # noqa: E402
 from other_ssl.base import POOLS  # noqa: E402
-from other_ssl.dataset import (check_batch_size, list_images, make_image_dataset,  # noqa: E402
-                               stage_labels)
+from other_ssl.dataset import (check_batch_size, check_images, list_images,  # noqa: E402
+                               make_image_dataset, stage_labels)
 from other_ssl.training import CHECKPOINT, OPTIMIZERS, epoch_steps, make_optimizer, resume  # noqa: E402
 from utils.callbacks import Checkpoint  # noqa: E402
 from utils.run import Run, fresh_path, progress_verbose, resume_args  # noqa: E402
 from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,  # noqa: E402
                          set_mixed_precision, set_seed)
 from utils.precise_bn import add_precise_bn_arg, recalibrate_batchnorm  # noqa: E402
+from utils.errors import UserError, user_errors  # noqa: E402
 from utils.weights import save_encoder  # noqa: E402
 
 
@@ -64,6 +65,9 @@ def parse_args(argv=None):
                    help="cap on steps per epoch (None: one pass over the training split)")
     p.add_argument("--run-eagerly", action="store_true",
                    help="no tf.function (debugging; skips graph tracing in very short runs)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out images that do not decode, naming them (default: stop "
+                        "with an error naming the first)")
     p.add_argument("--save-period", type=int, default=1,
                    help="save a checkpoint every N epochs, and after the last")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
@@ -116,16 +120,17 @@ def _val_map(image, label):
 def main(argv=None):
     args = parse_args(argv)
     input_shape = (args.input_shape[0], args.input_shape[1], 3)
-    check_input_shape(input_shape, args.backbone)
-    paths = list_images(args.image_dir)
+    with user_errors("--input-shape"):
+        check_input_shape(input_shape, args.backbone)
+    paths = check_images(list_images(args.image_dir), args.skip_bad_images)
     labels = stage_labels(paths)
     num_stages = args.num_stages or max(labels) + 1
     if max(labels) >= num_stages:
-        raise ValueError(f"{args.image_dir}: stage {max(labels)} found, but --num-stages "
-                         f"is {num_stages}")
+        raise UserError("--num-stages", f"{num_stages}, but {args.image_dir} holds stage "
+                                        f"{max(labels)}", f"give --num-stages {max(labels) + 1} or more")
     if len(set(labels)) < 2:
-        raise ValueError(f"{args.image_dir}: every image is stage {labels[0]}; a stage "
-                         f"classifier needs images of at least two stages")
+        raise UserError(args.image_dir, f"every image is stage {labels[0]}",
+                        "a stage classifier needs images of at least two stages")
     train_idx, val_idx = split_indices(labels, args.val_split, args.seed)
     check_batch_size(len(train_idx), args.batch_size,
                      f"{args.image_dir} (training split)")
@@ -188,4 +193,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from utils.errors import run_cli
+
+    run_cli(main)

@@ -22,6 +22,9 @@ from tqdm import tqdm
 
 from pde_self_supervised.preprocess_img import (INPUT_SIZE, LOAD_SIZE, decode_image, load_image,
                                                 one_cached_img, one_img)
+from utils.errors import UserError
+from utils.image_check import check_image_file  # noqa: F401  (part of this module's API)
+from utils.image_check import find_bad_images as find_bad_image_files
 
 NUM_PAIR_CLASSES = 4
 # Default grades of the four pair classes for the grading distance (the original's
@@ -29,7 +32,7 @@ NUM_PAIR_CLASSES = 4
 DEFAULT_GRADES = (1.0, 1.0, 0.0, 0.0)
 
 
-class PairDataError(ValueError):
+class PairDataError(UserError):
     """A pair index, image folder or split that cannot be trained on."""
 
 
@@ -37,7 +40,8 @@ def load_pair_index(x_path, y_path):
     """Read the pair index: names (n, 2) as str and classes (n,) as int64."""
     for p in (x_path, y_path):
         if not Path(p).is_file():
-            raise PairDataError(f"pair index file not found: {p}")
+            raise PairDataError(f"{p}: pair index file not found; make it with "
+                                f"make_dataset.py or give its path")
     x = np.load(x_path, allow_pickle=False)
     y = np.load(y_path, allow_pickle=False)
     if x.ndim != 2 or x.shape[1] != 2:
@@ -72,7 +76,8 @@ def find_missing(names, image_dir):
     """Unique names of ``names`` with no file in ``image_dir``, sorted."""
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
-        raise PairDataError(f"image folder not found: {image_dir}")
+        raise PairDataError(f"{image_dir}: image folder not found; give --image-dir, the "
+                            f"folder of stage images from select_img.py")
     present = set(os.listdir(image_dir))
     missing = []
     for name in np.unique(names):
@@ -82,48 +87,24 @@ def find_missing(names, image_dir):
 
 
 def check_all_present(names, image_dir, index_name="the pair index"):
-    """Raise a :class:`PairDataError` listing the first missing files and their count."""
+    """Raise a :class:`PairDataError` naming ``index_name`` (the file the names come
+    from), the first missing files and their count."""
     missing = find_missing(names, image_dir)
     if missing:
         n_unique = len(np.unique(names))
-        raise PairDataError(f"{len(missing)} of {n_unique} images named in {index_name} are "
-                            f"missing from {image_dir}; first: {', '.join(missing[:5])}")
-
-
-def check_image_file(path):
-    """A fast sanity check of an image file: the reason it is bad, or None.
-
-    Reads only the first and last bytes: a JPEG must start with FFD8 and end with
-    its FFD9 marker (a truncated download does not), a PNG must end with IEND.
-    """
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(8)
-            f.seek(max(0, size - 32))
-            tail = f.read()
-    except OSError as exc:
-        return f"unreadable ({exc.strerror})"
-    if size == 0:
-        return "empty file"
-    if head[:3] == b"\xff\xd8\xff":
-        end = tail.rstrip(b"\x00\r\n ")[-4:]
-        return None if b"\xff\xd9" in end else "truncated JPEG (no end marker)"
-    if head == b"\x89PNG\r\n\x1a\n":
-        return None if b"IEND" in tail else "truncated PNG (no IEND chunk)"
-    if head[:2] == b"BM" or head[:4] in (b"GIF8",):
-        return None
-    return "not a JPEG, PNG, BMP or GIF file"
+        raise PairDataError(f"{index_name}: {len(missing)} of {n_unique} images named there are "
+                            f"missing from {image_dir}; first: {', '.join(missing[:5])}; give the "
+                            f"--image-dir the pair index was made from, or rebuild it "
+                            f"(make_dataset.py)")
 
 
 def find_bad_images(names, image_dir):
-    """``{name: reason}`` for the unique images of ``names`` failing :func:`check_image_file`."""
-    bad = {}
-    for name in np.unique(names):
-        reason = check_image_file(os.path.join(image_dir, name))
-        if reason:
-            bad[str(name)] = reason
-    return bad
+    """``{name: reason}`` for the unique images of ``names`` that are cut off or do not
+    decode with TensorFlow's decoder (each decoded once; the verdicts are cached, see
+    :mod:`utils.image_check`)."""
+    paths = {os.path.join(str(image_dir), str(n)): str(n) for n in np.unique(names)}
+    bad = find_bad_image_files(list(paths), decoder="tf", desc="checking images")
+    return {paths[p]: why for p, why in bad.items()}
 
 
 def find_undecodable(names, image_dir):
@@ -138,10 +119,12 @@ def find_undecodable(names, image_dir):
 
 
 def bad_images_message(bad, image_dir):
-    first = "; ".join(f"{name}: {why}" for name, why in list(bad.items())[:5])
-    return (f"{len(bad)} unreadable image(s) in {image_dir}: {first}. Replace or delete them "
-            f"(and rebuild the pair index), or pass --skip-bad-images to train without "
-            f"the pairs that use them.")
+    (name, why), *rest = bad.items()
+    more = (f" (and {len(rest)} more: " + ", ".join(n for n, _ in rest[:4])
+            + (" ..." if len(rest) > 4 else "") + ")") if rest else ""
+    return (f"{os.path.join(str(image_dir), name)}: {why} (an unreadable image{more}); replace or "
+            f"delete it (and rebuild the pair index), or pass --skip-bad-images to train "
+            f"without the pairs that use it")
 
 
 @dataclasses.dataclass

@@ -20,6 +20,7 @@ from pde_self_supervised.dataloader_2img import (PairDataError, bad_images_messa
                                                  find_bad_images, find_undecodable,
                                                  load_pair_index, pair_dataset,
                                                  split_by_fractions)
+from utils.errors import UserError, user_errors
 from utils.precise_bn import add_precise_bn_arg, recalibrate_batchnorm
 from utils.run import (Run, fresh_path, logged, newest_checkpoint, progress_verbose,
                        resume_args)
@@ -147,6 +148,14 @@ def load_splits(args):
     return splits
 
 
+def split_sources(args):
+    """``{split: where its names come from}``, for messages: its own file (explicit
+    splits) or its share of ``--pairs-x``."""
+    if args.val_pairs_x is not None:
+        return {"train": args.pairs_x, "val": args.val_pairs_x, "test": args.test_pairs_x}
+    return {s: f"{args.pairs_x} ({s} part of --split)" for s in SPLITS}
+
+
 def check_not_empty(splits):
     for name in SPLITS:
         if len(splits[name][0]) == 0:
@@ -177,7 +186,8 @@ def prepare_data(args):
     build the image cache. Returns ``(splits, cache or None)``."""
     splits = load_splits(args)
     names = _all_names(splits)
-    check_all_present(names, args.image_dir, index_name=args.pairs_x)
+    for split, source in split_sources(args).items():
+        check_all_present(splits[split][0], args.image_dir, index_name=source)
     bad = find_bad_images(names, args.image_dir)
     if bad and not args.skip_bad_images:
         raise PairDataError(bad_images_message(bad, args.image_dir))
@@ -301,13 +311,15 @@ def run(spec, args):
 
     set_seed(args.seed)
     shape = (args.input_shape[0], args.input_shape[1], 3)
-    check_input_shape(shape, "resnet50")
+    with user_errors("--input-shape"):
+        check_input_shape(shape, "resnet50")
     if args.input_shape[0] > args.load_size[0] or args.input_shape[1] > args.load_size[1]:
-        raise ValueError(f"--input-shape {args.input_shape} is larger than --load-size "
-                         f"{args.load_size}; the input is a crop of the loaded image")
+        raise UserError("--input-shape", f"{args.input_shape} is larger than --load-size "
+                                         f"{args.load_size}; the input is a crop of the loaded "
+                                         f"image", "lower it or raise --load-size")
     for option in ("batch_size", "test_batch_size", "epochs"):
         if getattr(args, option) < 1:
-            raise ValueError(f"--{option.replace('_', '-')} must be at least 1")
+            raise UserError(f"--{option.replace('_', '-')}", "must be at least 1")
 
     resume_from, initial_epoch = None, 0
     if args.resume:

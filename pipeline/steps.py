@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pipeline.pretrainers import PRETRAINERS, PretrainInputs
 from pipeline.profiles import to_argv
+from utils.errors import MissingInput, UserError
 from utils.utils import make_run_dir, write_json
 
 
@@ -18,14 +19,52 @@ class Run:
         self.record = json.loads(self.record_path.read_text()) if self.record_path.exists() else {}
 
     def done(self, step):
-        return step in self.record
+        """Recorded as finished and its outputs still there."""
+        return step in self.record and not missing_outputs(step, self.result(step))
 
     def finish(self, step, result, seconds):
+        """Record ``step`` as done, once its outputs exist (else a UserError)."""
+        missing = missing_outputs(step, result)
+        if missing:
+            raise UserError(f"step {step}", f"finished without its outputs ({', '.join(missing)})",
+                            "check the step's messages above; it is not recorded as done")
         self.record[step] = {"seconds": round(seconds, 1), "result": result}
         write_json(self.record_path, self.record)
 
     def result(self, step):
         return self.record.get(step, {}).get("result", {})
+
+
+# The U-Net steps of run_pipeline.py (their records hold run_dir and model_path).
+UNET_STEPS = ("unet_frozen", "unet_finetune", "random_frozen", "random_finetune")
+
+
+def step_outputs(step, result):
+    """The files and folders a finished step must have left (from its recorded result)."""
+    result = result or {}
+    if step == "orchard":
+        paths = [result.get("archive"), result.get("phenology")]
+        if result.get("voc"):
+            paths.append(result["voc"])
+        return paths
+    if step == "select":
+        return [result.get("out_dir"), result.get("manifest")]
+    if step == "pairs":
+        return [result.get("x"), result.get("y")] + [
+            p for pair in result.get("splits", {}).values() for p in pair]
+    if step == "pretrain":
+        return [result["encoder_path"]] if result.get("encoder_path") else []
+    if step in UNET_STEPS:
+        return [result.get("run_dir"), result.get("model_path")]
+    if step in ("predict", "growth"):
+        key = "out_dir" if step == "predict" else "run_dir"
+        return [result.get(key)] if result.get(key) else []
+    return []
+
+
+def missing_outputs(step, result):
+    """Outputs of ``step`` that are not there (a None is a missing entry)."""
+    return [str(p) for p in step_outputs(step, result) if p is None or not Path(p).exists()]
 
 
 def open_run(resume, name, args, logs_dir):
@@ -34,7 +73,8 @@ def open_run(resume, name, args, logs_dir):
     if resume:
         run = Run(resume)
         if not run.dir.is_dir():
-            raise SystemExit(f"--resume: {run.dir} is not a run folder")
+            raise MissingInput(run.dir, "--resume: run folder not found",
+                               "give the folder it printed as 'Run folder:'")
     else:
         run = Run(make_run_dir(name, args, root=logs_dir))
     print(f"Run folder: {run.dir}")
@@ -54,6 +94,20 @@ def plain(d):
     return json.loads(json.dumps(d, default=str))
 
 
+def orchard_spec(profile_name, profile, seed, data_dir=None):
+    """Where the synthetic orchard lives and the settings it is generated with."""
+    return Path(data_dir or Path("demo_data") / profile_name), dict(profile.orchard, seed=seed)
+
+
+def check_orchard_spec(profile_name, profile, seed, data_dir=None):
+    """A data folder that holds an orchard made with other settings is refused."""
+    data_dir, spec = orchard_spec(profile_name, profile, seed, data_dir)
+    spec_path = data_dir / "orchard_spec.json"
+    if spec_path.exists() and json.loads(spec_path.read_text()) != plain(spec):
+        raise UserError(spec_path, f"{data_dir} holds an orchard generated with other settings",
+                        "pass another --data-dir")
+
+
 def make_data(profile_name, profile, seed, archive=None, phenology=None, voc=None,
               data_dir=None):
     """The user's data, or the profile's synthetic orchard (generated once in
@@ -63,13 +117,10 @@ def make_data(profile_name, profile, seed, archive=None, phenology=None, voc=Non
         return {"archive": archive, "phenology": phenology, "voc": voc}
     from data_processing.synthetic_orchard import generate_orchard
 
-    data_dir = Path(data_dir or Path("demo_data") / profile_name)
-    spec = dict(profile.orchard, seed=seed)
+    data_dir, spec = orchard_spec(profile_name, profile, seed, data_dir)
     spec_path = data_dir / "orchard_spec.json"
     if spec_path.exists():
-        if json.loads(spec_path.read_text()) != plain(spec):
-            raise SystemExit(f"{data_dir} holds an orchard generated with other settings "
-                             f"({spec_path}); pass another --data-dir.")
+        check_orchard_spec(profile_name, profile, seed, data_dir)
         print(f"  reusing the synthetic orchard in {data_dir}")
         return {"archive": str(data_dir / "archive"), "phenology": str(data_dir / "phenology.toml"),
                 "voc": str(data_dir / "VOCdevkit")}

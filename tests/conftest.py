@@ -1,7 +1,10 @@
 """Shared test set-up: quiet TensorFlow, a headless matplotlib, the slow marker."""
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The image-check verdicts of test files stay out of the user's ~/.cache.
+os.environ.setdefault("PDE_CACHE_DIR", tempfile.mkdtemp(prefix="pde_test_cache_"))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest  # noqa: E402

@@ -127,7 +127,7 @@ def test_bad_inputs_name_the_file(voc, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"JPEGImages/a\.jpg"):
         check_split(voc, "train", NC)
     (list_dir / "train.txt").write_text("\n  \n")
-    with pytest.raises(ValueError, match=r"train\.txt is empty"):
+    with pytest.raises(ValueError, match=r"train\.txt: the split list is empty"):
         check_split(voc, "train", NC)
     with pytest.raises(FileNotFoundError, match=r"test\.txt"):
         check_split(voc, "test", NC)

@@ -246,7 +246,7 @@ def test_mask_of_the_wrong_size_is_a_clear_error(archive, tmp_path):
 def test_no_images_is_a_clear_error_naming_the_folder(archive, tmp_path):
     with pytest.raises(FileNotFoundError, match=rf"{CAMERA}.*preset 3 at 12.*preset 1 at 09"):
         growth.find_daily_images(archive, CAMERA, preset=3, time=12)
-    with pytest.raises(FileNotFoundError, match="camera folder not found.*NOPE"):
+    with pytest.raises(FileNotFoundError, match="NOPE: camera folder not found"):
         unet_gm.main(["--archive", str(archive), "--camera", "NOPE", "--out-dir",
                       str(tmp_path / "x")], segment=fake_segment)
     with pytest.raises(FileNotFoundError, match=rf"{CAMERA}.*preset 1 at 15"):

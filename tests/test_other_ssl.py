@@ -100,7 +100,7 @@ def test_train_ssl_bad_input(tmp_path, stage_dir):
 
     with pytest.raises(ValueError, match="known methods"):
         train_ssl.main(["--method", "nope", "--image-dir", str(stage_dir)])
-    with pytest.raises(ValueError, match="--queue-size does not apply to simsiam"):
+    with pytest.raises(ValueError, match="--queue-size: does not apply to simsiam"):
         train_ssl.main(["--method", "simsiam", "--queue-size", "8", "--image-dir", str(stage_dir)])
     with pytest.raises(ValueError, match=r"6 images, fewer than the batch size 48"):
         train_ssl.main(["--method", "simsiam", "--image-dir", str(stage_dir),

@@ -181,7 +181,7 @@ def test_bad_inputs_fail_before_training(pair_set, tmp_path):
 
     x_missing = tmp_path / "x_missing.npy"
     np.save(x_missing, np.array([["v0s0.png", "gone_a.jpg"], ["gone_b.jpg", "v0s1.png"]] * 4))
-    with pytest.raises(PairDataError, match=r"2 of 6 images .* missing .*gone_a\.jpg, gone_b\.jpg"):
+    with pytest.raises(PairDataError, match=r"x_missing.npy: 2 of 4 images .* missing .*gone_a\.jpg, gone_b\.jpg"):
         con_train_resnet_class.main(base + ["--pairs-x", str(x_missing)])
 
     with pytest.raises(PairDataError, match="the val split is empty"):

@@ -201,7 +201,7 @@ def test_defaults_and_phase_plans():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--frozen-only", "--from-scratch"], "--frozen-only needs the frozen phase"),
+    (["--frozen-only", "--from-scratch"], "--frozen-only: needs the frozen phase"),
     (["--from-scratch", "--model-path", "x.h5"], "drop --model-path"),
     (["--cls-weights", "1", "2"], "--cls-weights has 2 values for 5 classes"),
     (["--input-shape", "100", "64"], "not divisible by 32"),

@@ -15,21 +15,27 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from utils.errors import BAD_RECORD_MARK, UserError
 from utils.utils import cvtColor, preprocess_input, resize_image
-from utils.voc import check_files, image_path, label_path, read_split, split_path
+from utils.voc import (SKIP_HINT, check_files, check_images, image_path, label_path,  # noqa: F401
+                       read_split, split_path)
 
 MASK_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")
 
 
-def check_split(voc_path, split, num_classes, check_values=True):
+def check_split(voc_path, split, num_classes, check_values=True, skip_bad=False):
     """Read a split and check its files before training starts.
 
-    Raises naming the files when an image or mask is missing, a mask is not single-band,
-    or a mask's size differs from its image's. With ``check_values`` every mask is decoded
-    and pixels >= ``num_classes`` (to be ignored) are counted in one warning. Returns the ids.
+    Raises naming the files when an image or mask is missing, an image does not decode
+    (each photo is decoded once, the verdict cached: :mod:`utils.image_check`), a mask
+    is not single-band, or a mask's size differs from its image's. With ``skip_bad`` the
+    undecodable photos are left out by name, with a warning. With ``check_values``
+    every mask is decoded and pixels >= ``num_classes`` (to be ignored) are counted in
+    one warning. Returns the ids.
     """
     names = read_split(voc_path, split)
     check_files(voc_path, names, where=split_path(voc_path, split))
+    names = check_images(voc_path, names, skip_bad=skip_bad, where=split_path(voc_path, split))
     problems, ignored_files, ignored_pixels, ignored_values = [], [], 0, set()
     for n in names:
         jpg, png = image_path(voc_path, n), label_path(voc_path, n)
@@ -37,7 +43,7 @@ def check_split(voc_path, split, num_classes, check_values=True):
             with Image.open(jpg) as im:
                 image_size = im.size
         except OSError as exc:
-            raise ValueError(f"{jpg}: cannot read the image ({exc})") from exc
+            raise UserError(jpg, f"cannot read the image ({exc})", SKIP_HINT) from exc
         try:
             with Image.open(png) as mask:
                 if mask.mode not in MASK_MODES:
@@ -56,10 +62,11 @@ def check_split(voc_path, split, num_classes, check_values=True):
                         ignored_pixels += int(bad.sum())
                         ignored_values.update(np.unique(values[bad]).tolist())
         except OSError as exc:
-            raise ValueError(f"{png}: cannot read the mask ({exc})") from exc
+            raise UserError(png, f"cannot read the mask ({exc})",
+                            "replace it with a one-band class-index PNG") from exc
     if problems:
-        raise ValueError(f"{len(problems)} bad mask(s) in split {split!r}:\n  "
-                         + "\n  ".join(problems[:10]) + ("\n  ..." if len(problems) > 10 else ""))
+        raise UserError(f"{len(problems)} bad mask(s) in split {split!r}: "
+                        + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else ""))
     if ignored_files:
         warnings.warn(
             f"split {split!r}: {ignored_pixels} pixels in {len(ignored_files)} of {len(names)} "
@@ -157,7 +164,8 @@ def load_sample(voc_path, name, input_shape, num_classes, train, rng=None, label
 
 
 def build_dataset(voc_path, split, input_shape, batch_size, num_classes, train,
-                  names=None, num_workers=None, seed=None, repeat=None, label_fill=0, skip=0):
+                  names=None, num_workers=None, seed=None, repeat=None, label_fill=0, skip=0,
+                  skip_bad=False):
     """``tf.data`` pipeline of batches ``(images, one-hot targets)``.
 
     ``train=True``: shuffled each pass, augmented, last partial batch dropped, repeated
@@ -165,24 +173,52 @@ def build_dataset(voc_path, split, input_shape, batch_size, num_classes, train,
     file order, letterbox, every image once. ``num_workers`` parallel loaders
     (None = tf.data autotune). ``names`` skips re-reading and re-checking the split.
     ``skip`` samples of the stream are passed over unread (a resumed run).
+
+    A sample that cannot be read fails the pipeline with an error naming the file
+    (:data:`utils.errors.BAD_RECORD_MARK`), or with ``skip_bad`` is dropped with a
+    warning naming it.
     """
     if names is None:
-        names = check_split(voc_path, split, num_classes)
+        names = check_split(voc_path, split, num_classes, skip_bad=skip_bad)
     repeat = train if repeat is None else repeat
     voc_path, input_shape = str(voc_path), tuple(int(s) for s in input_shape)
     h, w = input_shape
+    dropped = set()
 
     def load(name, sample_seed):
         rng = np.random.default_rng(int(sample_seed) & (2 ** 63 - 1)) if train else None
-        return load_sample(voc_path, name.decode("utf8"), input_shape, num_classes, train,
-                           rng=rng, label_fill=label_fill)
+        name = name.decode("utf8")
+        try:
+            image, label = load_sample(voc_path, name, input_shape, num_classes, train,
+                                       rng=rng, label_fill=label_fill)
+            return image, label, b""
+        # A Python exception raised inside tf.numpy_function under a parallel map can
+        # leave tf.data threads blocked at interpreter exit (the run hung after its
+        # traceback): report the file as data and fail, or drop, in the graph instead.
+        except (OSError, ValueError, SyntaxError) as exc:
+            try:
+                where = image_path(voc_path, name)
+            except OSError:          # gone since the check
+                where = f"image {name!r} of the split"
+            why = f"{where} (or its mask): {exc}"
+            if skip_bad and name not in dropped:
+                dropped.add(name)
+                warnings.warn(f"--skip-bad-images: dropping {why}", stacklevel=1)
+            return (np.zeros((h, w, 3), np.float32), np.zeros((h, w), np.uint8),
+                    f"{why}; {SKIP_HINT}".encode())
 
     def to_tensors(name, sample_seed):
-        image, label = tf.numpy_function(load, [name, sample_seed], [tf.float32, tf.uint8],
-                                         stateful=False)
+        image, label, error = tf.numpy_function(load, [name, sample_seed],
+                                                [tf.float32, tf.uint8, tf.string],
+                                                stateful=False)
         image.set_shape((h, w, 3))
         label.set_shape((h, w))
-        return image, tf.one_hot(tf.cast(label, tf.int32), num_classes + 1, dtype=tf.float32)
+        if not skip_bad:
+            check = tf.debugging.Assert(tf.equal(error, ""),
+                                        [tf.strings.join([BAD_RECORD_MARK, error])])
+            with tf.control_dependencies([check]):
+                image = tf.identity(image)
+        return image, tf.one_hot(tf.cast(label, tf.int32), num_classes + 1, dtype=tf.float32), error
 
     ds = tf.data.Dataset.from_tensor_slices(list(names))
     if train:
@@ -199,5 +235,8 @@ def build_dataset(voc_path, split, input_shape, batch_size, num_classes, train,
         ds = ds.skip(skip)
     ds = ds.map(to_tensors, num_parallel_calls=num_workers or tf.data.AUTOTUNE,
                 deterministic=True)
+    if skip_bad:
+        ds = ds.filter(lambda image, target, error: tf.equal(error, ""))
+    ds = ds.map(lambda image, target, error: (image, target))
     ds = ds.batch(batch_size, drop_remainder=train)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -9,7 +9,11 @@ Layout (as the original)::
 Every function takes either the VOCdevkit folder or its VOC2007 folder. A split file
 lists one image id per line (the first word of each non-blank line).
 """
+import warnings
 from pathlib import Path
+
+from utils.errors import MissingInput, UserError
+from utils.image_check import bad_images_error, find_bad_images
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -21,8 +25,9 @@ def voc_root(voc_path):
         return voc_path / "VOC2007"
     if (voc_path / "ImageSets").is_dir() or (voc_path / "JPEGImages").is_dir():
         return voc_path
-    raise FileNotFoundError(f"{voc_path}: not a VOCdevkit folder (expected VOC2007/ with "
-                            f"JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)")
+    raise MissingInput(voc_path, "not a VOCdevkit folder (expected VOC2007/ with "
+                                 "JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)",
+                       "check --voc-path")
 
 
 def voc_dirs(voc_path):
@@ -39,11 +44,11 @@ def read_split(voc_path, split="test"):
     """Image ids listed in ``<split>.txt``; errors name the file."""
     path = split_path(voc_path, split)
     if not path.is_file():
-        raise FileNotFoundError(f"split list not found: {path} (expected VOCdevkit layout "
-                                f"<voc>/VOC2007/ImageSets/Segmentation/{split}.txt)")
+        raise MissingInput(path, "split list not found", f"give the VOCdevkit folder that "
+                           f"holds VOC2007/ImageSets/Segmentation/{split}.txt")
     ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
     if not ids:
-        raise ValueError(f"split list {path} is empty: it must list one image id per line")
+        raise UserError(path, "the split list is empty", "list one image id per line")
     return ids
 
 
@@ -54,8 +59,9 @@ def image_path(voc_path, image_id):
         p = folder / f"{image_id}{suffix}"
         if p.is_file():
             return p
-    raise FileNotFoundError(f"{folder / (image_id + '.jpg')}: image listed in the split "
-                            f"but not found (looked for {', '.join(IMAGE_SUFFIXES)})")
+    raise MissingInput(folder / (image_id + '.jpg'), f"image listed in the split but not "
+                                                     f"found (looked for {', '.join(IMAGE_SUFFIXES)})",
+                       "add it or remove its line from the split list")
 
 
 def label_path(voc_path, image_id):
@@ -73,5 +79,27 @@ def check_files(voc_path, image_ids, need_images=True, where="the split"):
         if not (png_dir / f"{i}.png").is_file():
             missing.append(str(png_dir / f"{i}.png"))
     if missing:
-        raise FileNotFoundError(f"{len(missing)} file(s) listed in {where} are missing: "
-                                + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+        raise MissingInput(f"{where}: {len(missing)} listed file(s) are missing: "
+                           + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""),
+                           fix="add them or remove their lines")
+
+
+SKIP_HINT = "replace or delete it (and its line in the split list), or pass --skip-bad-images"
+
+
+def check_images(voc_path, image_ids, skip_bad=False, where="the split"):
+    """Decode every listed photo once (the verdicts are cached, :mod:`utils.image_check`)
+    before any work. An unreadable one raises a UserError naming it; with ``skip_bad``
+    it is left out by name, with a warning. Returns the ids kept."""
+    paths = {str(image_path(voc_path, i)): i for i in image_ids}
+    bad = find_bad_images(list(paths), "pil", desc=f"checking {Path(str(where)).stem} images")
+    if bad and not skip_bad:
+        raise bad_images_error(bad, SKIP_HINT)
+    if bad:
+        warnings.warn(f"--skip-bad-images: {len(bad)} unreadable image(s) of {where} left "
+                      f"out: " + "; ".join(f"{p}: {why}" for p, why in bad.items()),
+                      stacklevel=2)
+    kept = [i for p, i in paths.items() if p not in bad]
+    if not kept:
+        raise UserError(where, "no readable image left", "replace the unreadable images")
+    return kept

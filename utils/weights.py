@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from nets.encoders import BACKBONES, build_encoder, weighted_layers
+from utils.errors import MissingInput, UserError
 
 
 BACKBONE_ATTR = "pde_encoder_backbone"
@@ -97,7 +98,7 @@ def _read_keras3_weights(path, f):
         count = _count_arrays(f)
         backbone = next((b for b in BACKBONES if _encoder_arrays(b) == count), "")
     if backbone not in BACKBONES:
-        raise ValueError(f"{path}: a Keras 3 weights file that is not an encoder saved by "
+        raise UserError(f"{path}: a Keras 3 weights file that is not an encoder saved by "
                          f"this project (no backbone recorded, and its arrays fit no known "
                          f"encoder). Use an encoder.weights.h5, a .keras checkpoint or a "
                          f"legacy .h5 file.")
@@ -108,9 +109,7 @@ def _read_keras3_weights(path, f):
 
 def read_named_weights(path):
     """Return ``{layer name: [arrays]}`` from any supported weights file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+    path = check_weights_file(path)
     if zipfile.is_zipfile(path):
         import keras
 
@@ -126,7 +125,21 @@ def read_named_weights(path):
                 return _read_legacy_h5(f)
             return _read_keras3_weights(path, f)
     except OSError as exc:
-        raise ValueError(f"{path}: not a readable HDF5 or .keras file ({exc})") from exc
+        raise UserError(path, f"not a readable HDF5 or .keras file ({exc})") from exc
+
+
+def check_weights_file(path, option="weights file"):
+    """Before any model is built: ``path`` exists and is a ``.keras`` archive or an HDF5
+    file (its layers are matched later). Returns it as a Path; raises a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInput(path, f"{option}: weights file not found",
+                           "give an encoder.weights.h5, a .keras checkpoint or a legacy .h5")
+    if zipfile.is_zipfile(path) or h5py.is_hdf5(path):
+        return path
+    raise UserError(path, f"{option}: not a .keras archive nor an HDF5 weights file "
+                          f"(cut off, or another format)",
+                    "give an encoder.weights.h5, a .keras checkpoint or a legacy .h5")
 
 
 def load_weights_by_name(model, path, verbose=True):
@@ -155,8 +168,9 @@ def load_weights_by_name(model, path, verbose=True):
         print(report.summary())
     if not report.loaded:
         sample = ", ".join(list(stored)[:5]) or "none"
-        raise ValueError(f"{path}: no layer of {model.name!r} matched a layer in this file "
-                         f"(file layers start with: {sample}); nothing was loaded.")
+        raise UserError(path, f"no layer of {model.name!r} matched a layer in this file "
+                              f"(file layers start with: {sample}); nothing was loaded",
+                        "give weights of the same backbone (encoder layer names)")
     return report
 
 
