@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from data_processing.names import FileNameError, is_image_file, parse_stage_name
+from utils.errors import UserError
 
 # ImageNet's channel statistics on 0..1 pixels (torchvision's, used by the study).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -24,7 +25,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZATIONS = ("imagenet", "dataset", "none")
 
 
-class FewShotDataError(ValueError):
+class FewShotDataError(UserError):
     """A problem with the image folder, found before training."""
 
 

@@ -38,6 +38,7 @@ from few_shot.data import (NORMALIZATIONS, FewShotDataError, PKSampler, load_ima
 from few_shot.evaluate import (classification_metrics, nearest_centroid_predict,  # noqa: E402
                                plot_confusion, plot_embeddings, write_report_csv)
 from few_shot.losses import LOSSES  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 from utils.utils import make_run_dir, set_seed, write_json  # noqa: E402
 
 STAGES = ("transfer", "similarity")
@@ -349,7 +350,7 @@ def main(argv=None):
         size = tuple(args.input_shape)
         images = load_images(data.paths, size, where=args.image_dir)
     except ValueError as exc:   # FewShotDataError and the backbone's option errors
-        raise SystemExit(f"error: {exc}") from None
+        raise UserError(str(exc)) from None
     set_seed(args.seed)
     y_train, y_test = data.labels[train_idx], data.labels[test_idx]
     x_train, x_test = images[train_idx], images[test_idx]
@@ -358,7 +359,7 @@ def main(argv=None):
     try:
         backbone, report = build_backbone(args.backbone, input_shape, args.weights)
     except ValueError as exc:   # ImageNet weights missing offline, or no layer matched
-        raise SystemExit(f"error: {exc}") from None
+        raise UserError(str(exc)) from None
 
     run_dir = make_run_dir("few_shot", args, root=args.logs_dir)
     print(f"few-shot: {len(data.classes)} classes from {args.image_dir}, {args.shots} shots "

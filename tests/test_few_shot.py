@@ -11,6 +11,7 @@ from PIL import Image
 tf = pytest.importorskip("tensorflow")
 
 from few_shot import losses as L  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 from few_shot.data import (FewShotDataError, PKSampler, normalization_stats,  # noqa: E402
                            read_class_folders, read_stage_images, split_shots)
 
@@ -208,7 +209,7 @@ def test_unreadable_image_is_named_before_training(tmp_path):
 
     root = write_class_folder(tmp_path / "d", [3, 3])
     (root / "class_1" / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(SystemExit, match=r"d: unreadable image broken.png"):
+    with pytest.raises(UserError, match=r"d: unreadable image broken.png"):
         train_few_shot.main(["--image-dir", str(root), "--shots", "1", "--weights", "none",
                              "--logs-dir", str(tmp_path / "logs")])
     assert not (tmp_path / "logs").exists()
