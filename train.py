@@ -286,8 +286,8 @@ def main(argv=None):
         else:
             print("No --model-path: the encoder starts from random (Glorot uniform) weights.")
 
-    fresh_encoder = not (args.resume or args.init_model)
-    if args.encoder_bn_batches and fresh_encoder:
+    # A resume that found no complete checkpoint starts again, from the encoder file.
+    if args.encoder_bn_batches and resume_epoch is None and not args.init_model:
         from utils.precise_bn import recalibrate_batchnorm
 
         bn_ds = build_dataset(args.voc_path, "train", (h, w), phases[0].batch_size, nc, True,
