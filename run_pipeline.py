@@ -11,7 +11,9 @@ unet_frozen and unet_finetune (step 6, each evaluated on the test split) ->
 random_frozen and random_finetune (the same U-Nets, seeds and settings from a random
 encoder: the baseline row) -> predict (a few test images) -> growth (class shares over
 the season for one view) -> table. Every step writes into one run folder;
-``--resume RUN_DIR`` skips the finished ones.
+``--resume RUN_DIR`` skips the finished ones. Without a GPU the random row trains in a
+second process beside the pretraining and the PDE row (``--no-parallel-rows``: one
+after the other).
 """
 import argparse
 import contextlib
@@ -90,7 +92,8 @@ def parse_args(argv=None):
     for step in ("select", "pairs", "pretrain", "unet", "growth"):
         p.add_argument(f"--{step}-args", default="", metavar="'OPTS'",
                        help=f"extra options passed to the {step} step's script "
-                            f"(override the profile's)")
+                            f"(override the profile's); a lone flag needs '=', as in "
+                            f"--{step}-args=--mixed-precision")
     args = p.parse_args(argv)
     args.steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     if args.init == "random":
