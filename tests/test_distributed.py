@@ -1,13 +1,19 @@
 """Distribution: who writes the files, and the fused batch norm under MirroredStrategy."""
+import io
 import json
+import os
+import socket
 import subprocess
 import sys
 import textwrap
 import types
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from utils.run import read_log
 from utils.utils import is_chief
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,3 +84,123 @@ def test_fused_batch_norm_under_mirrored_strategy_matches_keras():
         assert fused == pytest.approx(keras_, rel=1e-4, abs=1e-5)
     assert result["fused"]["precise_mean"] == pytest.approx(result["keras"]["precise_mean"],
                                                             rel=1e-4, abs=1e-5)
+
+
+# The real entry points under --strategy mirrored on two logical CPUs: a PDE step with
+# precise BN, then a U-Net step. Printed last: what the tests check.
+MIRRORED_SCRIPTS = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    # The graph optimizer costs a third of a first ResNet50 step on a CPU, and gains
+    # nothing in one step.
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    import train
+    from pde_self_supervised import con_train_resnet_class
+    from utils.utils import get_strategy
+
+    pde_argv, unet_argv = json.loads(sys.argv[1])
+    pde = con_train_resnet_class.main(pde_argv)
+    unet = train.main(unet_argv)
+    print(json.dumps({"replicas": get_strategy("mirrored").num_replicas_in_sync,
+                      "pde_loss": pde["history"]["loss"], "pde_run": str(pde["run_dir"]),
+                      "pde_encoder": str(pde["encoder_path"]),
+                      "unet_loss": unet["history"]["loss"], "unet_run": str(unet["run_dir"])}))
+""")
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_runs_a_pde_step_with_precise_bn_and_a_unet_step(tmp_path):
+    from tests.test_pde_train import QUICK, data_args, make_pair_set
+    from tests.test_train import make_voc
+
+    files = make_pair_set(tmp_path)
+    voc = make_voc(tmp_path, counts=(("train", 4), ("val", 2)), size=(32, 32))
+    pde_argv = data_args(tmp_path, files, tmp_path / "logs") + QUICK + [
+        "--strategy", "mirrored", "--epochs", "1", "--steps-per-epoch", "1",
+        "--validation-steps", "1", "--precise-bn", "1"]
+    unet_argv = ["--strategy", "mirrored", "--voc-path", str(voc), "--backbone", "vgg",
+                 "--input-shape", "32", "32", "--freeze-epoch", "1", "--unfreeze-epoch", "1",
+                 "--freeze-batch-size", "2", "--steps-per-epoch", "1", "--eval-split", "none",
+                 "--mixed-precision", "--logs-dir", str(tmp_path / "logs")]
+    run = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPTS,
+                          json.dumps([pde_argv, unet_argv])],
+                         cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert "Precise BN: moving statistics re-estimated from 1 training batches" in run.stdout
+    assert len(result["pde_loss"]) == 1 and np.isfinite(result["pde_loss"]).all()
+    assert Path(result["pde_encoder"]).is_file()
+    assert len(result["unet_loss"]) == 1 and np.isfinite(result["unet_loss"]).all()
+    assert (Path(result["unet_run"]) / "last_epoch.keras").is_file()
+
+
+def _free_ports(n):
+    # Bound together so the n ports differ; closed before the workers bind them.
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _keras_weights(path):
+    """Every array in a ``.keras`` file's weights (layers and optimizer), by HDF5 path."""
+    import h5py
+
+    with zipfile.ZipFile(path) as z, h5py.File(io.BytesIO(z.read("model.weights.h5")), "r") as f:
+        arrays = {}
+        f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()])
+                     if isinstance(obj, h5py.Dataset) else None)
+    return arrays
+
+
+def test_multiworker_two_local_workers_train_alike_and_only_the_chief_writes(tmp_path):
+    from tests.test_train import make_voc
+
+    voc = make_voc(tmp_path, counts=(("train", 4), ("val", 2)), size=(32, 32))
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    argv = ["train.py", "--strategy", "multiworker", "--voc-path", str(voc),
+            "--backbone", "vgg", "--input-shape", "32", "32", "--freeze-epoch", "1",
+            "--unfreeze-epoch", "1", "--freeze-batch-size", "2", "--steps-per-epoch", "2",
+            "--eval-split", "none", "--save-period", "0", "--seed", "3"]
+    workers = []
+    for index in range(2):
+        logs, scratch = tmp_path / f"logs{index}", tmp_path / f"scratch{index}"
+        scratch.mkdir()
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster,
+                                                     "task": {"type": "worker", "index": index}}),
+                   TMPDIR=str(scratch), PDE_KEEP_WORKER_FILES="1", TF_CPP_MIN_LOG_LEVEL="2")
+        workers.append(subprocess.Popen(
+            [sys.executable, *argv, "--logs-dir", str(logs)], cwd=ROOT, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        outputs = [w.communicate(timeout=180)[0] for w in workers]
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+    for index, (w, out) in enumerate(zip(workers, outputs)):
+        assert w.returncode == 0, f"worker {index}:\n{out[-3000:]}"
+
+    # Worker 0 is the chief (the cluster names none): one run folder, with the record.
+    (run_dir,) = (tmp_path / "logs0").iterdir()
+    assert {"args.json", "training_log.csv", "epoch_loss.png", "last_epoch.keras",
+            "tensorboard"} <= {p.name for p in run_dir.iterdir()}
+    assert read_log(run_dir)["epoch"] == [0]
+    # Worker 1 wrote nothing under its --logs-dir; its files went to its scratch folder.
+    assert not (tmp_path / "logs1").exists() or not any((tmp_path / "logs1").iterdir())
+    (worker_dir,) = [p for p in (tmp_path / "scratch1").iterdir() if p.is_dir()]
+    assert "Not the chief" in outputs[1]
+
+    chief, other = (_keras_weights(d / "last_epoch.keras") for d in (run_dir, worker_dir))
+    assert chief.keys() == other.keys() and len(chief) > 10
+    print(sorted(chief)[:80])
+    for name in chief:
+        np.testing.assert_array_equal(chief[name], other[name], err_msg=name)
