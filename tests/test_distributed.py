@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import types
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.run import read_log
+from utils.run import Run, read_log
 from utils.utils import is_chief
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,31 @@ def test_is_chief():
     with_chief = {"chief": ["127.0.0.1:3"], **workers}
     assert is_chief(_strategy("chief", 0, with_chief))
     assert not is_chief(_strategy("worker", 0, with_chief))
+
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_only_the_chief_worker_gets_the_run_folder(tmp_path, monkeypatch, index):
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster,
+                                                "task": {"type": "worker", "index": index}}))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", None)   # TMPDIR is read once, then cached
+    (tmp_path / "tmp").mkdir()
+    args = types.SimpleNamespace(strategy="multiworker", resume=None, epochs=1)
+    run = Run.start("unet", args, root=tmp_path / "logs")
+    run.write_text("training_log.csv", "epoch,loss\n0,1.0\n")
+    if index == 0:
+        assert run.chief and run.dir.parent == tmp_path / "logs"
+        assert {p.name for p in run.dir.iterdir()} == {"args.json", "training_log.csv"}
+        assert not list((tmp_path / "tmp").iterdir())
+    else:
+        assert not run.chief and run.dir.parent == tmp_path / "tmp"
+        assert not (tmp_path / "logs").exists()
+        assert read_log(run.dir)["loss"] == [1.0]
+    # Without multiworker there is one process: always the chief.
+    assert Run.start("unet", types.SimpleNamespace(strategy="mirrored", resume=None),
+                     root=tmp_path / "logs").chief
 
 
 # Logical devices must be configured before TensorFlow initialises: a fresh process.
