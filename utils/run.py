@@ -204,7 +204,9 @@ class Run:
     """
 
     def __init__(self, run_dir, chief=True):
-        self.dir = Path(run_dir)
+        # Absolute, so that a path built from it (``fresh_path(run.dir / name)``) and
+        # handed back to ``write`` does not get the folder prefixed twice.
+        self.dir = Path(run_dir).absolute()
         self.chief = chief
 
     @classmethod
