@@ -113,9 +113,10 @@ def test_fused_batch_norm_under_mirrored_strategy_matches_keras():
                                                             rel=1e-4, abs=1e-5)
 
 
-# The real entry points under --strategy mirrored on two logical CPUs: a PDE step with
-# precise BN, then a U-Net step. Printed last: what the tests check.
-MIRRORED_SCRIPTS = textwrap.dedent("""
+# The real entry points under --strategy mirrored on two logical CPUs, one process
+# each (as in use: two strategies in one process share collective keys). Prints last
+# what the test checks.
+MIRRORED_SCRIPT = textwrap.dedent("""
     import json, sys
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -123,45 +124,50 @@ MIRRORED_SCRIPTS = textwrap.dedent("""
     # The graph optimizer costs a third of a first ResNet50 step on a CPU, and gains
     # nothing in one step.
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-    import train
-    from pde_self_supervised import con_train_resnet_class
     from utils.utils import get_strategy
 
-    pde_argv, unet_argv = json.loads(sys.argv[1])
-    pde = con_train_resnet_class.main(pde_argv)
-    unet = train.main(unet_argv)
+    script, argv = sys.argv[1], json.loads(sys.argv[2])
+    if script == "pde":
+        from pde_self_supervised.con_train_resnet_class import main
+    else:
+        from train import main
+    result = main(argv)
     print(json.dumps({"replicas": get_strategy("mirrored").num_replicas_in_sync,
-                      "pde_loss": pde["history"]["loss"], "pde_run": str(pde["run_dir"]),
-                      "pde_encoder": str(pde["encoder_path"]),
-                      "unet_loss": unet["history"]["loss"], "unet_run": str(unet["run_dir"])}))
+                      "loss": result["history"]["loss"], "run_dir": str(result["run_dir"]),
+                      "encoder": str(result.get("encoder_path"))}))
 """)
 
 
+def _run_mirrored(script, argv):
+    run = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, script, json.dumps(argv)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert len(result["loss"]) == 1 and np.isfinite(result["loss"]).all()
+    return result, run.stdout
+
+
+# Two processes, each tracing a step on two replicas (ResNet50 for PDE): minutes of CPU.
 @pytest.mark.slow
 def test_mirrored_strategy_runs_a_pde_step_with_precise_bn_and_a_unet_step(tmp_path):
     from tests.test_pde_train import QUICK, data_args, make_pair_set
     from tests.test_train import make_voc
 
     files = make_pair_set(tmp_path)
-    voc = make_voc(tmp_path, counts=(("train", 4), ("val", 2)), size=(32, 32))
-    pde_argv = data_args(tmp_path, files, tmp_path / "logs") + QUICK + [
+    pde, out = _run_mirrored("pde", data_args(tmp_path, files, tmp_path / "logs") + QUICK + [
         "--strategy", "mirrored", "--epochs", "1", "--steps-per-epoch", "1",
-        "--validation-steps", "1", "--precise-bn", "1"]
-    unet_argv = ["--strategy", "mirrored", "--voc-path", str(voc), "--backbone", "vgg",
-                 "--input-shape", "32", "32", "--freeze-epoch", "1", "--unfreeze-epoch", "1",
-                 "--freeze-batch-size", "2", "--steps-per-epoch", "1", "--eval-split", "none",
-                 "--mixed-precision", "--logs-dir", str(tmp_path / "logs")]
-    run = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPTS,
-                          json.dumps([pde_argv, unet_argv])],
-                         cwd=ROOT, capture_output=True, text=True, timeout=400)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
-    assert result["replicas"] == 2
-    assert "Precise BN: moving statistics re-estimated from 1 training batches" in run.stdout
-    assert len(result["pde_loss"]) == 1 and np.isfinite(result["pde_loss"]).all()
-    assert Path(result["pde_encoder"]).is_file()
-    assert len(result["unet_loss"]) == 1 and np.isfinite(result["unet_loss"]).all()
-    assert (Path(result["unet_run"]) / "last_epoch.keras").is_file()
+        "--validation-steps", "1", "--precise-bn", "1"])
+    assert "Precise BN: moving statistics re-estimated from 1 training batches" in out
+    assert Path(pde["encoder"]).is_file()
+
+    voc = make_voc(tmp_path, counts=(("train", 4), ("val", 2)), size=(32, 32))
+    unet, _ = _run_mirrored("unet", [
+        "--strategy", "mirrored", "--voc-path", str(voc), "--backbone", "vgg",
+        "--input-shape", "32", "32", "--freeze-epoch", "1", "--unfreeze-epoch", "1",
+        "--freeze-batch-size", "2", "--steps-per-epoch", "1", "--eval-split", "none",
+        "--mixed-precision", "--logs-dir", str(tmp_path / "logs")])
+    assert (Path(unet["run_dir"]) / "last_epoch.keras").is_file()
 
 
 def _free_ports(n):
