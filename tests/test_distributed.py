@@ -1,4 +1,5 @@
-"""Distribution: who writes the files, and the fused batch norm under MirroredStrategy."""
+"""Distribution: who writes the files (multiworker: the chief only), two local workers
+that train alike, the entry points and the fused batch norm under MirroredStrategy."""
 import io
 import json
 import os
