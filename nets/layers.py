@@ -44,6 +44,16 @@ class BatchNormalization(layers.BatchNormalization):
         super().__init__(**kwargs)
         self.fused = _use_fused
 
+    def add_weight(self, *args, **kwargs):
+        # Under a distribution strategy each replica updates the moving statistics from
+        # its own share of the batch; Keras 3 leaves them unaggregated, so replicas (and
+        # machines) drift apart and the chief saves only its own. "mean" keeps every
+        # copy at the replicas' average, as tf.keras 2 did; without a strategy it is a
+        # no-op.
+        if kwargs.get("name") in ("moving_mean", "moving_variance"):
+            kwargs.setdefault("aggregation", "mean")
+        return super().add_weight(*args, **kwargs)
+
     def _fusable(self, inputs, mask):
         return (self.fused and keras.backend.backend() == "tensorflow"
                 and len(inputs.shape) == 4 and self.axis in (-1, 3)

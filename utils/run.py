@@ -1,12 +1,14 @@
 """The run harness every trainer shares: run folder, resume, per-epoch log, plots,
 TensorBoard, early stopping and checkpoints that survive a kill.
 
-Every file a run writes goes through :meth:`Run.write` (one place to gate on the chief
-worker), and lands by rename from a temporary file in the same folder, so a kill at
-any moment leaves the previous complete file, never a cut-off one. A checkpoint holds
-its own epoch (:func:`checkpoint_epoch`), and the per-epoch CSV row is written before
-the checkpoint, so a resumed run starts after the newest complete checkpoint and drops
-the log rows after it: every epoch is trained and logged exactly once.
+Every file a run writes goes through :meth:`Run.write` into ``Run.dir`` (under
+``--strategy multiworker`` the run folder on the chief only, a scratch folder on the
+other workers: :meth:`Run.start`), and lands by rename from a temporary file in the
+same folder, so a kill at any moment leaves the previous complete file, never a
+cut-off one. A checkpoint holds its own epoch (:func:`checkpoint_epoch`), and the
+per-epoch CSV row is written before the checkpoint, so a resumed run starts after the
+newest complete checkpoint and drops the log rows after it: every epoch is trained and
+logged exactly once.
 
 Files of a run folder (every trainer): ``args.json`` (``args_resume.json``,
 ``args_resume_2.json`` ... per resume), ``training_log.csv``, ``epoch_loss.txt``,
@@ -31,6 +33,9 @@ EPOCH_KEY = "epoch.json"   # the zip entry (or HDF5 attribute) holding a checkpo
 RESUME_MAY_CHANGE = {"resume", "logs_dir", "run_eagerly", "num_workers", "debug"}
 # Test hook: "NAME:K" cuts the K-th write of file NAME short and stops there (for kill tests).
 _PAUSE_ENV = "PDE_PAUSE_AT_WRITE"
+# Set (to anything) to keep a non-chief worker's scratch folder, e.g. to compare its
+# files with the chief's.
+KEEP_WORKER_ENV = "PDE_KEEP_WORKER_FILES"
 _writes = {}
 
 
@@ -189,30 +194,63 @@ def resume_args(parser, argv=None, may_change=()):
 
 
 class Run:
-    """One run folder. Every file the harness writes goes through :meth:`write`."""
+    """One run folder. Every file the harness writes goes through :meth:`write`.
 
-    def __init__(self, run_dir):
+    Under ``--strategy multiworker`` every worker runs the same script, and only the
+    chief may write the run folder: :meth:`start` gives the other workers a private
+    scratch folder instead (``chief`` False), deleted when the process ends. They
+    still write every file there, so all workers run the same code, collective ops
+    included; only where the files land differs.
+    """
+
+    def __init__(self, run_dir, chief=True):
         # Absolute, so that a path built from it (``fresh_path(run.dir / name)``) and
         # handed back to ``write`` does not get the folder prefixed twice.
         self.dir = Path(run_dir).absolute()
+        self.chief = chief
 
     @classmethod
     def start(cls, name, args, root="logs"):
         """A new run ``root/<name>_<YYYYmmdd-HHMMSS>[_k]`` with ``args.json``, or, with
-        ``args.resume``, that run folder again with ``args_resume[_k].json``."""
+        ``args.resume``, that run folder again with ``args_resume[_k].json``; on a
+        worker that is not the chief, a scratch folder (see the class)."""
+        from utils.utils import is_chief
+
+        if not is_chief(getattr(args, "strategy", "default")):
+            return cls._worker_scratch(name, args)
         if getattr(args, "resume", None):
             run = cls(args.resume)
             run.write_json(fresh_path(run.dir / "args_resume.json"), vars(args))
             return run
         return cls(make_run_dir(name, args, root=root))
 
+    @classmethod
+    def _worker_scratch(cls, name, args):
+        import atexit
+        import shutil
+        import tempfile
+
+        scratch = Path(tempfile.mkdtemp(prefix=f"{name}_worker_"))
+        # A resumed run's decisions (early stopping, the log rows it keeps) read the
+        # log; the worker reads the chief's, as the chief does.
+        log = Path(args.resume) / LOG_CSV if getattr(args, "resume", None) else None
+        if log is not None and log.is_file():
+            shutil.copyfile(log, scratch / LOG_CSV)
+        if os.environ.get(KEEP_WORKER_ENV):
+            print(f"Not the chief: run files go to {scratch} (kept: {KEEP_WORKER_ENV})")
+        else:
+            atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+            print(f"Not the chief: run files go to {scratch}, deleted at exit; the chief "
+                  f"writes the run folder")
+        return cls(scratch, chief=False)
+
     def path(self, name):
         return self.dir / name
 
     def write(self, name, write):
         """Write file ``name`` (a name in the run folder or a path) with
-        ``write(tmp_path)``, atomically. The one place where every harness write lands:
-        a multi-worker run gates on its chief here."""
+        ``write(tmp_path)``, atomically. The one place where every harness write lands
+        (on a worker that is not the chief, ``self.dir`` is its scratch folder)."""
         return write_atomic(self.dir / name, write)
 
     def write_text(self, name, text):
