@@ -110,6 +110,10 @@ def test_train_cscl_end_to_end_and_both_transfers(tmp_path, unet_encoder):
     convs = [[l for l in m.layers if isinstance(l, keras.layers.Conv2D)] for m in (first, second)]
     for a, b in zip(*convs):
         np.testing.assert_array_equal(a.get_weights()[0], b.get_weights()[0])
+    # --resume continues from the checkpoint (saved after the last epoch) to --epochs 2.
+    resumed = train_cscl.main(["--resume", str(run_dir), "--epochs", "2"])
+    assert resumed["run_dir"] == run_dir and len(resumed["history"]["loss"]) == 2
+    assert sorted(p.name[:5] for p in (run_dir / "checkpoints").iterdir()) == ["ep001", "ep002"]
 
 
 def test_train_cscl_bad_input(tmp_path):
@@ -124,6 +128,43 @@ def test_train_cscl_bad_input(tmp_path):
         train_cscl.main(["--voc-path", str(voc), "--input-shape", "32", "32",
                          "--kernel-size", "4"])
     assert not (tmp_path / "logs").exists()
+
+
+# Learning-rate schedules (train_ssl.py, train_cscl.py).
+
+def test_learning_rate_schedules():
+    from other_ssl.training import learning_rate_schedule
+
+    assert learning_rate_schedule(1e-3, 10, 5) == 1e-3
+    # Multitask: x 0.95 every 2 epochs (3 steps each).
+    step = learning_rate_schedule(5e-4, 3, 10, "step", lr_decay=0.95, lr_decay_epochs=2)
+    got = [float(step(i)) / 5e-4 for i in (0, 5, 6, 11, 12)]
+    np.testing.assert_allclose(got, [1, 1, 0.95, 0.95, 0.95 ** 2], rtol=1e-5)
+    # CMID at the authors' length: 10 warm-up epochs from 1 %, cosine to 1e-6.
+    cosine = learning_rate_schedule(1e-3, 4, 400, "cosine", warmup_epochs=10,
+                                    min_learning_rate=1e-6)
+    got = [float(cosine(i)) for i in (0, 20, 40, 40 + 780, 1600)]
+    np.testing.assert_allclose(got, [1e-5, 5.05e-4, 1e-3, 0.5 * (1e-3 + 1e-6), 1e-6], rtol=1e-3)
+    # A 4-epoch run warms up for 2.5 % of its 100 steps (2), not 10 epochs.
+    short = learning_rate_schedule(1e-3, 25, 4, "cosine", warmup_epochs=10)
+    assert float(short(0)) == pytest.approx(1e-5) and float(short(2)) == pytest.approx(1e-3)
+
+
+def test_train_ssl_takes_the_methods_own_schedule():
+    from other_ssl.train_ssl import method_schedule, parse_args
+
+    def schedule(*argv):
+        args = parse_args(["--method", *argv])
+        return method_schedule(args, METHODS[args.method])
+
+    assert schedule("moco")["lr_schedule"] == "constant"
+    assert schedule("moco")["learning_rate"] == 1e-3
+    got = schedule("multitask")
+    assert (got["learning_rate"], got["lr_schedule"], got["lr_decay"],
+            got["lr_decay_epochs"]) == (5e-4, "step", 0.95, 2)
+    got = schedule("cmid", "--learning-rate", "2e-3")
+    assert (got["learning_rate"], got["lr_schedule"], got["warmup_epochs"],
+            got["min_learning_rate"]) == (2e-3, "cosine", 10, 1e-6)
 
 
 # Multitask self-supervision.
