@@ -11,7 +11,9 @@ unet_frozen and unet_finetune (step 6, each evaluated on the test split) ->
 random_frozen and random_finetune (the same U-Nets, seeds and settings from a random
 encoder: the baseline row) -> predict (a few test images) -> growth (class shares over
 the season for one view) -> table. Every step writes into one run folder;
-``--resume RUN_DIR`` skips the finished ones.
+``--resume RUN_DIR`` skips the finished ones. Without a GPU the random row trains in a
+second process beside the pretraining and the PDE row (``--no-parallel-rows``: one
+after the other).
 """
 import argparse
 import contextlib
@@ -20,6 +22,7 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -62,6 +65,12 @@ def parse_args(argv=None):
                    help="also train the same two U-Nets (same settings and seeds) from a "
                         "random encoder, and print both rows (default on; off with --init "
                         "random, which is that row already)")
+    p.add_argument("--parallel-rows", action=argparse.BooleanOptionalAction, default=None,
+                   help="train the random row in a second process while this one pretrains "
+                        "and trains the PDE row; its messages go to random_row.log in the "
+                        "run folder (default: on where no GPU is visible and there are 2+ "
+                        "cores, since one process leaves part of the CPU idle)")
+    p.add_argument("--row-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep every checkpoint the steps write (default: at the end keep "
                         "the encoder and the U-Net used for the predictions, and delete the "
@@ -83,7 +92,8 @@ def parse_args(argv=None):
     for step in ("select", "pairs", "pretrain", "unet", "growth"):
         p.add_argument(f"--{step}-args", default="", metavar="'OPTS'",
                        help=f"extra options passed to the {step} step's script "
-                            f"(override the profile's)")
+                            f"(override the profile's); a lone flag needs '=', as in "
+                            f"--{step}-args=--mixed-precision")
     args = p.parse_args(argv)
     args.steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     if args.init == "random":
@@ -234,7 +244,7 @@ def resume_options(args, argv, run):
     given = given_options(argv)
     applied, refused = [], []
     for key, old in recorded.items():
-        if key in ("resume", "logs_dir") or not hasattr(args, key):
+        if key in ("resume", "logs_dir", "row_worker") or not hasattr(args, key):
             continue
         new = getattr(args, key)
         if key not in given:
@@ -297,7 +307,7 @@ def _train_unet(args, run, profile, frozen_only, row="unet"):
     import train
 
     data = run.result("orchard")
-    freeze, total = profile.unet_epochs
+    freeze, total = profile.epochs(frozen_only)
     encoder = run.result("pretrain").get("encoder_path") if row == "unet" else None
     result = train.main(unet_argv(data["voc"], run.dir, args.seed, freeze, total,
                                   encoder, frozen_only, join_argv(to_argv(profile.unet),
@@ -478,6 +488,61 @@ def summary_lines(run, names):
     return lines
 
 
+def _parallel_rows(args):
+    if args.row_worker:
+        return False
+    if args.parallel_rows is not None:
+        return args.parallel_rows
+    if (os.cpu_count() or 1) < 2:
+        return False
+    import tensorflow as tf
+
+    # Two processes on one GPU would each reserve all of its memory.
+    return not tf.config.list_physical_devices("GPU")
+
+
+class BackgroundRow:
+    """The random row's U-Nets trained by a second ``run_pipeline.py --resume`` process.
+
+    The two rows share nothing but the labelled set, and a single training process
+    leaves part of a CPU idle (tracing, checkpoints, data loading, Python), so the
+    second process fills those gaps. It records its steps in the same ``steps.json``.
+    """
+
+    def __init__(self, run, steps):
+        self.steps = steps
+        self.log = fresh_path(run.dir / "random_row.log")
+        self.start = time.time()
+        command = [sys.executable, str(Path(__file__).resolve()), "--resume", str(run.dir),
+                   "--steps", ",".join(steps), "--row-worker"]
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+
+    def wait(self, run):
+        """Wait for the row; returns None, or the UserError saying why it failed."""
+        print(f"Waiting for the random row ({', '.join(self.steps)}; log {self.log}) ...",
+              flush=True)
+        code = self.proc.wait()
+        run.reload()
+        for step in self.steps:
+            if run.done(step):
+                print(f"{step} finished in {run.record[step]['seconds']:.0f} s "
+                      f"(second process)")
+        if code == 0 and all(run.done(s) for s in self.steps):
+            return None
+        said = [line for line in self.log.read_text(errors="replace").splitlines()
+                if line.startswith("error:")]
+        return UserError(self.log, f"the random row stopped (exit status {code})"
+                         + (f": {said[-1]}" if said else ""),
+                         f"read the log, then 'python run_pipeline.py --resume {run.dir}' "
+                         f"trains what is missing")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait()
+
+
 def main(argv=None):
     args = parse_args(argv)
     run, applied = None, []
@@ -493,18 +558,37 @@ def main(argv=None):
     steps = [s for s in planned if s in args.steps]
     validate_inputs(args, profile, steps, run)
     run = open_run(args.resume, f"pipeline_{args.profile}", args, args.logs_dir)
-    if applied:
+    if applied and not args.row_worker:
         write_json(fresh_path(run.dir / "args_resume.json"), vars(args))
-    # Later steps read what earlier ones recorded; a subset needs those already done.
-    for i, step in enumerate(steps, start=1):
-        if run.done(step):
-            print(f"[{i}/{len(steps)}] {step}: done earlier, skipped")
-            continue
-        print(f"[{i}/{len(steps)}] {step} ...", flush=True)
-        start = time.time()
-        result = STEP_FUNCS[step](args, run, profile)
-        run.finish(step, result, time.time() - start)
-        print(f"[{i}/{len(steps)}] {step} finished in {time.time() - start:.0f} s", flush=True)
+    began = time.time()
+    background, failed = None, None
+    try:
+        # Later steps read what earlier ones recorded; a subset needs those already done.
+        for i, step in enumerate(steps, start=1):
+            if background is None and step not in BASELINE_STEPS and run.done("orchard"):
+                todo = [s for s in steps if s in BASELINE_STEPS and not run.done(s)]
+                if todo and _parallel_rows(args):
+                    background = BackgroundRow(run, todo)
+            if background is not None and step in background.steps:
+                print(f"[{i}/{len(steps)}] {step}: training in a second process "
+                      f"(log {background.log})", flush=True)
+                continue
+            if run.done(step):
+                print(f"[{i}/{len(steps)}] {step}: done earlier, skipped")
+                continue
+            print(f"[{i}/{len(steps)}] {step} ...", flush=True)
+            start = time.time()
+            result = STEP_FUNCS[step](args, run, profile)
+            run.finish(step, result, time.time() - start)
+            print(f"[{i}/{len(steps)}] {step} finished in {time.time() - start:.0f} s",
+                  flush=True)
+        if background is not None:
+            failed = background.wait(run)
+    finally:
+        if background is not None:
+            background.stop()
+    if args.row_worker:
+        return {"run_dir": run.dir, "steps": run.record}
     table = results_table(args, run)
     from utils.utils import NAME_CLASSES
 
@@ -512,10 +596,14 @@ def main(argv=None):
     (run.dir / "results.md").write_text(table + "\n\n" + "\n".join(summary) + "\n")
     total = sum(v["seconds"] for v in run.record.values())
     print("\n" + table + "\n\n" + "\n".join(summary) + "\n")
+    if failed is not None:
+        raise failed
     if not args.keep_checkpoints and all(run.done(s) for s in planned):
         print(f"Deleted {prune_checkpoints(run):.0f} MB of checkpoints no step needs any "
               f"more (--keep-checkpoints keeps them).")
-    print(f"Steps took {total:.0f} s in all. Everything is in {run.dir}")
+    both = " (the two rows in parallel)" if background is not None else ""
+    print(f"Steps took {total:.0f} s in all, {time.time() - began:.0f} s wall{both}. "
+          f"Everything is in {run.dir}")
     return {"run_dir": run.dir, "table": table, "steps": run.record}
 
 

@@ -67,6 +67,10 @@ def parse_args(argv=None):
                    help="Adam learning rate of the frozen phase (original: 1e-4)")
     p.add_argument("--unfreeze-lr", type=float, default=1e-5,
                    help="Adam learning rate of the unfrozen phase (original: 1e-5)")
+    p.add_argument("--warmup-steps", type=int, default=0, metavar="N",
+                   help="raise the learning rate of the phase that starts at epoch 0 "
+                        "linearly over its first N steps (original: 0, none). At lr 1e-3 one "
+                        "full Adam step can saturate a new decoder's softmax for good")
     p.add_argument("--lr-decay", type=float, default=0.96,
                    help="learning rate factor applied after every epoch (original: 0.96)")
     p.add_argument("--freeze-train", action=argparse.BooleanOptionalAction, default=True,
@@ -343,7 +347,8 @@ def main(argv=None):
             model.load_weights(str(last))
         callbacks = [
             ExponentDecayScheduler(args.lr_decay, initial_lr=phase.lr, start_epoch=phase.start,
-                                   verbose=1),
+                                   verbose=1,
+                                   warmup_steps=args.warmup_steps if phase.start == 0 else 0),
             MIoUCallback(miou_ds, nc, period=args.val_period, last_epoch=phase.end),
             *record,
             ResumableEarlyStopping(previous=logged(log, "val_loss", phase.start, start),

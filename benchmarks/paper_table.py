@@ -94,11 +94,10 @@ def downstream(row, encoder, args, run, seed):
 
     profile = PROFILES[args.profile]
     data = run.result("orchard")
-    freeze, total = profile.unet_epochs
     extra = join_argv(to_argv(profile.unet), args.unet_args)
 
     def argv(frozen_only, frozen_run=None):
-        return unet_argv(data["voc"], run.dir, seed, freeze, total, encoder,
+        return unet_argv(data["voc"], run.dir, seed, *profile.epochs(frozen_only), encoder,
                          frozen_only, extra, frozen_run=frozen_run)
 
     if row == "scratch":

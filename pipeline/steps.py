@@ -1,8 +1,14 @@
 """The run record and the steps both ``run_pipeline.py`` and ``paper_table.py`` run:
 the data (orchard, select, pairs), the pretraining, and the U-Net options."""
+import contextlib
 import json
 import shlex
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:            # Windows: the two rows' processes then write in turn unlocked
+    fcntl = None
 
 from pipeline.pretrainers import PRETRAINERS, PretrainInputs
 from pipeline.profiles import to_argv
@@ -11,7 +17,11 @@ from utils.utils import make_run_dir, write_json
 
 
 class Run:
-    """The run folder and its record of finished steps (``steps.json``)."""
+    """The run folder and its record of finished steps (``steps.json``).
+
+    Two processes may finish steps of one run (the random row trains beside the main
+    one): each write re-reads the record under a lock and adds its own step.
+    """
 
     def __init__(self, run_dir):
         self.dir = Path(run_dir)
@@ -28,8 +38,22 @@ class Run:
         if missing:
             raise UserError(f"step {step}", f"finished without its outputs ({', '.join(missing)})",
                             "check the step's messages above; it is not recorded as done")
-        self.record[step] = {"seconds": round(seconds, 1), "result": result}
-        write_json(self.record_path, self.record)
+        with self._locked():
+            self.reload()
+            self.record[step] = {"seconds": round(seconds, 1), "result": result}
+            write_json(self.record_path, self.record)
+
+    def reload(self):
+        """Read the record again (another process may have finished steps)."""
+        if self.record_path.exists():
+            self.record = json.loads(self.record_path.read_text())
+
+    @contextlib.contextmanager
+    def _locked(self):
+        with open(self.dir / ".steps.lock", "a") as handle:
+            if fcntl:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
 
     def result(self, step):
         return self.record.get(step, {}).get("result", {})

@@ -29,6 +29,17 @@ def test_fresh_path_counts_from_2_before_the_first_dot(tmp_path):
     assert fresh_path(path).name == "encoder_3.weights.h5"
 
 
+def test_a_run_under_a_relative_logs_dir_writes_paths_built_from_its_folder(tmp_path,
+                                                                              monkeypatch):
+    # The default --logs-dir is the relative "logs": a path made from run.dir and given
+    # back to run.write must land once in the run folder, not in run_dir/run_dir/.
+    monkeypatch.chdir(tmp_path)
+    run = Run.start("pde_class", argparse.Namespace(seed=1), root="logs")
+    written = run.write_json(fresh_path(run.dir / "test_metrics.json"), {"acc": 0.5})
+    assert written.parent == run.dir and written.is_file()
+    assert run.dir.parent == tmp_path / "logs"
+
+
 def test_log_keeps_every_column_and_truncates_to_the_checkpoint(tmp_path):
     from utils.callbacks import CurvePlot, EpochLog
 

@@ -1,8 +1,9 @@
 """run_pipeline.py and benchmarks/paper_table.py end to end on the tiny profile.
 
 One tiny orchard serves both; every model step runs eagerly at 64x64 for 2 steps.
-The end-to-end tests are marked slow (about 3 + 3 CPU-minutes on 2 cores, over the
-suite's budget): run them with ``python -m pytest tests/test_run_pipeline.py --runslow``.
+The tiny run_pipeline.py run (both rows, about 2 minutes on 2 cores) is in the default
+suite; paper_table's is marked slow (``python -m pytest tests/test_run_pipeline.py
+--runslow``).
 """
 import csv
 import json
@@ -29,7 +30,6 @@ def tiny_run(tmp_path_factory):
     return root, result
 
 
-@pytest.mark.slow
 def test_every_step_leaves_its_artifacts(tiny_run):
     root, result = tiny_run
     run = Path(result["run_dir"])
@@ -58,13 +58,18 @@ def test_every_step_leaves_its_artifacts(tiny_run):
     assert Path(tuned_args["init_model"]).parent == frozen_dir
     assert tuned_args["init_epoch"] == 1 and not tuned_args["model_path"]
     assert len(list((run / "predictions").glob("*"))) == run_pipeline.PROFILES["tiny"].predict_images
+    # Without a GPU the random row trained in a second process, which logged its steps.
+    log = (run / "random_row.log").read_text()
+    assert "random_frozen finished" in log and "random_finetune finished" in log
+    # The frozen row stopped after its frozen phase (frozen_row_epochs).
+    frozen_log = Path(steps["unet_frozen"]["result"]["run_dir"]) / "training_log.csv"
+    assert len(frozen_log.read_text().strip().splitlines()) == 1 + 1
     growth = steps["growth"]["result"]
     assert Path(growth["shares_csv"]).is_file() and all(Path(p).is_file() for p in growth["plots"])
     record = (run / "results.md").read_text()
     assert record.startswith(result["table"]) and "held-out pair accuracy" in record
 
 
-@pytest.mark.slow
 def test_table_has_this_runs_numbers_beside_the_published_row(tiny_run):
     _, result = tiny_run
     table = result["table"]
@@ -77,7 +82,6 @@ def test_table_has_this_runs_numbers_beside_the_published_row(tiny_run):
     assert "PDE (classification distance), published | 600,000 pairs from 3,100 images | 0.5502" in table
 
 
-@pytest.mark.slow
 def test_resume_skips_finished_steps(tiny_run, capsys):
     root, result = tiny_run
     again = run_pipeline.main(["--profile", "tiny", "--resume", str(result["run_dir"]),
@@ -205,3 +209,13 @@ def test_kept_resume_point_loses_its_optimizer_state_but_not_its_weights(tmp_pat
     reloaded = keras.models.load_model(path, compile=False)
     for a, b in zip(model.weights, reloaded.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_two_processes_finishing_steps_keep_each_others_records(tmp_path):
+    # The random row's process and the main one share steps.json: each write re-reads it.
+    main, second = Run(tmp_path), Run(tmp_path)
+    (tmp_path / "enc.h5").write_text("x")
+    main.finish("pretrain", {"encoder_path": str(tmp_path / "enc.h5")}, 1.0)
+    second.finish("predict", {}, 2.0)          # its copy predates the pretrain record
+    main.finish("growth", {}, 3.0)
+    assert set(Run(tmp_path).record) == {"pretrain", "predict", "growth"}

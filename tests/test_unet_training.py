@@ -104,3 +104,23 @@ def test_f_score_and_iou_by_hand():
     np.testing.assert_allclose(f_score(beta=2)(y_true, y_pred)[0], (5 + s) / (9 + s), rtol=1e-6)
     # A higher threshold drops the 0.6 and 0.7 predictions of class 1.
     np.testing.assert_allclose(Iou_score(threhold=0.75)(y_true, y_pred)[1], (0 + s) / (2 + s), rtol=1e-6)
+
+
+def test_warm_up_raises_the_rate_linearly_then_hands_over_to_the_epoch_decay():
+    import keras
+    import numpy as np
+
+    from utils.callbacks import ExponentDecayScheduler
+
+    class Seen(keras.callbacks.Callback):
+        rates = []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.rates.append(float(self.model.optimizer.learning_rate.numpy()))
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(1.0), "mse")
+    model.fit(np.ones((6, 2)), np.zeros((6, 1)), batch_size=2, epochs=2, verbose=0,
+              callbacks=[ExponentDecayScheduler(0.5, initial_lr=1e-2, warmup_steps=4), Seen()])
+    # Steps 0-2 (epoch 1): 1/4, 2/4, 3/4 of 1e-2; step 3 (epoch 2, rate 5e-3): 4/4; then 5e-3.
+    np.testing.assert_allclose(Seen.rates, [2.5e-3, 5e-3, 7.5e-3, 5e-3, 5e-3, 5e-3], rtol=1e-6)

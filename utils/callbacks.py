@@ -17,20 +17,23 @@ def _get_lr(optimizer):
 
 
 class ExponentDecayScheduler(keras.callbacks.Callback):
-    """Multiply the learning rate by ``decay_rate`` after every epoch.
+    """Multiply the learning rate by ``decay_rate`` after every epoch, optionally after a
+    linear warm-up over the first ``warmup_steps`` training steps (0: none, as the original).
 
     The rate of epoch ``e`` is ``initial_lr * decay_rate ** (e - start_epoch)``, computed
     from the epoch number rather than accumulated, so a resumed run gets the same rate.
     With ``initial_lr=None`` the optimizer's rate at the start of training is used.
     """
 
-    def __init__(self, decay_rate, initial_lr=None, start_epoch=0, verbose=0):
+    def __init__(self, decay_rate, initial_lr=None, start_epoch=0, verbose=0, warmup_steps=0):
         super().__init__()
         self.decay_rate = decay_rate
         self.initial_lr = initial_lr
         self.start_epoch = start_epoch
         self.verbose = verbose
+        self.warmup_steps = int(warmup_steps)
         self.learning_rates = []
+        self._epoch_lr = None
 
     def on_train_begin(self, logs=None):
         if self.initial_lr is None:
@@ -38,10 +41,24 @@ class ExponentDecayScheduler(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         lr = self.initial_lr * self.decay_rate ** max(epoch - self.start_epoch, 0)
+        self._epoch_lr = lr
         self.model.optimizer.learning_rate.assign(lr)
         self.learning_rates.append(lr)
         if self.verbose > 0:
             print(f"Epoch {epoch + 1}: learning rate {lr:.4g}.")
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # Linear warm-up over the optimizer's first ``warmup_steps`` updates: step k
+        # (0-based) uses (k + 1) / warmup_steps of the epoch's rate. Counted by the
+        # optimizer, so a run resumed with its optimizer state does not warm up again.
+        if not self.warmup_steps:
+            return
+        step = int(self.model.optimizer.iterations.numpy())
+        if step >= self.warmup_steps:
+            self.model.optimizer.learning_rate.assign(self._epoch_lr)
+            self.warmup_steps = 0
+            return
+        self.model.optimizer.learning_rate.assign(self._epoch_lr * (step + 1) / self.warmup_steps)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:

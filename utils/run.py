@@ -192,7 +192,9 @@ class Run:
     """One run folder. Every file the harness writes goes through :meth:`write`."""
 
     def __init__(self, run_dir):
-        self.dir = Path(run_dir)
+        # Absolute, so that a path built from it (``fresh_path(run.dir / name)``) and
+        # handed back to ``write`` does not get the folder prefixed twice.
+        self.dir = Path(run_dir).absolute()
 
     @classmethod
     def start(cls, name, args, root="logs"):
