@@ -77,6 +77,9 @@ class PretextMethod(keras.Model):
     """
 
     defaults = {}
+    # The authors' learning rate and its schedule, where they differ from the original's
+    # constant Adam 1e-3 (keys of ``other_ssl.training.SCHEDULE_DEFAULTS``).
+    schedule = {}
 
     def __init__(self, backbone=None, input_shape=(288, 512, 3), backbone_name="resnet50",
                  name=None, **hyperparameters):

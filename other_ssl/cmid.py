@@ -183,6 +183,9 @@ class CMID(PretextMethod):
                 "teacher_temperature": 0.04, "final_teacher_temperature": 0.07,
                 "teacher_warmup_epochs": 50, "center_momentum": 0.9, "mask_ratio": 0.6,
                 "fft_weight": 1.0, "hidden": 2048, "local_dim": 2048}
+    # The authors' lr 1e-3 with a cosine to 1e-6 after 10 warm-up epochs (with Adan,
+    # which Keras lacks: Adam here).
+    schedule = {"lr_schedule": "cosine", "warmup_epochs": 10, "min_learning_rate": 1e-6}
 
     def __init__(self, backbone=None, input_shape=(288, 512, 3), width=256, pool=None,
                  backbone_name="resnet50", augmenter=None, probe_classes=0, name=None,

@@ -114,6 +114,8 @@ class Multitask(PretextMethod):
     """
     defaults = {"temperature": 1.0, "inpainting_weight": 20.0, "recognition_weight": 1.0,
                 "exemplar_weight": 1.0}
+    schedule = {"learning_rate": 5e-4, "lr_schedule": "step", "lr_decay": 0.95,
+                "lr_decay_epochs": 2}
 
     def __init__(self, backbone=None, input_shape=(288, 512, 3), width=None, pool=None,
                  backbone_name="resnet50", augmenter=None, probe_classes=0, name=None,

@@ -8,7 +8,8 @@ authors' (Adam 1e-4, lr x 0.975 per epoch, 300 epochs, batch 32, 3x3 windows, 12
 attention channels, positive weight 0.125), on the U-Net and input size of train.py.
 
 Writes a new run folder ``<logs>/cscl_<time>/`` with ``args.json``, ``training_log.csv``,
-``epoch_loss.png``, ``tensorboard/``, ``results.json`` and two files for ``train.py``:
+``epoch_loss.png``, ``tensorboard/``, checkpoints (``--resume RUN_DIR`` continues from the
+newest), ``results.json`` and two files for ``train.py``:
 
 * ``unet.weights.h5``: the whole U-Net, its classifier still at initialisation
   (``train.py --init-model .../unet.weights.h5 --loss ce``: the authors' transfer);
@@ -31,9 +32,10 @@ import keras  # noqa: E402
 from nets import unet as unet_net  # noqa: E402
 from nets.encoders import BACKBONES, check_input_shape  # noqa: E402
 from other_ssl.cscl import CSCL  # noqa: E402
-from other_ssl.training import epoch_steps  # noqa: E402
+from other_ssl.training import CHECKPOINT, epoch_steps, learning_rate_schedule, resume  # noqa: E402
+from utils.callbacks import Checkpoint  # noqa: E402
 from utils.dataloader import build_dataset, check_split, split_path  # noqa: E402
-from utils.run import Run, fresh_path, progress_verbose  # noqa: E402
+from utils.run import Run, fresh_path, progress_verbose, resume_args  # noqa: E402
 from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,  # noqa: E402
                          set_mixed_precision, set_seed)
 from utils.weights import save_encoder  # noqa: E402
@@ -69,8 +71,13 @@ def parse_args(argv=None):
                    help="parallel image loaders; 0 = let tf.data choose (as train.py)")
     p.add_argument("--run-eagerly", action="store_true",
                    help="no tf.function (debugging; skips graph tracing in very short runs)")
+    p.add_argument("--save-period", type=int, default=10,
+                   help="save a checkpoint every N epochs, and after the last")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its newest complete checkpoint "
+                        "with the options of its args.json (--epochs may change)")
     add_common_training_args(p)
-    return p.parse_args(argv)
+    return resume_args(p, argv, may_change=("epochs", "save_period"))
 
 
 def main(argv=None):
@@ -99,20 +106,23 @@ def main(argv=None):
     with get_strategy(args.strategy).scope():
         unet = unet_net.build_unet(input_shape, nc, args.backbone)
         model = CSCL(unet, args.attn_channels, args.kernel_size, args.dilation, args.pos_weight)
-        model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
+        # The authors' x 0.975 after every epoch.
+        learning_rate = learning_rate_schedule(args.learning_rate, steps, args.epochs, "step",
+                                               lr_decay=args.lr_decay)
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                       jit_compile=False if args.run_eagerly else jit_compile_default(),
                       run_eagerly=args.run_eagerly)
 
     run = Run.start("cscl", args, root=args.logs_dir)
     run_dir = run.dir
+    initial_epoch = resume(run, model, train_ds) if args.resume else 0
     print(f"CSCL: {len(train_names)} training / {len(val_names)} validation images from "
           f"{args.voc_path}, {steps} steps of {args.batch_size} per epoch, {args.epochs} "
           f"epochs; run folder {run_dir}")
-    decay = keras.callbacks.LearningRateScheduler(
-        lambda epoch: args.learning_rate * args.lr_decay ** epoch)
-    callbacks = [keras.callbacks.TerminateOnNaN(), decay, *run.callbacks()]
-    model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, steps_per_epoch=steps,
-              callbacks=callbacks, verbose=progress_verbose())
+    callbacks = [keras.callbacks.TerminateOnNaN(), *run.callbacks(),
+                 Checkpoint(run, CHECKPOINT, args.save_period)]
+    model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, initial_epoch=initial_epoch,
+              steps_per_epoch=steps, callbacks=callbacks, verbose=progress_verbose())
     history = {k: v for k, v in run.log().items() if k != "epoch"}
 
     unet_path = run.save_model(unet, fresh_path(run_dir / "unet.weights.h5"), args.epochs)

@@ -26,7 +26,9 @@ from other_ssl.base import POOLS, CollapseMonitor  # noqa: E402
 from other_ssl.dataset import (check_batch_size, check_images, list_images,  # noqa: E402
                                make_image_dataset, stage_labels)
 from other_ssl.methods import METHODS, get_method  # noqa: E402
-from other_ssl.training import CHECKPOINT, OPTIMIZERS, epoch_steps, make_optimizer, resume  # noqa: E402
+from other_ssl.training import (CHECKPOINT, OPTIMIZERS, SCHEDULE_DEFAULTS, SCHEDULES,  # noqa: E402
+                                epoch_steps, learning_rate_schedule, make_optimizer,
+                                resume)
 from utils.callbacks import Checkpoint  # noqa: E402
 from utils.run import Run, fresh_path, progress_verbose, resume_args  # noqa: E402
 from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,  # noqa: E402
@@ -55,6 +57,12 @@ def _defaults_of(key):
     return "; ".join(found).replace("None", "width/4")
 
 
+def _schedule_defaults_of(key):
+    found = [f"{name} {cls.schedule[key]}" for name, cls in METHODS.items()
+             if key in cls.schedule]
+    return "; ".join([f"original {SCHEDULE_DEFAULTS[key]}"] + found)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -79,8 +87,26 @@ def parse_args(argv=None):
                    help="cap on steps per epoch (None: one pass over the folder)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
                    help="(original: adam; SimSiam's paper used sgd)")
-    p.add_argument("--learning-rate", type=float, default=1e-3,
-                   help="(original: 0.001, the Keras Adam default)")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="peak learning rate (None: the method's own: "
+                        f"{_schedule_defaults_of('learning_rate')}, the Keras Adam default)")
+    p.add_argument("--lr-schedule", choices=SCHEDULES, default=None,
+                   help="constant; step: x --lr-decay every --lr-decay-epochs epochs; cosine: "
+                        "warm-up then a cosine to --min-learning-rate (None: the method's "
+                        f"own: {_schedule_defaults_of('lr_schedule')})")
+    p.add_argument("--lr-decay", type=float, default=None,
+                   help="step schedule's factor (None: the method's own: "
+                        f"{_schedule_defaults_of('lr_decay')})")
+    p.add_argument("--lr-decay-epochs", type=int, default=None,
+                   help="step schedule's period in epochs (None: the method's own: "
+                        f"{_schedule_defaults_of('lr_decay_epochs')})")
+    p.add_argument("--warmup-epochs", type=float, default=None,
+                   help="cosine schedule's linear warm-up from 1 %% of the rate, at most "
+                        "2.5 %% of the run (None: the method's own: "
+                        f"{_schedule_defaults_of('warmup_epochs')})")
+    p.add_argument("--min-learning-rate", type=float, default=None,
+                   help="cosine schedule's last rate (None: the method's own: "
+                        f"{_schedule_defaults_of('min_learning_rate')})")
     p.add_argument("--weight-decay", type=float, default=0.0,
                    help="decoupled weight decay (original: 0)")
     for key, kind in HYPERPARAMETERS.items():
@@ -120,11 +146,19 @@ def method_hyperparameters(args, cls):
     return given
 
 
+def method_schedule(args, cls):
+    """The learning rate and schedule: the options given, else the method's own, else
+    the original's constant rate (``SCHEDULE_DEFAULTS``)."""
+    given = {k: getattr(args, k) for k in SCHEDULE_DEFAULTS if getattr(args, k) is not None}
+    return {**SCHEDULE_DEFAULTS, **cls.schedule, **given}
+
+
 def main(argv=None):
     args = parse_args(argv)
     with user_errors("--method"):
         cls = get_method(args.method)
     hyper = method_hyperparameters(args, cls)
+    schedule = method_schedule(args, cls)
     input_shape = (args.input_shape[0], args.input_shape[1], 3)
     with user_errors("--input-shape"):
         check_input_shape(input_shape, args.backbone)
@@ -143,8 +177,9 @@ def main(argv=None):
         model = cls(input_shape=input_shape, width=args.width, pool=args.pool,
                     backbone_name=args.backbone,
                     probe_classes=(max(labels) + 1) if labels else 0, **hyper)
-        model.compile(optimizer=make_optimizer(args.optimizer, args.learning_rate,
-                                               args.weight_decay),
+        learning_rate = learning_rate_schedule(steps_per_epoch=steps, epochs=args.epochs,
+                                               **schedule)
+        model.compile(optimizer=make_optimizer(args.optimizer, learning_rate, args.weight_decay),
                       jit_compile=False if args.run_eagerly else jit_compile_default(),
                       run_eagerly=args.run_eagerly)
 
@@ -153,7 +188,7 @@ def main(argv=None):
     initial_epoch = resume(run, model, dataset) if args.resume else 0
     print(f"{args.method}: {len(paths)} images from {args.image_dir}, {steps} steps of "
           f"{args.batch_size} per epoch, {args.epochs} epochs; hyperparameters "
-          f"{model.hyperparameters}; run folder {run_dir}")
+          f"{model.hyperparameters}; learning rate {schedule}; run folder {run_dir}")
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     monitor = CollapseMonitor(args.width, args.collapse_ratio)
     callbacks = [keras.callbacks.TerminateOnNaN(), monitor, *run.callbacks(),
@@ -173,6 +208,7 @@ def main(argv=None):
     encoder_path = save_encoder(model.backbone, fresh_path(run_dir / "encoder.weights.h5"),
                                 backbone=args.backbone)
     results = {"method": args.method, "hyperparameters": dict(model.hyperparameters),
+               "learning_rate": schedule,
                "images": len(paths), "steps_per_epoch": steps,
                "final_loss": history["loss"][-1] if history.get("loss") else None,
                "final_emb_std": history["emb_std"][-1] if history.get("emb_std") else None,
