@@ -79,7 +79,10 @@ def step_outputs(step, result):
     if step == "pretrain":
         return [result["encoder_path"]] if result.get("encoder_path") else []
     if step in UNET_STEPS:
-        return [result.get("run_dir"), result.get("model_path")]
+        # Its test record, not its checkpoint: the end of a run prunes all U-Net
+        # checkpoints but one, and the finished steps stay finished.
+        run_dir = result.get("run_dir")
+        return [run_dir, str(Path(run_dir) / "results.json") if run_dir else None]
     if step in ("predict", "growth"):
         key = "out_dir" if step == "predict" else "run_dir"
         return [result.get(key)] if result.get(key) else []
