@@ -501,12 +501,20 @@ def _parallel_rows(args):
     return not tf.config.list_physical_devices("GPU")
 
 
+# The second process's niceness. The random row is the shorter one (no pretraining),
+# so at equal priority it finished first and left the PDE row alone on the machine for
+# its last 5 minutes; at a lower priority it takes mostly the cycles the PDE row leaves
+# idle, and the two end closer together (measured in the README's demo timing).
+ROW_WORKER_NICENESS = 10
+
+
 class BackgroundRow:
     """The random row's U-Nets trained by a second ``run_pipeline.py --resume`` process.
 
     The two rows share nothing but the labelled set, and a single training process
     leaves part of a CPU idle (tracing, checkpoints, data loading, Python), so the
-    second process fills those gaps. It records its steps in the same ``steps.json``.
+    second process fills those gaps at a lower priority (``ROW_WORKER_NICENESS``). It
+    records its steps in the same ``steps.json``.
     """
 
     def __init__(self, run, steps):
@@ -545,6 +553,8 @@ class BackgroundRow:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.row_worker and hasattr(os, "nice"):
+        os.nice(ROW_WORKER_NICENESS)
     run, applied = None, []
     if args.resume:
         run = Run(args.resume)
