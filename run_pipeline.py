@@ -505,7 +505,7 @@ def _parallel_rows(args):
 # so at equal priority it finished first and left the PDE row alone on the machine for
 # its last 5 minutes; at a lower priority it takes mostly the cycles the PDE row leaves
 # idle, and the two end closer together (measured in the README's demo timing).
-ROW_WORKER_NICENESS = 10
+ROW_WORKER_NICENESS = 5
 
 
 class BackgroundRow:
