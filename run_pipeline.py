@@ -34,7 +34,7 @@ from pipeline.profiles import PROFILES, to_argv  # noqa: E402
 from pipeline.published import PUBLISHED, markdown_table, row_label  # noqa: E402
 from pipeline.steps import (Run, check_orchard_spec, join_argv, make_data,  # noqa: E402
                             make_pairs, open_run, plain, pretrain_encoder, select_images,
-                            unet_argv, UNET_STEPS)
+                            unet_argv)
 from utils.errors import MissingInput, UserError  # noqa: E402
 from utils.run import fresh_path  # noqa: E402
 from utils.utils import set_seed, write_json  # noqa: E402
@@ -501,19 +501,19 @@ def _parallel_rows(args):
     return not tf.config.list_physical_devices("GPU")
 
 
-# The random row's process runs at this niceness, so during PDE pretraining (the PDE
-# row's head start) it takes mostly the cycles the pretraining leaves idle; when the PDE
-# row's U-Nets start, the main process goes down to the same niceness and the two rows
-# share the machine evenly. At equal priority throughout, the random row ended first and
-# left the PDE row alone on the machine for its last 5 minutes; at niceness 10 for the
-# row throughout, the PDE row ended 40 s before it (README, demo timing).
+# The random row's process runs at this niceness. The random row is the shorter one (no
+# pretraining): at equal priority it finished first and left the PDE row alone on the
+# machine for its last 5 minutes. Measured on the demo, 2 cores, wall of the steps, with
+# U-Net validation every 5 epochs: equal priority 733 s, niceness 10 721 s (the PDE row
+# 40 s ahead); every 10 epochs: niceness 5 788 s, niceness 10 during PDE pretraining and
+# then the main process at 10 too, 713 s (the random row 150 s ahead).
 ROW_WORKER_NICENESS = 10
 
 
 def lower_priority(niceness):
     """Run this process at ``niceness`` or lower priority: every thread it has now (on
-    Linux each thread has its own niceness, and TensorFlow starts its thread pools with
-    the first op) and, through them, the threads they start later."""
+    Linux each thread has its own niceness, and an import may already have started a
+    pool) and, through them, the threads they start later."""
     if not hasattr(os, "setpriority"):
         return
     tasks = Path("/proc/self/task")
@@ -540,9 +540,6 @@ class BackgroundRow:
                    "--steps", ",".join(steps), "--row-worker"]
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-
-    def running(self):
-        return self.proc.poll() is None
 
     def wait(self, run):
         """Wait for the row; returns None, or the UserError saying why it failed."""
@@ -597,8 +594,6 @@ def main(argv=None):
                 todo = [s for s in steps if s in BASELINE_STEPS and not run.done(s)]
                 if todo and _parallel_rows(args):
                     background = BackgroundRow(run, todo)
-            if background is not None and step in UNET_STEPS and background.running():
-                lower_priority(ROW_WORKER_NICENESS)
             if background is not None and step in background.steps:
                 print(f"[{i}/{len(steps)}] {step}: training in a second process "
                       f"(log {background.log})", flush=True)

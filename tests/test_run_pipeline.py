@@ -219,3 +219,40 @@ def test_two_processes_finishing_steps_keep_each_others_records(tmp_path):
     second.finish("predict", {}, 2.0)          # its copy predates the pretrain record
     main.finish("growth", {}, 3.0)
     assert set(Run(tmp_path).record) == {"pretrain", "predict", "growth"}
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_lower_priority_reaches_threads_already_running_and_later_ones():
+    """Linux gives each thread its own niceness: the random row's process must lower
+    every thread it already has, not only the main one. Run in a child process, whose
+    priority nothing else needs."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import os, threading
+        from pathlib import Path
+        from run_pipeline import lower_priority
+
+        def niceness():
+            return [os.getpriority(os.PRIO_PROCESS, int(t.name))
+                    for t in Path("/proc/self/task").iterdir()]
+
+        stop = threading.Event()
+        early = [threading.Thread(target=stop.wait) for _ in range(3)]
+        for t in early:
+            t.start()
+        before = niceness()
+        target = max(before) + 3
+        lower_priority(target)
+        later = threading.Thread(target=stop.wait)
+        later.start()
+        print(len(before), max(before), len(niceness()), min(niceness()), target)
+        stop.set()
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(run_pipeline.__file__).parent, check=True).stdout.split()
+    threads_before, most_before, threads_after, least_after, target = map(int, out[-5:])
+    assert threads_before >= 4 and most_before < target
+    assert threads_after == threads_before + 1 and least_after == target
