@@ -17,7 +17,6 @@ from pde_self_supervised import con_train_resnet, con_train_resnet_class, train_
 from pde_self_supervised.dataloader_2img import PairDataError
 from utils.run import Run, checkpoint_epoch, read_log
 
-pytestmark = pytest.mark.xdist_group("pde_train")
 
 # Shared towers, global pooling and 32x32 keep the one training run cheap. The
 # training split is exactly one batch, so every step sees the same batch statistics

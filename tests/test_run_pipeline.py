@@ -16,7 +16,6 @@ import run_pipeline
 from benchmarks import paper_table
 from pipeline.steps import Run
 
-pytestmark = pytest.mark.xdist_group("pipeline")
 
 NUMBER_ROW = re.compile(r"^\| (?P<label>[^|]+, this run) \|[^|]+\|"
                         r"(?P<cells>( [0-9.]+ \|){4})$", re.M)

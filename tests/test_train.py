@@ -18,7 +18,6 @@ from utils.weights import save_encoder, save_weights_by_name
 
 SEED = 3
 # One worker runs the whole module, so the trained run is built once under xdist.
-pytestmark = pytest.mark.xdist_group("unet_train")
 
 
 def make_voc(root, counts=(("train", 6), ("val", 2), ("test", 2)), size=(80, 64)):
