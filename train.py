@@ -225,9 +225,10 @@ def main(argv=None):
     import keras
 
     from nets.unet import build_unet, get_encoder
-    from utils.callbacks import (EpochCheckpoint, ExponentDecayScheduler, MIoUCallback,
-                                 ResumableEarlyStopping, validation_epochs)
+    from utils.callbacks import (EpochCheckpoint, EpochTimer, ExponentDecayScheduler,
+                                 MIoUCallback, ResumableEarlyStopping, validation_epochs)
     from utils.dataloader import build_dataset, check_split, split_path
+    from utils.optimizers import FusedAdam
     from utils.utils_metrics import f_score
 
     set_seed(args.seed)
@@ -303,6 +304,7 @@ def main(argv=None):
     checkpoint = EpochCheckpoint(run, best=_best(logged(log, "val_mIoU")),
                                  save_period=args.save_period)
     record = run.callbacks()
+    timer = EpochTimer()
     for phase in phases:
         start = max(phase.start, args.init_epoch)
         if start >= phase.end:
@@ -332,7 +334,7 @@ def main(argv=None):
 
         with strategy.scope():
             encoder.trainable = not phase.frozen
-            model.compile(optimizer=keras.optimizers.Adam(phase.lr), loss=loss,
+            model.compile(optimizer=FusedAdam(phase.lr), loss=loss,
                           metrics=[f_score()], run_eagerly=args.run_eagerly,
                           jit_compile=False if args.run_eagerly else jit_compile_default())
         n_frozen = sum(int(np.prod(v.shape)) for v in model.non_trainable_weights)
@@ -355,12 +357,18 @@ def main(argv=None):
                                    monitor="val_loss", min_delta=0,
                                    patience=args.early_stopping_patience, verbose=1),
             checkpoint,
+            timer,
         ]
         model.fit(train_ds, steps_per_epoch=steps, epochs=phase.end, initial_epoch=start,
                   validation_data=val_ds,
                   validation_freq=validation_epochs(start, phase.end, args.val_period),
                   callbacks=callbacks, shuffle=False, verbose=progress_verbose())
 
+    steps_s, other_s = sum(timer.steps_s), sum(timer.other_s)
+    if timer.steps_s:
+        print(f"Epoch time: training steps {steps_s:.0f} s; validation, val_mIoU, logs, plots "
+              f"and checkpoints {other_s:.0f} s ({100 * other_s / max(steps_s, 1e-9):.1f} % of "
+              f"the steps' time), over {len(timer.steps_s)} epochs.")
     history = run.log()
     best_path = run_dir / "best_epoch.keras"
     best_value = _best(logged(history, "val_mIoU"))
@@ -389,7 +397,8 @@ def main(argv=None):
     run.write_json("results.json", {
         "best_epoch": best_epoch, "best_val_mIoU": best_value,
         "eval_split": args.eval_split, "eval_checkpoint": args.eval_checkpoint,
-        "test_metrics": test_metrics})
+        "test_metrics": test_metrics, "train_steps_s": round(steps_s, 2),
+        "epoch_overhead_s": round(other_s, 2)})
     return {"run_dir": run_dir, "initial_epoch": args.init_epoch,
             "model_path": run_dir / "last_epoch.keras", "evaluated_model_path": evaluated,
             "best_model_path": best_path, "history": history, "test_metrics": test_metrics}

@@ -39,6 +39,7 @@ from few_shot.evaluate import (classification_metrics, nearest_centroid_predict,
                                plot_confusion, plot_embeddings, write_report_csv)
 from few_shot.losses import LOSSES  # noqa: E402
 from utils.errors import UserError  # noqa: E402
+from utils.optimizers import FusedAdam  # noqa: E402
 from utils.utils import make_run_dir, set_seed, write_json  # noqa: E402
 
 STAGES = ("transfer", "similarity")
@@ -285,7 +286,7 @@ def run_transfer(args, run_dir, feats_train, y_train, feats_test, y_test, classe
     hidden = keras.layers.Dense(args.hidden, activation="relu", name="hidden")(features)
     probs = keras.layers.Dense(n, activation="softmax", name="classes")(hidden)
     head = keras.Model(features, probs, name="transfer_head")
-    head.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
+    head.compile(optimizer=FusedAdam(args.learning_rate),
                  loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                  run_eagerly=args.run_eagerly)
     timer = EpochTimer()
@@ -306,7 +307,7 @@ def run_similarity(args, loss, run_dir, trunk, x_train, y_train, x_test, y_test,
     stage = f"similarity_{loss}"
     model = SimilarityModel(trunk, args.embedding_dim, len(classes), loss,
                             loss_options(args, loss), name=stage)
-    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), run_eagerly=args.run_eagerly)
+    model.compile(optimizer=FusedAdam(args.learning_rate), run_eagerly=args.run_eagerly)
     sampler = PKSampler(y_train, p, k, seed=args.seed)
     steps = args.steps_per_epoch or max(1, len(y_train) // (p * k))
     timer = EpochTimer()

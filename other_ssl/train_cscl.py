@@ -34,6 +34,7 @@ from nets.encoders import BACKBONES, check_input_shape  # noqa: E402
 from other_ssl.cscl import CSCL  # noqa: E402
 from other_ssl.training import CHECKPOINT, epoch_steps, learning_rate_schedule, resume  # noqa: E402
 from utils.callbacks import Checkpoint  # noqa: E402
+from utils.optimizers import FusedAdam  # noqa: E402
 from utils.dataloader import build_dataset, check_split, split_path  # noqa: E402
 from utils.run import Run, fresh_path, progress_verbose, resume_args  # noqa: E402
 from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,  # noqa: E402
@@ -109,7 +110,7 @@ def main(argv=None):
         # The authors' x 0.975 after every epoch.
         learning_rate = learning_rate_schedule(args.learning_rate, steps, args.epochs, "step",
                                                lr_decay=args.lr_decay)
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+        model.compile(optimizer=FusedAdam(learning_rate),
                       jit_compile=False if args.run_eagerly else jit_compile_default(),
                       run_eagerly=args.run_eagerly)
 

@@ -2,6 +2,8 @@
 steps, resume."""
 import keras
 
+from utils.optimizers import FusedAdam
+
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "step", "cosine")
 # What a method without its own ``schedule`` trains with: the original's constant
@@ -27,7 +29,7 @@ def make_optimizer(name="adam", learning_rate=1e-3, weight_decay=0.0, momentum=0
     is a number or a schedule (:func:`learning_rate_schedule`)."""
     wd = weight_decay or None
     if name == "adam":
-        return keras.optimizers.Adam(learning_rate=learning_rate, weight_decay=wd)
+        return FusedAdam(learning_rate=learning_rate, weight_decay=wd)
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
                                     weight_decay=wd)

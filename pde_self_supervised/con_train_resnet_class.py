@@ -26,9 +26,9 @@ def build_model(args):
 
 
 def make_optimizer(args):
-    import keras
+    from utils.optimizers import FusedAdam
 
-    return keras.optimizers.Adam(learning_rate=args.learning_rate)
+    return FusedAdam(learning_rate=args.learning_rate)
 
 
 SPEC = train_common.MethodSpec(

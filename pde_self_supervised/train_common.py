@@ -308,6 +308,7 @@ def run(spec, args):
 
     import pde_self_supervised.layers  # noqa: F401  (custom layers for checkpoints)
     import pde_self_supervised.losses  # noqa: F401
+    import utils.optimizers  # noqa: F401  (FusedAdam, in resume checkpoints)
 
     set_seed(args.seed)
     shape = (args.input_shape[0], args.input_shape[1], 3)
