@@ -60,6 +60,25 @@ def test_log_keeps_every_column_and_truncates_to_the_checkpoint(tmp_path):
     assert not list(tmp_path.glob("tmp-*"))
 
 
+def test_the_curves_are_redrawn_when_an_epoch_validated_and_when_training_ends(tmp_path):
+    from utils.callbacks import CurvePlot, EpochLog
+
+    run = Run(tmp_path)
+    log, plot = EpochLog(run), CurvePlot(run, redraw_s=3600)
+    png = tmp_path / "epoch_loss.png"
+    log.on_epoch_end(0, {"loss": 3.0})
+    plot.on_epoch_end(0, {"loss": 3.0})
+    assert not png.exists() and (tmp_path / "epoch_loss.txt").read_text().split() == ["3.0"]
+    log.on_epoch_end(1, {"loss": 2.0, "val_loss": 2.5})
+    plot.on_epoch_end(1, {"loss": 2.0, "val_loss": 2.5})
+    drawn = png.read_bytes()
+    log.on_epoch_end(2, {"loss": 1.0})
+    plot.on_epoch_end(2, {"loss": 1.0})
+    assert png.read_bytes() == drawn
+    plot.on_train_end()
+    assert png.read_bytes() != drawn
+
+
 def test_checkpoint_holds_its_epoch_and_a_cut_off_file_is_passed_over(tmp_path):
     run = Run(tmp_path)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
