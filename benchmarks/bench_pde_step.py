@@ -24,10 +24,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from benchmarks.timing import forward_flops, interleaved  # noqa: E402
+from benchmarks.timing import forward_flops, interleaved, peak_report  # noqa: E402
 
 PRECISIONS = ("float32", "mixed")
 BN_KINDS = ("fused", "keras")
+ADAM_KINDS = ("fused", "keras")
 
 
 def keras_app_siamese(shape, pool, shared_towers):
@@ -53,7 +54,7 @@ def keras_app_siamese(shape, pool, shared_towers):
     return keras.Model(inputs, {"self_output": output})
 
 
-def build_step(args, precision, bn):
+def build_step(args, precision, bn, adam="fused"):
     """A zero-argument callable running one train step of the configuration, and the
     model (for its FLOP count)."""
     import keras
@@ -62,6 +63,7 @@ def build_step(args, precision, bn):
     from nets.layers import keras_batch_norm
     from pde_self_supervised.con_resnet_class import self_sup_resnet
     from pde_self_supervised.train_common import build_training_state
+    from utils.optimizers import FusedAdam
     from utils.utils import jit_compile_default, set_mixed_precision, set_seed
 
     set_seed(args.seed)
@@ -74,7 +76,8 @@ def build_step(args, precision, bn):
             model = self_sup_resnet(shape, pool=args.pool, shared_towers=args.shared_towers)
     else:
         model = self_sup_resnet(shape, pool=args.pool, shared_towers=args.shared_towers)
-    model.compile(optimizer=keras.optimizers.Adam(), loss="categorical_crossentropy",
+    optimizer = FusedAdam() if adam == "fused" else keras.optimizers.Adam()
+    model.compile(optimizer=optimizer, loss="categorical_crossentropy",
                   metrics=["acc"], jit_compile=jit_compile_default())
     # Layers keep the policy they were built with; the next model starts from float32.
     set_mixed_precision(False)
@@ -101,12 +104,15 @@ def parse_args(argv=None):
     p.add_argument("--bn", nargs="+", choices=BN_KINDS, default=["fused"],
                    help="batch-norm kernel(s) of the port's encoder: fused (the default, "
                         "what training uses), keras (Keras 3's unfused layer)")
+    p.add_argument("--adam", nargs="+", choices=ADAM_KINDS, default=["fused"],
+                   help="Adam update(s): fused (utils/optimizers.FusedAdam, what training "
+                        "uses), keras (Keras 3's Adam)")
     p.add_argument("--keras-resnet50", action="store_true",
                    help="also time a Siamese on keras.applications.ResNet50 (same shape, "
                         "head and policy), the plain Keras reference")
-    p.add_argument("--peak-gflops", type=float, default=256.0,
-                   help="float32 peak of the machine, for the %% of peak column "
-                        "(default 256: 2 Sapphire Rapids cores, 2 AVX-512 FMA units)")
+    p.add_argument("--peak-gflops", type=float, default=None,
+                   help="float32 peak for the %% of peak column (default: the float32 "
+                        "matrix-product rate measured on this machine in the same run)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -126,18 +132,20 @@ def main(argv=None):
     steps, flops = {}, None
     for precision in precisions:
         for bn in kinds:
-            step, model, x = build_step(args, precision, bn)
-            steps[f"{precision}/{bn}"] = step
-            if flops is None and precision == "float32" and bn != "keras-app":
-                flops = 3 * forward_flops(model, x)
+            for adam in args.adam:
+                step, model, x = build_step(args, precision, bn, adam)
+                steps[f"{precision}/{bn}" + ("/keras-adam" if adam == "keras" else "")] = step
+                if flops is None and precision == "float32" and bn != "keras-app":
+                    flops = 3 * forward_flops(model, x)
     results = interleaved(steps, args.steps, args.warmup)
+    peak, peak_line = peak_report(args.peak_gflops)
+    print(peak_line)
     if flops:
-        print(f"  {flops / 1e9:.1f} GFLOP per step (3 x forward), fp32 peak "
-              f"{args.peak_gflops:.0f} GFLOP/s")
+        print(f"  {flops / 1e9:.1f} GFLOP per step (3 x forward)")
     base = next(iter(results))
     for name, r in results.items():
-        rate = f"{flops / r['s'] / 1e9:6.1f} GFLOP/s ({100 * flops / r['s'] / 1e9 / args.peak_gflops:3.0f} % of fp32 peak)" if flops else ""
-        print(f"  {name:18s} {args.batch_size / r['s']:7.1f} pairs/s  {r['s']:6.3f} s/step  "
+        rate = f"{flops / r['s'] / 1e9:6.1f} GFLOP/s ({100 * flops / r['s'] / 1e9 / peak:3.0f} % of fp32 peak)" if flops else ""
+        print(f"  {name:29s} {args.batch_size / r['s']:7.1f} pairs/s  {r['s']:6.3f} s/step  "
               f"CPU {100 * r['cpu']:3.0f} %  {rate}  x{results[base]['s'] / r['s']:.2f} vs {base}")
     for precision in precisions:
         if f"{precision}/keras" in results and f"{precision}/fused" in results:
@@ -147,6 +155,11 @@ def main(argv=None):
         if all(f"{p}/{bn}" in results for p in PRECISIONS):
             ratio = results[f"float32/{bn}"]["s"] / results[f"mixed/{bn}"]["s"]
             print(f"  mixed / float32, {bn}: {ratio:.2f}x")
+    for precision in precisions:
+        for bn in kinds:
+            if f"{precision}/{bn}/keras-adam" in results and f"{precision}/{bn}" in results:
+                ratio = results[f"{precision}/{bn}/keras-adam"]["s"] / results[f"{precision}/{bn}"]["s"]
+                print(f"  fused / Keras Adam, {precision}, {bn}: {ratio:.2f}x")
     if "keras-app" in kinds and "fused" in kinds:
         for precision in precisions:
             ratio = results[f"{precision}/keras-app"]["s"] / results[f"{precision}/fused"]["s"]

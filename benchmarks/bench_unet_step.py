@@ -24,20 +24,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from benchmarks.timing import forward_flops, interleaved  # noqa: E402
+from benchmarks.timing import forward_flops, interleaved, peak_report  # noqa: E402
 
 MODES = ("frozen", "decoder", "unfrozen")
 PRECISIONS = ("float32", "mixed")
 BN_KINDS = ("fused", "keras")
+ADAM_KINDS = ("fused", "keras")
 
 
-def build_step(args, mode, precision, bn):
+def build_step(args, mode, precision, bn, adam="fused"):
     """A zero-argument callable running one train step, the model and its input."""
     import keras
 
     from nets.layers import keras_batch_norm
     from nets.unet import build_unet, get_encoder, unet_decoder
     from nets.unet_training import get_loss
+    from utils.optimizers import FusedAdam
     from utils.utils import jit_compile_default, set_mixed_precision, set_seed
 
     set_seed(args.seed)
@@ -58,7 +60,8 @@ def build_step(args, mode, precision, bn):
         features = [keras.Input(t.shape[1:]) for t in encoder.outputs]
         model = keras.Model(features, unet_decoder(features, 5, "resnet50"))
         x = [np.asarray(f, "float32") for f in encoder(x, training=False)]
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=get_loss("dice_focal", np.ones(5)),
+    optimizer = FusedAdam(1e-3) if adam == "fused" else keras.optimizers.Adam(1e-3)
+    model.compile(optimizer=optimizer, loss=get_loss("dice_focal", np.ones(5)),
                   jit_compile=jit_compile_default())
     # Layers keep the policy they were built with; the next model starts from float32.
     set_mixed_precision(False)
@@ -77,8 +80,12 @@ def parse_args(argv=None):
     p.add_argument("--bn", nargs="+", choices=BN_KINDS, default=["fused"],
                    help="batch-norm kernel(s) of the encoder: fused (the default, what "
                         "training uses), keras (Keras 3's unfused layer)")
-    p.add_argument("--peak-gflops", type=float, default=256.0,
-                   help="float32 peak of the machine, for the %% of peak column (default 256)")
+    p.add_argument("--adam", nargs="+", choices=ADAM_KINDS, default=["fused"],
+                   help="Adam update(s): fused (utils/optimizers.FusedAdam, what training "
+                        "uses), keras (Keras 3's Adam)")
+    p.add_argument("--peak-gflops", type=float, default=None,
+                   help="float32 peak for the %% of peak column (default: the float32 "
+                        "matrix-product rate measured on this machine in the same run)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -93,21 +100,31 @@ def main(argv=None):
     for mode in args.modes:
         for precision in precisions:
             for bn in args.bn:
-                step, model, x = build_step(args, mode, precision, bn)
-                steps[f"{mode}/{precision}/{bn}"] = step
-                if mode not in flops:
-                    flops[mode] = 3 * forward_flops(model, x)
+                for adam in args.adam:
+                    step, model, x = build_step(args, mode, precision, bn, adam)
+                    suffix = "/keras-adam" if adam == "keras" else ""
+                    steps[f"{mode}/{precision}/{bn}{suffix}"] = step
+                    if mode not in flops:
+                        flops[mode] = 3 * forward_flops(model, x)
     results = interleaved(steps, args.steps, args.warmup)
+    peak, peak_line = peak_report(args.peak_gflops)
+    print(peak_line)
     for name, r in results.items():
         gflops = flops[name.split("/")[0]] / r["s"] / 1e9
-        print(f"  {name:24s} {r['s'] * 1000:6.0f} ms/step  CPU {100 * r['cpu']:3.0f} %  "
-              f"{gflops:6.1f} GFLOP/s ({100 * gflops / args.peak_gflops:3.0f} % of fp32 peak)")
+        print(f"  {name:35s} {r['s'] * 1000:6.0f} ms/step  CPU {100 * r['cpu']:3.0f} %  "
+              f"{gflops:6.1f} GFLOP/s ({100 * gflops / peak:3.0f} % of fp32 peak)")
     for mode in args.modes:
         for precision in precisions:
             pair = [f"{mode}/{precision}/{bn}" for bn in ("keras", "fused")]
             if all(name in results for name in pair):
                 print(f"  {mode:9s} fused / keras BN, {precision}: "
                       f"{results[pair[0]]['s'] / results[pair[1]]['s']:.2f}x")
+        for precision in precisions:
+            for bn in args.bn:
+                pair = [f"{mode}/{precision}/{bn}/keras-adam", f"{mode}/{precision}/{bn}"]
+                if all(name in results for name in pair):
+                    print(f"  {mode:9s} fused / Keras Adam, {precision}, {bn} BN: "
+                          f"{results[pair[0]]['s'] / results[pair[1]]['s']:.2f}x")
         for bn in args.bn:
             pair = [f"{mode}/{p}/{bn}" for p in PRECISIONS]
             if all(name in results for name in pair):

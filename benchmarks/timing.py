@@ -48,3 +48,35 @@ def forward_flops(model, inputs):
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
     return tf.compat.v1.profiler.profile(graph, options=options).total_float_ops
+
+
+def gemm_gflops(dtype="float32", n=2048, rounds=10):
+    """GFLOP/s of an ``n`` x ``n`` matrix product in ``dtype`` on this machine (best of
+    ``rounds``, all threads): the rate a convolution network's step can at best
+    approach, measured instead of taken from a data sheet (a virtual machine's CPU
+    model, clock and instruction sets are not always what its name suggests; bfloat16
+    products run on AMX only where the CPU exposes it)."""
+    import tensorflow as tf
+
+    a = tf.cast(tf.random.stateless_uniform((n, n), (0, 1)), dtype)
+    b = tf.cast(tf.random.stateless_uniform((n, n), (0, 2)), dtype)
+    product = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], tf.float32)))
+    product(a, b).numpy()
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        product(a, b).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
+def peak_report(peak_gflops=None):
+    """(fp32 peak used for "% of peak", text line): the measured fp32 and bfloat16
+    matrix-product rates, or ``peak_gflops`` when given."""
+    f32, bf16 = gemm_gflops("float32"), gemm_gflops("bfloat16")
+    line = (f"  matrix product {2048}x{2048} on this machine: float32 {f32:.0f} GFLOP/s, "
+            f"bfloat16 {bf16:.0f} GFLOP/s ({bf16 / f32:.2f}x: the most --mixed-precision "
+            f"can gain where the step is all products)")
+    if peak_gflops:
+        return peak_gflops, line + f"; % of peak below is of the given {peak_gflops:.0f} GFLOP/s"
+    return f32, line + "; % of peak below is of the float32 product's rate"
