@@ -145,8 +145,8 @@ class CurvePlot(keras.callbacks.Callback):
     whole log after each validated epoch, after any epoch that ends ``redraw_s`` seconds
     or more after the last drawing, and when training ends: one panel per logged
     quantity (loss, then val_mIoU, accuracies, ...), train and ``val_`` curves together,
-    with the original's Savitzky-Golay smoothing. (Redrawing it after every epoch took
-    about a tenth of a 4-second epoch of the demo's U-Net.)"""
+    with the original's Savitzky-Golay smoothing. (A drawing took 0.7 s in the demo's
+    U-Net, whose epochs take 5-7 s.)"""
 
     def __init__(self, run, redraw_s=60.0):
         super().__init__()
