@@ -8,6 +8,9 @@ so their ratio holds even when the absolute times do not.
 import statistics
 import time
 
+# Side of the square matrices whose product measures the machine's rate.
+GEMM_SIZE = 2048
+
 
 def interleaved(steps, rounds, warmup=2, progress=True):
     """Time ``steps`` (name -> zero-argument callable) round-robin.
@@ -50,7 +53,7 @@ def forward_flops(model, inputs):
     return tf.compat.v1.profiler.profile(graph, options=options).total_float_ops
 
 
-def gemm_gflops(dtype="float32", n=2048, rounds=10):
+def gemm_gflops(dtype="float32", n=GEMM_SIZE, rounds=10):
     """GFLOP/s of an ``n`` x ``n`` matrix product in ``dtype`` on this machine (best of
     ``rounds``, all threads): the rate a convolution network's step can at best
     approach, measured instead of taken from a data sheet (a virtual machine's CPU
@@ -74,7 +77,7 @@ def peak_report(peak_gflops=None):
     """(fp32 peak used for "% of peak", text line): the measured fp32 and bfloat16
     matrix-product rates, or ``peak_gflops`` when given."""
     f32, bf16 = gemm_gflops("float32"), gemm_gflops("bfloat16")
-    line = (f"  matrix product {2048}x{2048} on this machine: float32 {f32:.0f} GFLOP/s, "
+    line = (f"  matrix product {GEMM_SIZE}x{GEMM_SIZE} on this machine: float32 {f32:.0f} GFLOP/s, "
             f"bfloat16 {bf16:.0f} GFLOP/s ({bf16 / f32:.2f}x: the most --mixed-precision "
             f"can gain where the step is all products)")
     if peak_gflops:

@@ -38,6 +38,7 @@ from few_shot.data import (NORMALIZATIONS, FewShotDataError, PKSampler, load_ima
 from few_shot.evaluate import (classification_metrics, nearest_centroid_predict,  # noqa: E402
                                plot_confusion, plot_embeddings, write_report_csv)
 from few_shot.losses import LOSSES  # noqa: E402
+from utils.callbacks import EpochTimer  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.optimizers import FusedAdam  # noqa: E402
 from utils.utils import make_run_dir, set_seed, write_json  # noqa: E402
@@ -117,24 +118,6 @@ def parse_args(argv=None):
     train.add_argument("--logs-dir", default="logs", help="parent of the run folder (default logs/)")
     args = p.parse_args(argv)
     return args
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Wall time of every epoch (the study's "mean epoch processing time")."""
-
-    def on_train_begin(self, logs=None):
-        self.times = []
-
-    def mean(self):
-        """Mean epoch time, leaving out the first epoch (graph tracing) when there are
-        more."""
-        return float(np.mean(self.times[1:] if len(self.times) > 1 else self.times))
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self._start)
 
 
 class CosineHead(keras.layers.Layer):

@@ -179,8 +179,8 @@ class CurvePlot(keras.callbacks.Callback):
 
 class EpochTimer(keras.callbacks.Callback):
     """Wall seconds of each epoch's training steps (``steps_s``) and of the rest of the
-    epoch (``other_s``: validation passes, val_mIoU, logs, plots, checkpoints). Put it
-    last, so its ``on_epoch_end`` runs after every other callback's."""
+    epoch (``other_s``: validation passes, val_mIoU, logs, plots, checkpoints), up to
+    this callback's ``on_epoch_end``: put it last to count every other callback's."""
 
     def __init__(self):
         super().__init__()
@@ -195,6 +195,17 @@ class EpochTimer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.steps_s.append(self._last_step - self._start)
         self.other_s.append(time.perf_counter() - self._last_step)
+
+    @property
+    def times(self):
+        """Wall seconds of each whole epoch."""
+        return [a + b for a, b in zip(self.steps_s, self.other_s)]
+
+    def mean(self):
+        """Mean epoch time, leaving out the first epoch (graph tracing) when there are
+        more."""
+        times = self.times
+        return float(np.mean(times[1:] if len(times) > 1 else times))
 
 
 def plot_log(log, path):
