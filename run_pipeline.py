@@ -33,8 +33,8 @@ from pipeline.pretrainers import PAIR_PRETRAINERS, PRETRAINERS  # noqa: E402
 from pipeline.profiles import PROFILES, to_argv  # noqa: E402
 from pipeline.published import PUBLISHED, markdown_table, row_label  # noqa: E402
 from pipeline.steps import (Run, check_orchard_spec, join_argv, make_data,  # noqa: E402
-                            make_pairs, open_run, plain, pretrain_encoder, select_images,
-                            unet_argv)
+                            make_pairs, open_run, plain, preset_args, pretrain_encoder,
+                            select_images, unet_argv)
 from utils.errors import MissingInput, UserError  # noqa: E402
 from utils.run import fresh_path  # noqa: E402
 from utils.utils import set_seed, write_json  # noqa: E402
@@ -281,7 +281,8 @@ def step_priors(args, run, profile):
     from data_processing import date_pro
 
     data = run.result("orchard")
-    return plain(date_pro.main(["--phenology", data["phenology"], "--archive", data["archive"]]) or {})
+    return plain(date_pro.main(join_argv(["--phenology", data["phenology"], "--archive",
+                                          data["archive"]], preset_args(data))) or {})
 
 
 def step_select(args, run, profile):

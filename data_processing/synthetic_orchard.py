@@ -68,9 +68,14 @@ PANO_RES = 64                   # pixels per metre
 
 # Archetype views per preset: centre (x as a fraction of the canopy width from its
 # middle, y as a fraction of the tree height) and view width as a fraction of the
-# width that shows the whole canopy. Other preset numbers get random views.
+# width that shows the whole canopy. 1-5 are the original's five presets; 6 and 7 are
+# close-ups of the canopy (a PTZ camera's zoom presets), where at 64x128 a fruit or a
+# flower covers several pixels as it does in a whole-tree photo at the original's
+# 576x1024 (in presets 1 and 2 at 64x128: under one pixel). Other preset numbers get
+# random views.
 PRESET_VIEWS = {1: (0.0, 0.56, 1.0), 2: (-0.25, 0.62, 0.55), 3: (0.25, 0.58, 0.55),
-                4: (0.04, 0.8, 0.42), 5: (0.0, 0.32, 0.7)}
+                4: (0.04, 0.8, 0.42), 5: (0.0, 0.32, 0.7), 6: (-0.1, 0.7, 0.22),
+                7: (0.15, 0.6, 0.26)}
 
 WEATHERS = ("sunny", "overcast", "haze")
 
@@ -1152,7 +1157,7 @@ def parse_args(argv=None):
     p.add_argument("--test-cameras", type=int, default=2,
                    help="extra trees seen only by the labelled test split")
     p.add_argument("--presets", type=int, nargs="+", default=[1, 2, 3, 4, 5],
-                   help="preset views per camera (original: 1..5)")
+                   help="preset views per camera (original: 1..5; 6 and 7: close-ups of the canopy)")
     p.add_argument("--times", nargs="+", default=["09", "12", "15"],
                    help="hours of the day (original: 09 12 15)")
     p.add_argument("--start", default="2021-01-01", help="first day of the season (original: 2021-01-01)")

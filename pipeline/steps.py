@@ -139,7 +139,8 @@ def make_data(profile_name, profile, seed, archive=None, phenology=None, voc=Non
               data_dir=None):
     """The user's data, or the profile's synthetic orchard (generated once in
     ``data_dir``, default ``demo_data/<profile>``, and reused while its spec matches).
-    Returns ``{"archive", "phenology", "voc"}``."""
+    Returns ``{"archive", "phenology", "voc"}``, and for the orchard also its "presets"
+    (steps 1 and 2 look at those, where a user's archive gets the original's 1-5)."""
     if archive:
         return {"archive": archive, "phenology": phenology, "voc": voc}
     from data_processing.synthetic_orchard import generate_orchard
@@ -149,11 +150,18 @@ def make_data(profile_name, profile, seed, archive=None, phenology=None, voc=Non
     if spec_path.exists():
         check_orchard_spec(profile_name, profile, seed, data_dir)
         print(f"  reusing the synthetic orchard in {data_dir}")
-        return {"archive": str(data_dir / "archive"), "phenology": str(data_dir / "phenology.toml"),
-                "voc": str(data_dir / "VOCdevkit")}
+        return plain({"archive": str(data_dir / "archive"),
+                      "phenology": str(data_dir / "phenology.toml"),
+                      "voc": str(data_dir / "VOCdevkit"), "presets": spec["presets"]})
     made = generate_orchard(data_dir, contact_sheet=data_dir / "contact_sheet.png", **spec)
     write_json(spec_path, spec)
-    return plain({k: made[k] for k in ("archive", "phenology", "voc")})
+    return plain({**{k: made[k] for k in ("archive", "phenology", "voc")},
+                  "presets": spec["presets"]})
+
+
+def preset_args(data):
+    """``--presets ...`` for steps 1 and 2 when the data says which presets it has."""
+    return ["--presets", *data["presets"]] if data.get("presets") else []
 
 
 def select_images(run, seed, extra=()):
@@ -163,7 +171,7 @@ def select_images(run, seed, extra=()):
     data = run.result("orchard")
     return plain(select_img.main(join_argv(["--archive", data["archive"], "--phenology",
                                             data["phenology"], "--out", run.dir / "out",
-                                            "--seed", seed], extra)))
+                                            "--seed", seed], preset_args(data), extra)))
 
 
 def make_pairs(run, profile, seed, extra=()):

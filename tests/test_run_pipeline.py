@@ -14,6 +14,7 @@ import pytest
 
 import run_pipeline
 from benchmarks import paper_table
+from data_processing.names import parse_stage_name
 from pipeline.steps import Run
 
 
@@ -36,6 +37,9 @@ def test_every_step_leaves_its_artifacts(tiny_run):
     assert sorted(steps) == sorted(run_pipeline.STEPS)      # in the order they finished
     assert (root / "data" / "archive").is_dir() and (root / "data" / "phenology.toml").is_file()
     assert (run / "out" / "manifest.csv").is_file()
+    # Steps 1 and 2 look at the orchard's own presets (the tiny one has only close-up 6).
+    assert steps["orchard"]["result"]["presets"] == [6]
+    assert {parse_stage_name(p.name).preset for p in (run / "out").glob("*.jpg")} == {6}
     for name in ("train", "val", "test"):
         x, y = steps["pairs"]["result"]["splits"][name]
         assert Path(x).is_file() and Path(y).is_file()
