@@ -301,8 +301,15 @@ def main(argv=None):
         used = recalibrate_batchnorm(encoder, bn_ds, args.encoder_bn_batches)
         print(f"Re-estimated the encoder's batch-norm statistics from {used} training batches.")
 
-    checkpoint = EpochCheckpoint(run, best=_best(logged(log, "val_mIoU")),
-                                 save_period=args.save_period)
+    logged_best = _best(logged(log, "val_mIoU"))
+    checkpoint = EpochCheckpoint(run, best=logged_best, save_period=args.save_period)
+    if resume_epoch is not None and logged_best is not None:
+        # The best epoch may be the one last_epoch.keras holds and best_epoch.keras
+        # never got (it is written lazily): the weights just loaded are then the best.
+        best_epoch = log["epoch"][log["val_mIoU"].index(logged_best)] + 1
+        on_disk = checkpoint_epoch(run_dir / "best_epoch.keras")
+        if best_epoch == resume_epoch and on_disk != best_epoch:
+            checkpoint.keep_best(model, best_epoch)
     record = run.callbacks()
     timer = EpochTimer()
     for phase in phases:
@@ -364,6 +371,7 @@ def main(argv=None):
                   validation_freq=validation_epochs(start, phase.end, args.val_period),
                   callbacks=callbacks, shuffle=False, verbose=progress_verbose())
 
+    checkpoint.write_best()     # (a resume after the last epoch runs no fit to do it)
     steps_s, other_s = sum(timer.steps_s), sum(timer.other_s)
     if timer.steps_s:
         print(f"Epoch time: training steps {steps_s:.0f} s; validation, val_mIoU, logs, plots "

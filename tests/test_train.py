@@ -12,6 +12,7 @@ import train
 from nets.encoders import build_encoder, weighted_layers
 from nets.unet import build_unet, get_encoder
 from utils.callbacks import MIoUCallback, ResumableEarlyStopping
+from utils.run import checkpoint_epoch
 from utils.utils import set_seed
 from utils.utils_metrics import fast_hist, per_class_iu
 from utils.weights import save_encoder, save_weights_by_name
@@ -228,9 +229,16 @@ def test_fine_tuning_from_the_frozen_phase_checkpoint_repeats_the_full_run(run, 
     full = keras.models.load_model(first / "last_epoch.keras", compile=False)
     for a, b in zip(_weights(ours), _weights(full)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    # Resuming it (complete: nothing to train) reads its own last epoch, not ep001.
+    # Resuming it (complete: nothing to train) reads its own last epoch, not ep001; and
+    # if a kill came after that last_epoch.keras, before the (lazy) best_epoch.keras of
+    # the same epoch, the resume writes it from the loaded weights.
+    (result["run_dir"] / "best_epoch.keras").unlink()
     again = train.main(["--resume", str(result["run_dir"]), "--eval-split", "none"])
     assert again["initial_epoch"] == 2 and again["history"]["epoch"] == [1]
+    assert checkpoint_epoch(result["run_dir"] / "best_epoch.keras") == 2
+    best = keras.models.load_model(result["run_dir"] / "best_epoch.keras", compile=False)
+    for a, b in zip(_weights(best), _weights(ours)):
+        np.testing.assert_array_equal(a, b)
     with pytest.raises(FileNotFoundError, match="--init-model"):
         train.main(base_argv(run["voc"], tmp_path / "logs")
                    + ["--init-model", str(tmp_path / "missing.keras")])
@@ -311,6 +319,31 @@ def test_checkpoint_save_period_keeps_last_and_best(tmp_path):
             == 10.0)
     with pytest.raises(ValueError, match="save_period"):
         EpochCheckpoint(tmp_path, save_period=-1)
+
+
+def test_best_checkpoint_is_written_only_when_it_would_be_lost(tmp_path):
+    """A new best waits in memory while last_epoch.keras holds the same weights; it is
+    written before last_epoch.keras moves on, and at the end of training."""
+    from utils.callbacks import EpochCheckpoint
+    from utils.run import checkpoint_epoch
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    checkpoint = EpochCheckpoint(tmp_path, save_period=0, verbose=0)
+    checkpoint.set_model(model)
+    checkpoint.set_params({"epochs": 4})
+    best = tmp_path / "best_epoch.keras"
+
+    def kernel(name):
+        return float(keras.models.load_model(tmp_path / name).layers[0].kernel.numpy()[0, 0])
+
+    for epoch, miou, written in ((0, 0.2, None), (1, 0.5, None), (2, 0.4, 1.0), (3, 0.6, 1.0)):
+        model.layers[0].kernel.assign(np.full((3, 1), float(epoch), np.float32))
+        checkpoint.on_epoch_end(epoch, {"loss": 1.0, "val_loss": 1.0, "val_mIoU": miou})
+        assert kernel("last_epoch.keras") == float(epoch)
+        assert (kernel("best_epoch.keras") if best.exists() else None) == written
+    checkpoint.on_train_end()
+    assert kernel("best_epoch.keras") == 3.0 and checkpoint_epoch(best) == 4
+    assert float(model.layers[0].kernel.numpy()[0, 0]) == 3.0      # the model keeps its weights
 
 
 def test_encoder_bn_batches_reestimates_a_frozen_encoders_statistics(tmp_path):
