@@ -95,6 +95,12 @@ def run_seed(args, seed, out_dir):
     encoder = record["pretrain"]["result"]["encoder_path"]
     result["knn pde"] = _knn(encoder, image_dir, size, seed, out_dir / f"knn_pde_{seed}")
     result["knn random"] = _knn(None, image_dir, size, seed, out_dir / f"knn_random_{seed}")
+    # The instrument check: a per-pixel colour classifier on the same photos.
+    from benchmarks import colour_baseline
+
+    colour = colour_baseline.main(["--voc", record["orchard"]["result"]["voc"],
+                                   "--seed", str(seed)])
+    result["colour"] = {"mIoU": colour["mIoU"], "IoU": [colour["iou"][c] for c in NAME_CLASSES]}
     # The U-Net checkpoints are 180-300 MB each and nothing here reads them again.
     for path in out_dir.rglob("*.keras"):
         path.unlink()
@@ -125,6 +131,14 @@ def summarise(results):
         mean, std = mean_std([r[f"{row} {column}"]["IoU"] for r in runs])
         lines.append(f"| {row} {column} | " + " | ".join(
             f"{m:.3f} ± {s:.3f}" for m, s in zip(mean, std)) + " |")
+    if all("colour" in r for r in runs):
+        mean, std = mean_std([r["colour"]["IoU"] for r in runs])
+        lines.append("| colour classifier | " + " | ".join(
+            f"{m:.3f} ± {s:.3f}" for m, s in zip(mean, std)) + " |")
+        above = sum(r["pde frozen"]["mIoU"] > r["colour"]["mIoU"] for r in runs)
+        lines += ["", f"Per-pixel colour classifier (benchmarks/colour_baseline.py, same photos): "
+                      f"test mIoU {_pm(mean_std([r['colour']['mIoU'] for r in runs]))}; the frozen "
+                      f"PDE U-Net is above it on {above} of {len(runs)} seeds."]
     pair = mean_std([r["pair_accuracy"] for r in runs])
     lines += ["", f"PDE pretext, held-out pair accuracy: {_pm(pair, 3)} (chance 0.25)"]
     (pde_m, pde_s), (rnd_m, rnd_s) = (mean_std([r[f"{row} frozen"]["mIoU"] for r in runs])
