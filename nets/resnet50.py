@@ -7,6 +7,8 @@ encoder and those files by layer name. The original's second Siamese tower used
 ``conv1_2``, ``bn_conv1_2`` and stage numbers times ten (``res20a_branch2a``,
 ``bn50c_branch2c``); ``suffix="_2"`` reproduces those names.
 """
+import re
+
 import keras
 from keras import layers
 
@@ -73,3 +75,24 @@ def ResNet50(img_input):
 def ResNet50_2(img_input):
     """The original's tower-2 builder: ``conv1_2``, ``res20a_branch2a``, ..."""
     return resnet50_features(img_input, suffix="_2")
+
+
+STAGE_NAMES = ("conv1", "res2", "res3", "res4", "res5")
+# conv1, conv1_2; res2a_branch2a (tower 1) and res20a_branch2a (tower 2, stage x 10)
+_CONV_STAGE = re.compile(r"^(?:(conv1)(?:_2)?|res([2-5])0?[a-h]_branch\w+)$")
+
+
+def freeze_conv_stages(model, stages):
+    """Freeze the convolution kernels of the given ResNet50 ``stages`` (names of
+    :data:`STAGE_NAMES`) in every tower of ``model``, nested models included; batch
+    norm stays trainable. Returns the number of layers frozen."""
+    unknown = set(stages) - set(STAGE_NAMES)
+    if unknown:
+        raise ValueError(f"unknown ResNet50 stages {sorted(unknown)}; choose from {STAGE_NAMES}")
+    n = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        m = _CONV_STAGE.match(layer.name) if isinstance(layer, layers.Conv2D) else None
+        if m and (m.group(1) or f"res{m.group(2)}") in stages:
+            layer.trainable = False
+            n += 1
+    return n

@@ -107,6 +107,11 @@ def add_arguments(parser, spec):
                             "global average pooling (far fewer parameters at large inputs)")
     train.add_argument("--shared-towers", action="store_true",
                        help="one encoder for both images (original: two towers)")
+    train.add_argument("--freeze-stages", nargs="+", default=[], metavar="STAGE",
+                       choices=("conv1", "res2", "res3", "res4", "res5"),
+                       help="keep the convolution kernels of these ResNet50 stages at their "
+                            "initial values (batch norm still trains), e.g. conv1 res2 res3 "
+                            "(default: none, as the original)")
     add_precise_bn_arg(train)
     train.add_argument("--keep-checkpoints", type=int, default=0, metavar="N",
                        help="keep only the N newest checkpoints this command wrote (0 = "
@@ -279,6 +284,14 @@ def _callbacks(args, run):
     return callbacks
 
 
+def _freeze(model, args):
+    if getattr(args, "freeze_stages", None):
+        from nets.resnet50 import freeze_conv_stages
+
+        n = freeze_conv_stages(model, args.freeze_stages)
+        print(f"Froze the convolution kernels of {n} layers ({', '.join(args.freeze_stages)}).")
+
+
 def _compile(model, spec, args, optimizer=None):
     model.compile(optimizer=optimizer or spec.make_optimizer(args), loss=spec.make_loss(args),
                   metrics=list(spec.metrics), run_eagerly=args.run_eagerly,
@@ -357,9 +370,12 @@ def run(spec, args):
             # compile=True restores the optimizer with its state; compile again for XLA
             # and metrics as this run asks, keeping that optimizer.
             model = keras.models.load_model(resume_from, safe_mode=False)
+            _freeze(model, args)
             model = _compile(model, spec, args, optimizer=model.optimizer)
         else:
-            model = _compile(spec.build_model(args), spec, args)
+            model = spec.build_model(args)
+            _freeze(model, args)
+            model = _compile(model, spec, args)
         build_training_state(model, train_ds.element_spec)
     model.summary(line_length=110)
 

@@ -129,3 +129,35 @@ def test_original_structure_at_288x512():
         del m
     assert 2 * (ENCODER_PARAMS + head_params(9 * 16 * 2048)) + 256 * 4 + 4 == 349_434_116
     assert 2 * (ENCODER_PARAMS + head_params(9 * 16 * 2048)) + 4 == 349_433_092
+
+
+def test_frozen_stages_keep_their_kernels_while_the_rest_trains():
+    """--freeze-stages conv1 res2: those convolution kernels (both towers' names) stay as
+    they were after a training step; res3 and batch norm train."""
+    from nets.resnet50 import freeze_conv_stages
+
+    two = con_resnet_class.self_sup_resnet((32, 32, 3), pool="gap")
+    assert freeze_conv_stages(two, ["conv1", "res2"]) == 2 * (1 + 10)
+    frozen = {l.name for l in two._flatten_layers(include_self=False, recursive=True)
+              if isinstance(l, keras.layers.Conv2D) and not l.trainable}
+    assert {"conv1", "conv1_2", "res2a_branch2a", "res20a_branch2a"} <= frozen
+    assert not frozen & {"res3a_branch2a", "res30a_branch2a"}
+    with pytest.raises(ValueError, match="unknown ResNet50 stages"):
+        freeze_conv_stages(two, ["res6"])
+
+    model = con_resnet_class.self_sup_resnet((32, 32, 3), pool="gap", shared_towers=True)
+    assert freeze_conv_stages(model, ["conv1", "res2"]) == 11
+    layers = {l.name: l for l in model._flatten_layers(include_self=False, recursive=True)}
+    names = ("conv1", "res2a_branch2a", "res2c_branch2c", "res3a_branch2a", "bn_conv1")
+    before = {n: [np.array(w) for w in layers[n].get_weights()] for n in names}
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = [rng.random((4, 32, 32, 3), np.float32) for _ in range(2)]
+    y = np.eye(4, dtype=np.float32)
+    model.train_on_batch(x, y)
+
+    def same(n):
+        return all(np.array_equal(a, b) for a, b in zip(before[n], layers[n].get_weights()))
+
+    assert same("conv1") and same("res2a_branch2a") and same("res2c_branch2c")
+    assert not same("res3a_branch2a") and not same("bn_conv1")

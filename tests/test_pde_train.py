@@ -9,6 +9,7 @@ import shutil
 import zipfile
 
 import h5py
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -237,3 +238,18 @@ def test_prune_keeps_only_the_newest_checkpoints_this_run_wrote(tmp_path):
         (tmp_path / f"ep{epoch:03d}-loss1.000-val_loss1.000.keras").write_text("new")
         prune.on_epoch_end(epoch - 1)
     assert sorted(p.name[:5] for p in tmp_path.glob("ep*.keras")) == ["ep001", "ep003"]
+
+
+def test_freeze_stages_reaches_the_model(pair_set, tmp_path, capsys):
+    folder, files = pair_set
+    result = con_train_resnet_class.main(
+        data_args(folder, files, tmp_path) + QUICK
+        + ["--epochs", "1", "--steps-per-epoch", "1", "--validation-steps", "1",
+           "--run-eagerly", "--freeze-stages", "conv1", "res2"])
+    assert "Froze the convolution kernels of 11 layers (conv1, res2)" in capsys.readouterr().out
+    frozen = {l.name for l in result["model"]._flatten_layers(include_self=False, recursive=True)
+              if isinstance(l, keras.layers.Conv2D) and not l.trainable}
+    assert "conv1" in frozen and "res2c_branch2c" in frozen and "res3a_branch2a" not in frozen
+    with pytest.raises(SystemExit):
+        con_train_resnet_class.parse_args(data_args(folder, files, tmp_path)
+                                          + ["--freeze-stages", "res6"])
