@@ -214,8 +214,13 @@ def load_pretrained(model, path):
     return report
 
 
-def _best(values):
-    return max(values) if values else None
+def _logged_best(log):
+    """(best val_mIoU, its 1-based epoch) of a training log, or (None, None)."""
+    values = logged(log, "val_mIoU")
+    if not values:
+        return None, None
+    best = max(values)
+    return best, log["epoch"][log["val_mIoU"].index(best)] + 1
 
 
 def main(argv=None):
@@ -301,15 +306,13 @@ def main(argv=None):
         used = recalibrate_batchnorm(encoder, bn_ds, args.encoder_bn_batches)
         print(f"Re-estimated the encoder's batch-norm statistics from {used} training batches.")
 
-    logged_best = _best(logged(log, "val_mIoU"))
+    logged_best, best_epoch = _logged_best(log)
     checkpoint = EpochCheckpoint(run, best=logged_best, save_period=args.save_period)
-    if resume_epoch is not None and logged_best is not None:
-        # The best epoch may be the one last_epoch.keras holds and best_epoch.keras
-        # never got (it is written lazily): the weights just loaded are then the best.
-        best_epoch = log["epoch"][log["val_mIoU"].index(logged_best)] + 1
-        on_disk = checkpoint_epoch(run_dir / "best_epoch.keras")
-        if best_epoch == resume_epoch and on_disk != best_epoch:
-            checkpoint.keep_best(model, best_epoch)
+    # The best epoch may be the one last_epoch.keras holds and best_epoch.keras never
+    # got (it is written lazily): the weights just loaded are then the best.
+    if (resume_epoch is not None and best_epoch == resume_epoch
+            and checkpoint_epoch(run_dir / "best_epoch.keras") != best_epoch):
+        checkpoint.keep_best(model, best_epoch)
     record = run.callbacks()
     timer = EpochTimer()
     for phase in phases:
@@ -379,12 +382,9 @@ def main(argv=None):
               f"the steps' time), over {len(timer.steps_s)} epochs.")
     history = run.log()
     best_path = run_dir / "best_epoch.keras"
-    best_value = _best(logged(history, "val_mIoU"))
+    best_value, best_epoch = _logged_best(history)
     if best_value is not None:
-        best_epoch = history["epoch"][history["val_mIoU"].index(best_value)] + 1
         print(f"Best epoch {best_epoch}: val_mIoU {best_value:.4f} ({best_path})")
-    else:
-        best_epoch = None
 
     evaluated = best_path if args.eval_checkpoint == "best" and best_path.is_file() else \
         run_dir / "last_epoch.keras"

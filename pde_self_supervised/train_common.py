@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from nets.encoders import check_input_shape
+from nets.resnet50 import STAGE_NAMES, freeze_conv_stages
 from pde_self_supervised.dataloader_2img import (PairDataError, bad_images_message,
                                                  build_image_cache, cache_bytes,
                                                  check_all_present, drop_pairs_with,
@@ -108,7 +109,7 @@ def add_arguments(parser, spec):
     train.add_argument("--shared-towers", action="store_true",
                        help="one encoder for both images (original: two towers)")
     train.add_argument("--freeze-stages", nargs="+", default=[], metavar="STAGE",
-                       choices=("conv1", "res2", "res3", "res4", "res5"),
+                       choices=STAGE_NAMES,
                        help="keep the convolution kernels of these ResNet50 stages at their "
                             "initial values (batch norm still trains), e.g. conv1 res2 res3 "
                             "(default: none, as the original)")
@@ -284,14 +285,6 @@ def _callbacks(args, run):
     return callbacks
 
 
-def _freeze(model, args):
-    if getattr(args, "freeze_stages", None):
-        from nets.resnet50 import freeze_conv_stages
-
-        n = freeze_conv_stages(model, args.freeze_stages)
-        print(f"Froze the convolution kernels of {n} layers ({', '.join(args.freeze_stages)}).")
-
-
 def _compile(model, spec, args, optimizer=None):
     model.compile(optimizer=optimizer or spec.make_optimizer(args), loss=spec.make_loss(args),
                   metrics=list(spec.metrics), run_eagerly=args.run_eagerly,
@@ -369,12 +362,15 @@ def run(spec, args):
         if resume_from:
             # compile=True restores the optimizer with its state; compile again for XLA
             # and metrics as this run asks, keeping that optimizer.
+            # (The checkpoint keeps each layer's trainable flag: --freeze-stages holds.)
             model = keras.models.load_model(resume_from, safe_mode=False)
-            _freeze(model, args)
             model = _compile(model, spec, args, optimizer=model.optimizer)
         else:
             model = spec.build_model(args)
-            _freeze(model, args)
+            if args.freeze_stages:
+                n = freeze_conv_stages(model, args.freeze_stages)
+                print(f"Froze the convolution kernels of {n} layers "
+                      f"({', '.join(args.freeze_stages)}).")
             model = _compile(model, spec, args)
         build_training_state(model, train_ds.element_spec)
     model.summary(line_length=110)
