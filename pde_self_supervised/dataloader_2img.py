@@ -195,8 +195,8 @@ def make_targets(y, kind, grades=DEFAULT_GRADES):
 
 def pair_dataset(x, y, image_dir, batch_size, kind="class", grades=DEFAULT_GRADES,
                  load_size=LOAD_SIZE, input_size=INPUT_SIZE, seed=0, training=True,
-                 steps_per_epoch=None, first_epoch=0, augment=True, skip_errors=False,
-                 cache=None, num_parallel_calls=tf.data.AUTOTUNE):
+                 steps_per_epoch=None, first_epoch=0, augment=True, colour_augment=True,
+                 skip_errors=False, cache=None, num_parallel_calls=tf.data.AUTOTUNE):
     """Build the ``tf.data`` pipeline for one split.
 
     ``training=True``: an endless stream, epoch after epoch from ``first_epoch``, each
@@ -205,6 +205,7 @@ def pair_dataset(x, y, image_dir, batch_size, kind="class", grades=DEFAULT_GRADE
     than one pass), for ``fit(..., steps_per_epoch=...)``.
     ``training=False``: one pass in file order, the last batch possibly smaller, with
     the same augmentation every time it is iterated (a stable validation loss).
+    ``colour_augment=False`` augments by random crops and flips only.
     ``skip_errors`` drops pairs whose image fails to decode instead of stopping.
     ``cache`` (an :class:`ImageCache` holding every image of ``x``) replaces reading
     and decoding the files; ``load_size`` is then the cache's.
@@ -227,7 +228,7 @@ def pair_dataset(x, y, image_dir, batch_size, kind="class", grades=DEFAULT_GRADE
 
         def image(row, seed):
             return one_img(tf.io.read_file(tf.gather(paths, row)), seed, load_size, input_size,
-                           augment)
+                           augment, colour_augment)
     else:
         rows = np.array([cache.index[str(u)] for u in unique], np.int32)
         pair_ids = tf.constant(rows[inverse].reshape(n, 2))
@@ -236,7 +237,8 @@ def pair_dataset(x, y, image_dir, batch_size, kind="class", grades=DEFAULT_GRADE
         def image(row, seed):
             # A copy out of the NumPy array: the cache is never copied into the graph.
             pixels = tf.numpy_function(lambda r: cache.array[r], [row], tf.uint8, stateful=False)
-            return one_cached_img(tf.ensure_shape(pixels, shape), seed, input_size, augment)
+            return one_cached_img(tf.ensure_shape(pixels, shape), seed, input_size, augment,
+                                  colour_augment)
 
     targets = tf.constant(make_targets(y, kind, grades))
     base_seed = tf.constant([seed, 0 if training else 1], tf.int64)

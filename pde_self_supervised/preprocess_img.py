@@ -104,13 +104,14 @@ def random_apply(func, x, p, seed):
     return tf.cond(draw < p, lambda: func(x), lambda: x)
 
 
-def custom_augment(image, seed, input_size=INPUT_SIZE, load_size=None):
+def custom_augment(image, seed, input_size=INPUT_SIZE, load_size=None, colour=True):
     """Crop, flip, jitter (p 0.8), clip and grayscale (p 0.2) one image.
 
     ``image``: (H, W, 3), 0..255. With ``load_size`` it is any size and is resized to
     ``load_size`` on the way (the from-file path); without, it already has the load
     size. ``seed`` is a shape-(2,) int tensor: the same seed, the same result.
-    Returns float32 0..255 of ``input_size``.
+    ``colour=False`` stops after the crop and flips (the crops and flips are the same
+    as with it). Returns float32 0..255 of ``input_size``.
     """
     s = _seeds(seed)
     if load_size is None:
@@ -118,6 +119,8 @@ def custom_augment(image, seed, input_size=INPUT_SIZE, load_size=None):
     else:
         image = resize_crop(image, load_size, input_size, seed=s[2])
     image = random_flips(image, s[0:2])
+    if not colour:
+        return tf.clip_by_value(image, 0.0, 255.0)
     image = random_apply(lambda x: color_jitter(x, s[4:8]), image, JITTER_P, s[3])
     # Bicubic resizing overshoots 0..255 a little; clip whether or not jitter ran.
     image = tf.clip_by_value(image, 0.0, 255.0)
@@ -142,21 +145,22 @@ def load_image(data, load_size=LOAD_SIZE):
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
-def one_img(data, seed, load_size=LOAD_SIZE, input_size=INPUT_SIZE, augment=True):
+def one_img(data, seed, load_size=LOAD_SIZE, input_size=INPUT_SIZE, augment=True, colour=True):
     """Encoded image bytes -> a (h, w, 3) float32 network input in [-1, 1].
 
-    Without ``augment`` the load-size image is centre-cropped to the input size.
+    Without ``augment`` the load-size image is centre-cropped to the input size;
+    ``colour=False`` augments by crops and flips only.
     """
     image = decode_image(data)
     if augment:
-        image = custom_augment(image, seed, input_size, load_size)
+        image = custom_augment(image, seed, input_size, load_size, colour)
     else:
         image = tf.clip_by_value(resize_crop(image, load_size, input_size), 0.0, 255.0)
     return preprocess_input(image)
 
 
-def one_cached_img(image, seed, input_size=INPUT_SIZE, augment=True):
+def one_cached_img(image, seed, input_size=INPUT_SIZE, augment=True, colour=True):
     """A load-size uint8 image (from :func:`load_image`) -> network input in [-1, 1]."""
     if augment:
-        return preprocess_input(custom_augment(image, seed, input_size))
+        return preprocess_input(custom_augment(image, seed, input_size, colour=colour))
     return preprocess_input(crop(image, input_size))

@@ -81,6 +81,12 @@ def add_arguments(parser, spec):
                       help="size images are resized to before the crop (original: 432 768)")
     data.add_argument("--no-augment", action="store_true",
                       help="centre crop, no flips or colour changes (original: augment)")
+    data.add_argument("--crop-only", action="store_true",
+                      help="augment by random crops and flips only, without the colour jitter "
+                           "and grayscale (which hide the colours that tell the stages); with "
+                           "a load size twice the input size, each crop has the pixel scale "
+                           "of a U-Net trained at the load size; overrides --no-augment "
+                           "(original: colour too)")
     data.add_argument("--skip-bad-images", action="store_true",
                       help="leave out the pairs of unreadable images instead of stopping")
     data.add_argument("--cache-images", choices=("auto", "on", "off"), default="auto",
@@ -345,7 +351,8 @@ def run(spec, args):
 
     common = dict(kind=spec.kind, grades=getattr(args, "grades", None) or (1.0, 1.0, 0.0, 0.0),
                   load_size=tuple(args.load_size), input_size=tuple(args.input_shape),
-                  seed=args.seed, augment=not args.no_augment, skip_errors=args.skip_bad_images,
+                  seed=args.seed, augment=args.crop_only or not args.no_augment,
+                  colour_augment=not args.crop_only, skip_errors=args.skip_bad_images,
                   cache=cache)
     n_train = len(splits["train"][0])
     steps = args.steps_per_epoch or n_train // args.batch_size

@@ -153,6 +153,37 @@ def test_grayscale_and_jitter_are_random_per_image():
     assert all(0.0 <= o.min() and o.max() <= 255.0 for o in outs)
 
 
+def test_crop_only_augmentation_is_a_flipped_crop_of_the_unchanged_pixels():
+    # Every pixel unique: the output must be an exact window of the input, maybe flipped.
+    rows, cols = np.meshgrid(np.arange(48), np.arange(80), indexing="ij")
+    image = np.stack([rows * 5, cols * 3, np.full_like(rows, 7)], -1).astype(np.uint8)
+    windows = set()
+    for i in range(12):
+        out = preprocess_img.custom_augment(tf.constant(image), tf.constant([i, 0], tf.int64),
+                                            INPUT, colour=False).numpy()
+        out = out[::-1] if out[0, 0, 0] > out[-1, 0, 0] else out       # undo the flips
+        out = out[:, ::-1] if out[0, 0, 1] > out[0, -1, 1] else out
+        oy, ox = int(out[0, 0, 0]) // 5, int(out[0, 0, 1]) // 3
+        np.testing.assert_array_equal(out, image[oy:oy + INPUT[0], ox:ox + INPUT[1]])
+        windows.add((oy, ox))
+    assert len(windows) > 1                          # the crop is random per seed
+
+
+def test_crop_only_pairs_are_never_grayscale(noise):
+    folder, x, y = noise
+    cache = build_image_cache(x, folder, LOAD)
+
+    def gray_share(colour_augment):
+        ds = pair_dataset(x, y, folder, 12, cache=cache, input_size=INPUT, training=False,
+                          colour_augment=colour_augment)
+        images = np.concatenate([b["self_input" + k].numpy()
+                                 for b, _ in ds for k in "12"])
+        return np.mean([np.allclose(i[..., 0], i[..., 1]) for i in images])
+
+    assert gray_share(True) > 0          # 24 images, p = 0.2 each
+    assert gray_share(False) == 0
+
+
 def test_targets():
     np.testing.assert_array_equal(make_targets(np.array([2, 0]), "class"),
                                   [[0, 0, 1, 0], [1, 0, 0, 0]])
