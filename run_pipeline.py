@@ -36,7 +36,7 @@ from pipeline.steps import (Run, check_orchard_spec, join_argv, make_data,  # no
                             make_pairs, open_run, plain, preset_args, pretrain_encoder,
                             select_images, unet_argv)
 from utils.errors import MissingInput, UserError  # noqa: E402
-from utils.run import fresh_path  # noqa: E402
+from utils.run import fresh_path, has_optimizer_state  # noqa: E402
 from utils.utils import set_seed, write_json  # noqa: E402
 from utils.voc import image_path, read_split  # noqa: E402
 
@@ -358,18 +358,21 @@ def prune_checkpoints(run):
     U-Net. Returns the MB freed."""
     kept = Path(kept_unet(run)).resolve()
     freed = 0
-    if kept.name == "last_epoch.keras":      # the one checkpoint with optimizer state
+    # A finished phase's last_epoch.keras has no optimizer state; a run stopped early
+    # keeps it, and nothing resumes a finished run.
+    if kept.name == "last_epoch.keras" and has_optimizer_state(kept):
         freed = kept.stat().st_size - _drop_optimizer_state(kept)
     for path in run.dir.rglob("*.keras"):
         if path.resolve() != kept:
-            freed += path.stat().st_size
+            stat = path.stat()
+            freed += stat.st_size if stat.st_nlink == 1 else 0   # else a hard link goes
             path.unlink()
     return freed / 2**20
 
 
 def _drop_optimizer_state(path):
     """Rewrite a U-Net checkpoint without the optimizer state a resume point carries
-    (two thirds of ``last_epoch.keras``); nothing resumes a finished run. Returns its size."""
+    (two thirds of ``last_epoch.keras``). Returns its size."""
     import keras
 
     from utils.run import Run, checkpoint_epoch

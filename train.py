@@ -230,8 +230,8 @@ def main(argv=None):
     import keras
 
     from nets.unet import build_unet, get_encoder
-    from utils.callbacks import (EpochCheckpoint, EpochTimer, ExponentDecayScheduler,
-                                 MIoUCallback, ResumableEarlyStopping, validation_epochs)
+    from utils.callbacks import (EpochCheckpoint, EpochTimer, ExponentDecayScheduler, MeanIoU,
+                                 PerClassIoU, ResumableEarlyStopping, validation_epochs)
     from utils.dataloader import build_dataset, check_split, split_path
     from utils.optimizers import FusedAdam
     from utils.utils_metrics import f_score
@@ -331,21 +331,19 @@ def main(argv=None):
                                  seed=args.seed + phase.start,
                                  skip=(start - phase.start) * steps * phase.batch_size,
                                  skip_bad=args.skip_bad_images)
+        # One validation pass gives val_loss and val_mIoU: the mIoU leaves the letterbox
+        # bars out, val_loss keeps them as background, as the original.
         val_ds = build_dataset(args.voc_path, "val", (h, w), phase.batch_size, nc, False,
-                               names=val_names, num_workers=workers,
+                               names=val_names, num_workers=workers, mark_bars=True,
                                skip_bad=args.skip_bad_images)
-        # mIoU leaves the letterbox bars out (labelled "ignore"); val_loss keeps them as
-        # background, as the original.
-        miou_ds = build_dataset(args.voc_path, "val", (h, w), phase.batch_size, nc, False,
-                                names=val_names, num_workers=workers, label_fill=nc,
-                                skip_bad=args.skip_bad_images)
         if val_steps:
-            val_ds, miou_ds = val_ds.take(val_steps), miou_ds.take(val_steps)
+            val_ds = val_ds.take(val_steps)
 
         with strategy.scope():
             encoder.trainable = not phase.frozen
+            miou = MeanIoU(nc)
             model.compile(optimizer=FusedAdam(phase.lr), loss=loss,
-                          metrics=[f_score()], run_eagerly=args.run_eagerly,
+                          metrics=[f_score(), miou], run_eagerly=args.run_eagerly,
                           jit_compile=False if args.run_eagerly else jit_compile_default())
         n_frozen = sum(int(np.prod(v.shape)) for v in model.non_trainable_weights)
         print(f"{phase.name[0].upper() + phase.name[1:]} phase: epochs {start + 1}-{phase.end}, batch "
@@ -361,7 +359,7 @@ def main(argv=None):
             ExponentDecayScheduler(args.lr_decay, initial_lr=phase.lr, start_epoch=phase.start,
                                    verbose=1,
                                    warmup_steps=args.warmup_steps if phase.start == 0 else 0),
-            MIoUCallback(miou_ds, nc, period=args.val_period, last_epoch=phase.end),
+            PerClassIoU(miou),
             *record,
             ResumableEarlyStopping(previous=logged(log, "val_loss", phase.start, start),
                                    monitor="val_loss", min_delta=0,

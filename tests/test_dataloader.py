@@ -50,6 +50,21 @@ def test_letterbox_geometry_and_label_fill(voc):
     assert (filled[:8] == NC).all() and (filled[8:24] == label[8:24]).all()
 
 
+def test_marked_bars_are_background_for_the_loss_and_ignored_for_the_miou(voc):
+    plain, marked = (next(iter(build_dataset(voc, "val", (32, 32), 3, NC, train=False,
+                                             mark_bars=mark)))[1].numpy()
+                     for mark in (False, True))
+    # Photo "d" (40x20) fills rows 8..23; its bars are background in both, and flagged
+    # ignore (the last channel) only when marked; inside the photo nothing changes.
+    d = 0
+    np.testing.assert_array_equal(plain[d, :8, :, 0], 1)
+    np.testing.assert_array_equal(marked[d, :8, :, 0], 1)
+    np.testing.assert_array_equal(marked[d, :8, :, NC], 1)
+    np.testing.assert_array_equal(plain[d, :8, :, NC], 0)
+    np.testing.assert_array_equal(marked[d, 8:24], plain[d, 8:24])
+    np.testing.assert_array_equal(marked[..., :NC], plain[..., :NC])
+
+
 def test_values_above_class_count_become_ignore_and_are_counted(voc):
     png = voc / "VOC2007/SegmentationClass/a.png"
     mask = np.asarray(Image.open(png)).copy()

@@ -11,7 +11,7 @@ from PIL import Image
 import train
 from nets.encoders import build_encoder, weighted_layers
 from nets.unet import build_unet, get_encoder
-from utils.callbacks import MIoUCallback, ResumableEarlyStopping
+from utils.callbacks import MeanIoU, ResumableEarlyStopping
 from utils.run import checkpoint_epoch
 from utils.utils import set_seed
 from utils.utils_metrics import fast_hist, per_class_iu
@@ -87,7 +87,8 @@ def test_run_folder_history_and_test_metrics(run):
 
     history = result["history"]
     assert history["epoch"] == [0, 1]
-    assert {"loss", "val_loss", "f_score", "val_f_score", "val_mIoU", "learning_rate"} <= set(history)
+    assert {"loss", "val_loss", "f_score", "val_f_score", "mIoU", "val_mIoU",
+            "learning_rate"} <= set(history)
     # Each phase starts at its own rate (the x0.96 decay is per epoch within a phase).
     np.testing.assert_allclose(history["learning_rate"], [1e-4, 1e-5], rtol=1e-5)
     assert all(0 <= v <= 1 for v in history["val_mIoU"])
@@ -259,22 +260,47 @@ def test_train_split_smaller_than_batch_fails_before_any_run_folder(tmp_path):
     assert not (tmp_path / "logs").exists()
 
 
-def test_miou_callback_confusion_and_ignore():
+def test_mean_iou_metric_confusion_and_ignore():
     labels = np.array([0, 0, 1, 1, 2, 3])      # 3 = ignore for 3 classes
     preds = np.array([0, 1, 1, 1, 0, 2])
     hist = fast_hist(labels, preds, 3)
     np.testing.assert_array_equal(hist, [[1, 1, 0], [0, 2, 0], [1, 0, 0]])
     np.testing.assert_allclose(per_class_iu(hist), [1 / 3, 2 / 3, 0])
 
-    # Through the callback: the "model" passes probabilities through unchanged.
+    # The compiled metric on the same pixels, over two batches, plus a letterbox-bar
+    # pixel (background for the loss, flagged ignore): left out like the ignored one.
     probs = np.eye(3, dtype=np.float32)[preds].reshape(1, 2, 3, 3)
     targets = np.eye(4, dtype=np.float32)[labels].reshape(1, 2, 3, 4)
-    model = keras.Sequential([keras.Input((2, 3, 3)), keras.layers.Identity()])
-    callback = MIoUCallback([(probs, targets)], 3, verbose=0)
-    callback.set_model(model)
-    logs = {}
-    callback.on_epoch_end(0, logs)
-    assert logs["val_mIoU"] == pytest.approx(1 / 3)
+    bar_target = np.array([1, 0, 0, 1], np.float32).reshape(1, 1, 1, 4)
+    metric = MeanIoU(3)
+    metric.update_state(targets[:, :1], probs[:, :1])
+    metric.update_state(targets[:, 1:], probs[:, 1:])
+    metric.update_state(bar_target, np.eye(3, dtype=np.float32)[[2]].reshape(1, 1, 1, 3))
+    assert float(metric.result()) == pytest.approx(1 / 3)
+    np.testing.assert_allclose(metric.per_class(), [1 / 3, 2 / 3, 0])
+    metric.reset_state()
+    assert float(metric.result()) == 0.0
+
+
+def test_val_miou_and_its_per_class_line_come_from_the_validation_pass(capsys):
+    from nets.unet_training import CE
+    from utils.callbacks import PerClassIoU
+
+    rng = np.random.default_rng(0)
+    x, xv = (rng.random((n, 4, 4, 3)).astype("float32") for n in (8, 4))
+    y, yv = (np.eye(4, dtype="float32")[rng.integers(0, 4, (n, 4, 4))] for n in (8, 4))
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(3, 1, activation="softmax")])
+    metric = MeanIoU(3)
+    model.compile("sgd", loss=CE(np.ones(3)), metrics=[metric])
+    history = model.fit(x, y, validation_data=(xv, yv), epochs=2, batch_size=4, verbose=0,
+                        callbacks=[PerClassIoU(metric)])
+    labels = np.where(yv[..., 3] == 1, 3, yv[..., :3].argmax(-1))
+    expected = per_class_iu(fast_hist(labels, model.predict(xv, verbose=0).argmax(-1), 3))
+    assert history.history["val_mIoU"][-1] == pytest.approx(expected.mean(), abs=1e-6)
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert printed == (f"Epoch 2: val_mIoU {expected.mean():.4f} (per class "
+                       + " ".join(f"{v:.3f}" for v in expected) + ")")
 
 
 def test_early_stopping_counts_the_epochs_logged_before_a_resume():
@@ -344,6 +370,35 @@ def test_best_checkpoint_is_written_only_when_it_would_be_lost(tmp_path):
     checkpoint.on_train_end()
     assert kernel("best_epoch.keras") == 3.0 and checkpoint_epoch(best) == 4
     assert float(model.layers[0].kernel.numpy()[0, 0]) == 3.0      # the model keeps its weights
+
+
+def test_resume_points_carry_the_optimizer_state_only_inside_a_phase(tmp_path):
+    """Mid-phase, last_epoch.keras has Adam's moments; at the phase's end it has none
+    (the next phase starts a fresh optimizer) and is that epoch's named copy itself."""
+    from utils.callbacks import EpochCheckpoint
+    from utils.run import checkpoint_epoch, has_optimizer_state
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(), "mse")
+    model.fit(np.ones((4, 3)), np.ones((4, 1)), verbose=0)
+    checkpoint = EpochCheckpoint(tmp_path, filename="ep{epoch:03d}.keras", save_period=2,
+                                 verbose=0)
+    checkpoint.set_model(model)
+    checkpoint.set_params({"epochs": 2})
+    last = tmp_path / "last_epoch.keras"
+    checkpoint.on_epoch_end(0, {"loss": 1.0, "val_loss": 1.0, "val_mIoU": 0.5})
+    assert has_optimizer_state(last) and checkpoint_epoch(last) == 1
+    checkpoint.on_epoch_end(1, {"loss": 1.0, "val_loss": 1.0, "val_mIoU": 0.4})
+    assert not has_optimizer_state(last) and checkpoint_epoch(last) == 2
+    assert last.stat().st_ino == (tmp_path / "ep002.keras").stat().st_ino
+    # Without a named copy of the last epoch it is written, still without the moments.
+    other = tmp_path / "other"
+    other.mkdir()
+    checkpoint = EpochCheckpoint(other, save_period=0, verbose=0)
+    checkpoint.set_model(model)
+    checkpoint.set_params({"epochs": 1})
+    checkpoint.on_epoch_end(0, {"loss": 1.0})
+    assert not has_optimizer_state(other / "last_epoch.keras")
 
 
 def test_encoder_bn_batches_reestimates_a_frozen_encoders_statistics(tmp_path):

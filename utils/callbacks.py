@@ -1,5 +1,5 @@
-"""Training callbacks: learning-rate decay, validation mIoU, the per-epoch log and
-curves, resumable early stopping, checkpoints that survive a kill (all files through
+"""Training callbacks and the training-time mIoU metric: learning-rate decay,
+validation mIoU, the per-epoch log and curves, resumable early stopping, checkpoints that survive a kill (all files through
 :class:`utils.run.Run`)."""
 import math
 import os
@@ -10,7 +10,7 @@ import keras
 import numpy as np
 
 from utils.run import Run, logged
-from utils.utils_metrics import fast_hist, per_class_iu
+from utils.utils_metrics import per_class_iu
 
 
 def _get_lr(optimizer):
@@ -68,48 +68,63 @@ class ExponentDecayScheduler(keras.callbacks.Callback):
 
 
 
-class MIoUCallback(keras.callbacks.Callback):
-    """Mean IoU on a validation dataset after every epoch, logged as ``val_mIoU``.
+@keras.saving.register_keras_serializable(package="pde")
+class MeanIoU(keras.metrics.Metric):
+    """Mean IoU of the argmax prediction, by ``get_miou``'s rule, accumulated in a
+    confusion matrix over an epoch or a validation pass; compiled with the model, so
+    ``fit`` logs ``val_mIoU`` from its validation pass (no second pass over the photos).
 
-    ``dataset`` yields ``(images, one-hot targets)`` with the extra ignore channel, as
-    :func:`utils.dataloader.build_dataset`; ignored pixels are left out, and the IoU rule
-    is ``get_miou``'s (:mod:`utils.utils_metrics`). Put this
-    callback before checkpoints and loggers so they see the value.
+    ``y_true`` is one-hot with the extra last "ignore" channel
+    (:func:`utils.dataloader.build_dataset`); a pixel whose ignore channel is set is
+    left out, also when it carries a class for the loss, as the letterbox bars do with
+    ``mark_bars``. :meth:`per_class` gives the IoU of each class.
     """
 
-    def __init__(self, dataset, num_classes, name="val_mIoU", verbose=1, period=1,
-                 last_epoch=None):
-        super().__init__()
-        # Computed on epochs e (1-based) with e % period == 0 and on last_epoch, as the
-        # validation loss with fit(validation_freq=...).
-        self.period, self.last_epoch = period, last_epoch
-        self.dataset = dataset
-        self.num_classes = num_classes
-        self.name = name
-        self.verbose = verbose
-        self.history = []
+    def __init__(self, num_classes, name="mIoU", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = int(num_classes)
+        # float64 counts stay exact far beyond any split's pixel count.
+        self.confusion = self.add_variable(shape=(self.num_classes, self.num_classes),
+                                           initializer="zeros", dtype="float64",
+                                           name="confusion")
 
-    def compute(self):
-        n = self.num_classes
-        hist = np.zeros((n, n), np.int64)
-        for images, targets in self.dataset:
-            probs = self.model(images, training=False)
-            preds = np.argmax(keras.ops.convert_to_numpy(probs), axis=-1).reshape(-1)
-            labels = np.argmax(np.asarray(targets), axis=-1).reshape(-1)
-            hist += fast_hist(labels, preds, n)
-        iou = per_class_iu(hist)
-        return iou, float(np.nanmean(iou))
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        ops, n = keras.ops, self.num_classes
+        y_true = ops.cast(y_true, "float32")
+        valid = ops.cast(ops.equal(y_true[..., -1], 0.0), "float64")
+        index = ops.argmax(y_true[..., :-1], axis=-1) * n + ops.argmax(y_pred, axis=-1)
+        counts = ops.bincount(ops.reshape(ops.cast(index, "int32"), [-1]),
+                              weights=ops.reshape(valid, [-1]), minlength=n * n)
+        self.confusion.assign_add(ops.reshape(ops.cast(counts, "float64"), (n, n)))
+
+    def per_class(self):
+        """IoU per class (NumPy) from the counts so far (:func:`per_class_iu`)."""
+        return per_class_iu(keras.ops.convert_to_numpy(self.confusion))
+
+    def result(self):
+        ops, hist = keras.ops, self.confusion
+        tp = ops.diagonal(hist)
+        iou = tp / ops.maximum(ops.sum(hist, axis=0) + ops.sum(hist, axis=1) - tp, 1.0)
+        return ops.cast(ops.mean(iou), "float32")
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes}
+
+
+class PerClassIoU(keras.callbacks.Callback):
+    """Print the per-class IoU behind ``val_mIoU`` on the epochs that validated
+    (``fit`` leaves the compiled :class:`MeanIoU` holding the validation pass's counts
+    when the epoch ends)."""
+
+    def __init__(self, metric, name="val_mIoU"):
+        super().__init__()
+        self.metric, self.name = metric, name
 
     def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.period and epoch + 1 != self.last_epoch:
-            return
-        iou, miou = self.compute()
-        self.history.append(miou)
-        if logs is not None:
-            logs[self.name] = miou
-        if self.verbose:
-            per_class = " ".join(f"{v:.3f}" for v in iou)
-            print(f"Epoch {epoch + 1}: {self.name} {miou:.4f} (per class {per_class})")
+        if logs and self.name in logs:
+            per_class = " ".join(f"{v:.3f}" for v in self.metric.per_class())
+            print(f"Epoch {epoch + 1}: {self.name} {float(logs[self.name]):.4f} "
+                  f"(per class {per_class})")
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -296,7 +311,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
     """The U-Net's checkpoints: ``last_epoch.keras`` (the resume point, with the
     optimizer state) after every validated epoch, ``best_epoch.keras`` (best
     ``monitor``) and every ``save_period`` epochs a named copy, both without optimizer
-    state.
+    state. At the end of a phase ``last_epoch.keras`` has no optimizer state either
+    (a hard link to that epoch's named copy when there is one): the next phase starts
+    a fresh optimizer, and a finished run is not extended (its epochs cannot change
+    on a resume), so the Adam moments would be written for nothing.
 
     The named copy is ``filename`` formatted with ``epoch`` (1-based) and the logs,
     e.g. ``ep{epoch:03d}-loss{loss:.3f}-val_loss{val_loss:.3f}.keras`` as the original,
@@ -368,8 +386,13 @@ class EpochCheckpoint(keras.callbacks.Callback):
         if "val_loss" in logs or epoch + 1 == end or self.model.stop_training:
             if self._pending is not None and self.best_epoch != epoch + 1:
                 self.write_best()       # last_epoch.keras is about to lose these weights
-            self.run.save_model(self.model, "last_epoch.keras", epoch + 1,
-                                include_optimizer=True)
+            if epoch + 1 != end:
+                self.run.save_model(self.model, "last_epoch.keras", epoch + 1,
+                                    include_optimizer=True)
+            elif plain is not None:     # the same weights, already written
+                _link(self.run, plain, "last_epoch.keras")
+            else:
+                self.run.save_model(self.model, "last_epoch.keras", epoch + 1)
         elif self._pending is not None and self.best_epoch == epoch + 1:
             self.write_best()           # a best epoch no last_epoch.keras will hold
 

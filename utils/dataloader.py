@@ -20,6 +20,8 @@ from utils.utils import cvtColor, preprocess_input, resize_image
 from utils.voc import (SKIP_HINT, check_files, check_images, image_path, label_path,  # noqa: F401
                        read_split, split_path)
 
+# The letterbox bars' label with ``mark_bars`` (masks hold 0..num_classes after reading).
+BAR_LABEL = 255
 MASK_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")
 
 
@@ -164,7 +166,7 @@ def load_sample(voc_path, name, input_shape, num_classes, train, rng=None, label
 
 
 def build_dataset(voc_path, split, input_shape, batch_size, num_classes, train,
-                  names=None, num_workers=None, seed=None, repeat=None, label_fill=0, skip=0,
+                  names=None, num_workers=None, seed=None, repeat=None, mark_bars=False, skip=0,
                   skip_bad=False):
     """``tf.data`` pipeline of batches ``(images, one-hot targets)``.
 
@@ -173,6 +175,9 @@ def build_dataset(voc_path, split, input_shape, batch_size, num_classes, train,
     file order, letterbox, every image once. ``num_workers`` parallel loaders
     (None = tf.data autotune). ``names`` skips re-reading and re-checking the split.
     ``skip`` samples of the stream are passed over unread (a resumed run).
+    ``mark_bars`` (validation): the letterbox bars are background for the loss, as in
+    the original, and also flagged in the ignore channel, so the mIoU leaves them out
+    (:class:`utils.callbacks.MeanIoU`); the losses drop that channel.
 
     A sample that cannot be read fails the pipeline with an error naming the file
     (:data:`utils.errors.BAD_RECORD_MARK`), or with ``skip_bad`` is dropped with a
@@ -190,7 +195,7 @@ def build_dataset(voc_path, split, input_shape, batch_size, num_classes, train,
         name = name.decode("utf8")
         try:
             image, label = load_sample(voc_path, name, input_shape, num_classes, train,
-                                       rng=rng, label_fill=label_fill)
+                                       rng=rng, label_fill=BAR_LABEL if mark_bars else 0)
             return image, label, b""
         # A Python exception raised inside tf.numpy_function under a parallel map can
         # leave tf.data threads blocked at interpreter exit (the run hung after its
@@ -218,7 +223,12 @@ def build_dataset(voc_path, split, input_shape, batch_size, num_classes, train,
                                         [tf.strings.join([BAD_RECORD_MARK, error])])
             with tf.control_dependencies([check]):
                 image = tf.identity(image)
-        return image, tf.one_hot(tf.cast(label, tf.int32), num_classes + 1, dtype=tf.float32), error
+        target = tf.one_hot(tf.cast(label, tf.int32), num_classes + 1, dtype=tf.float32)
+        if mark_bars:       # BAR_LABEL is past the one-hot depth: all zeros until here
+            bar = tf.cast(tf.equal(label, BAR_LABEL), tf.float32)[..., None]
+            target += bar * (tf.one_hot(0, num_classes + 1) + tf.one_hot(num_classes,
+                                                                         num_classes + 1))
+        return image, target, error
 
     ds = tf.data.Dataset.from_tensor_slices(list(names))
     if train:

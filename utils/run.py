@@ -154,6 +154,16 @@ def checkpoint_epoch(path, legacy=None):
         return None
 
 
+def has_optimizer_state(path):
+    """Whether a ``.keras`` checkpoint carries optimizer variables (a resume point)."""
+    import h5py
+
+    # The zip stores its members uncompressed: h5py reads the few blocks it needs.
+    with zipfile.ZipFile(path) as z, z.open("model.weights.h5") as weights, \
+            h5py.File(weights, "r") as f:
+        return len(f.get("optimizer/vars", ())) > 0
+
+
 def newest_checkpoint(paths, legacy=lambda path: None):
     """``(path, epochs)`` of the complete checkpoint holding the most epochs, or
     ``(None, 0)``; cut-off files are passed over. ``legacy(path)``: the epoch of a file

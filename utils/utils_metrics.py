@@ -4,7 +4,7 @@ Training-time metrics on tensors (``Iou_score``, ``f_score``, thresholded, as th
 original logs them in ``fit``) and the evaluation on a confusion matrix
 (``fast_hist``, ``per_class_iu``, ``per_class_PA_Recall``, ``per_class_Precision``,
 ``per_Accuracy``, ``compute_mIoU``, ``show_results``), used by ``get_miou.py``, the
-training-time ``val_mIoU`` (``utils.callbacks.MIoUCallback``) and the benchmarks.
+training-time ``val_mIoU`` (``utils.callbacks.MeanIoU``) and the benchmarks.
 
 The rule for a class that never appears (no label and no predicted pixel): its IoU,
 recall and precision are 0, not NaN, because each denominator is clamped to 1 as in
