@@ -96,6 +96,12 @@ def parse_args(argv=None):
                    help="validation loss, val_mIoU and last_epoch.keras every N epochs and "
                         "on the last epoch of each phase (original: 1, every epoch); early "
                         "stopping then counts validated epochs")
+    p.add_argument("--resume-period-min", type=float, default=0, metavar="M",
+                   help="write the resume point last_epoch.keras (with the optimizer state) "
+                        "at a validated epoch only when M minutes of training have passed "
+                        "since the previous one, so a kill loses at most about M minutes; "
+                        "the end of each phase always writes it (default 0: at every "
+                        "validated epoch)")
     p.add_argument("--num-workers", type=int, default=7,
                    help="parallel image loaders; 0 = let tf.data choose (original: 7)")
     p.add_argument("--steps-per-epoch", type=int, default=None,
@@ -307,7 +313,8 @@ def main(argv=None):
         print(f"Re-estimated the encoder's batch-norm statistics from {used} training batches.")
 
     logged_best, best_epoch = _logged_best(log)
-    checkpoint = EpochCheckpoint(run, best=logged_best, save_period=args.save_period)
+    checkpoint = EpochCheckpoint(run, best=logged_best, save_period=args.save_period,
+                                 resume_period_s=60 * args.resume_period_min)
     # The best epoch may be the one last_epoch.keras holds and best_epoch.keras never
     # got (it is written lazily): the weights just loaded are then the best.
     if (resume_epoch is not None and best_epoch == resume_epoch

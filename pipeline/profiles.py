@@ -98,13 +98,17 @@ PROFILES = {
         # A linear warm-up over the first epoch's 7 steps: on seed 13 one full Adam step
         # at 1e-3 saturated the softmax (probabilities 0 and 1, where the losses' clip
         # passes no gradient) and both rows stayed at background only for 30 epochs.
+        # Resume points (last_epoch.keras with Adam's moments, 2-3 s each) at most every
+        # 10 minutes: a demo U-Net trains for 1-4 minutes, so a kill costs at most that U-Net
+        # (run_pipeline.py --resume skips the finished steps), and the frozen one writes
+        # no mid-phase resume points.
         # Class weights 1 6 1.5 3 7: the square roots of the inverse pixel shares of the
         # demo's photos (background 62 %, fruit 1.7 %, leaf 29 %, trunk 6 %, flower 1.2 %),
         # rounded. Without them the frozen U-Nets never predicted flower (test IoU 0,
         # seed 11); with them flower 0.097 at the same mIoU (0.3420 vs 0.3419).
         unet=dict(input_shape=(64, 128), freeze_batch_size=8, unfreeze_batch_size=8,
                   freeze_lr=1e-3, warmup_steps=7, mixed_precision=True, encoder_bn_batches=7,
-                  val_period=10, cls_weights=(1, 6, 1.5, 3, 7)),
+                  val_period=10, cls_weights=(1, 6, 1.5, 3, 7), resume_period_min=10),
         # The frozen row stops after its frozen phase: 5 more frozen epochs at the
         # unfrozen phase's lr 1e-5 moved its val_mIoU by less than 0.003 (0.3436 -> 0.3415)
         # and cost 40 s a row.

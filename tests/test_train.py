@@ -401,6 +401,27 @@ def test_resume_points_carry_the_optimizer_state_only_inside_a_phase(tmp_path):
     assert not has_optimizer_state(other / "last_epoch.keras")
 
 
+def test_resume_period_skips_mid_phase_resume_points_but_never_a_best_epoch(tmp_path):
+    from utils.callbacks import EpochCheckpoint
+    from utils.run import checkpoint_epoch
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    checkpoint = EpochCheckpoint(tmp_path, save_period=0, verbose=0, resume_period_s=3600)
+    checkpoint.set_model(model)
+    checkpoint.set_params({"epochs": 3})
+    checkpoint.on_train_begin()
+    for epoch, miou in enumerate((0.5, 0.3, 0.4)):
+        model.layers[0].kernel.assign(np.full((3, 1), float(epoch), np.float32))
+        checkpoint.on_epoch_end(epoch, {"loss": 1.0, "val_loss": 1.0, "val_mIoU": miou})
+        written = sorted(p.name for p in tmp_path.iterdir())
+        # Mid-phase nothing is written: a kill replays from the start, best included.
+        assert written == ([] if epoch < 2 else ["best_epoch.keras", "last_epoch.keras"])
+    best = keras.models.load_model(tmp_path / "best_epoch.keras")
+    assert float(best.layers[0].kernel.numpy()[0, 0]) == 0.0
+    assert checkpoint_epoch(tmp_path / "best_epoch.keras") == 1
+    assert checkpoint_epoch(tmp_path / "last_epoch.keras") == 3
+
+
 def test_encoder_bn_batches_reestimates_a_frozen_encoders_statistics(tmp_path):
     # A random ResNet50 encoder starts with moving mean 0 / variance 1 in every batch norm;
     # a frozen phase leaves them as they are, so anything else in the saved U-Net comes

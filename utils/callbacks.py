@@ -319,20 +319,24 @@ class EpochCheckpoint(keras.callbacks.Callback):
     The named copy is ``filename`` formatted with ``epoch`` (1-based) and the logs,
     e.g. ``ep{epoch:03d}-loss{loss:.3f}-val_loss{val_loss:.3f}.keras`` as the original,
     which kept one per epoch (``save_period=1``); ``save_period=0`` keeps none.
-    ``last_epoch.keras`` is written when the epoch validated (``val_loss`` in the logs),
-    at the end of the phase and when training stops; ``best`` carries over from a
-    resumed run. Put it after the log and early stopping: the log row comes first.
+    ``last_epoch.keras`` is written when the epoch validated (``val_loss`` in the logs)
+    and ``resume_period_s`` seconds have passed since it was last written (0: at every
+    validated epoch), at the end of the phase and when training stops; ``best`` carries
+    over from a resumed run. Put it after the log and early stopping: the log row comes first.
 
     A new best is kept in memory and ``best_epoch.keras`` written only when it would
-    otherwise be lost: before ``last_epoch.keras`` (which holds the same weights, written
-    at the same validated epoch) moves on to a later epoch, and at the end of training.
-    While a U-Net still improves at every validated epoch this halves the writes (each
-    2-6 s for the ResNet50 U-Net on a CPU), and a kill loses no best epoch: a resume
-    from ``last_epoch.keras`` whose epoch is the logged best calls :meth:`keep_best`.
+    otherwise be lost: before ``last_epoch.keras`` (which holds the same weights when
+    written at the same validated epoch) moves on to a later epoch, and at the end of
+    training. While a U-Net still improves at every validated epoch this halves the
+    writes (each 2-6 s for the ResNet50 U-Net on a CPU), and a kill loses no best epoch:
+    a best after the newest resume point is trained again by the resumed run (which
+    starts there and forgets the later log rows), and a resume from
+    ``last_epoch.keras`` whose epoch is the logged best calls :meth:`keep_best`.
     """
 
     def __init__(self, run, filename="ep{epoch:03d}-loss{loss:.3f}-val_loss{val_loss:.3f}.keras",
-                 monitor="val_mIoU", mode="max", best=None, verbose=1, save_period=1):
+                 monitor="val_mIoU", mode="max", best=None, verbose=1, save_period=1,
+                 resume_period_s=0.0):
         super().__init__()
         if save_period < 0:
             raise ValueError(f"save_period must be 0 or more, not {save_period}")
@@ -345,6 +349,12 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.best_epoch = None
         self.verbose = verbose
         self._pending = None        # the best epoch's weights, not yet in best_epoch.keras
+        self.resume_period_s = resume_period_s
+        self._resume_written = None  # time.monotonic() of the last resume point (or start)
+
+    def on_train_begin(self, logs=None):
+        if self._resume_written is None:
+            self._resume_written = time.monotonic()
 
     def keep_best(self, model, epoch):
         """``model``'s weights now are the best ones, of ``epoch``; written when needed."""
@@ -383,7 +393,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
             else:
                 self.keep_best(self.model, epoch + 1)
         end = (self.params or {}).get("epochs")
-        if "val_loss" in logs or epoch + 1 == end or self.model.stop_training:
+        due = time.monotonic() - (self._resume_written or 0.0) >= self.resume_period_s
+        if (("val_loss" in logs and due) or epoch + 1 == end
+                or getattr(self.model, "stop_training", False)):
+            self._resume_written = time.monotonic()
             if self._pending is not None and self.best_epoch != epoch + 1:
                 self.write_best()       # last_epoch.keras is about to lose these weights
             if epoch + 1 != end:
@@ -393,8 +406,6 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 _link(self.run, plain, "last_epoch.keras")
             else:
                 self.run.save_model(self.model, "last_epoch.keras", epoch + 1)
-        elif self._pending is not None and self.best_epoch == epoch + 1:
-            self.write_best()           # a best epoch no last_epoch.keras will hold
 
     def on_train_end(self, logs=None):
         self.write_best()
