@@ -358,8 +358,8 @@ def prune_checkpoints(run):
     U-Net. Returns the MB freed."""
     kept = Path(kept_unet(run)).resolve()
     freed = 0
-    # A finished phase's last_epoch.keras has no optimizer state; a run stopped early
-    # keeps it, and nothing resumes a finished run.
+    # The U-Net's last_epoch.keras keeps Adam's moments for a longer resume; nothing
+    # resumes the pipeline's finished U-Nets.
     if kept.name == "last_epoch.keras" and has_optimizer_state(kept):
         freed = kept.stat().st_size - _drop_optimizer_state(kept)
     for path in run.dir.rglob("*.keras"):

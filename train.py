@@ -29,7 +29,7 @@ from utils.utils import (NAME_CLASSES, add_common_training_args, jit_compile_def
 
 # Options a resumed run may change: when it stops, what it evaluates, how it reports.
 RESUME_MAY_CHANGE = ("unfreeze_epoch", "early_stopping_patience", "save_period", "val_period",
-                     "eval_split", "eval_checkpoint")
+                     "resume_period_min", "eval_split", "eval_checkpoint")
 
 
 def parse_args(argv=None):
@@ -362,6 +362,7 @@ def main(argv=None):
             # to this phase's optimizer.
             model.optimizer.build(model.trainable_variables)
             model.load_weights(str(last))
+        checkpoint.last_phase = phase is phases[-1]
         callbacks = [
             ExponentDecayScheduler(args.lr_decay, initial_lr=phase.lr, start_epoch=phase.start,
                                    verbose=1,

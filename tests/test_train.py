@@ -372,9 +372,10 @@ def test_best_checkpoint_is_written_only_when_it_would_be_lost(tmp_path):
     assert float(model.layers[0].kernel.numpy()[0, 0]) == 3.0      # the model keeps its weights
 
 
-def test_resume_points_carry_the_optimizer_state_only_inside_a_phase(tmp_path):
-    """Mid-phase, last_epoch.keras has Adam's moments; at the phase's end it has none
-    (the next phase starts a fresh optimizer) and is that epoch's named copy itself."""
+def test_resume_points_carry_the_optimizer_state_only_where_it_is_used(tmp_path):
+    """Mid-phase, last_epoch.keras has Adam's moments; at the end of a phase that another
+    follows it has none (the next phase starts a fresh optimizer) and is that epoch's
+    named copy itself; at the end of the last phase it keeps them (a longer resume)."""
     from utils.callbacks import EpochCheckpoint
     from utils.run import checkpoint_epoch, has_optimizer_state
 
@@ -385,20 +386,24 @@ def test_resume_points_carry_the_optimizer_state_only_inside_a_phase(tmp_path):
                                  verbose=0)
     checkpoint.set_model(model)
     checkpoint.set_params({"epochs": 2})
+    checkpoint.last_phase = False
     last = tmp_path / "last_epoch.keras"
     checkpoint.on_epoch_end(0, {"loss": 1.0, "val_loss": 1.0, "val_mIoU": 0.5})
     assert has_optimizer_state(last) and checkpoint_epoch(last) == 1
     checkpoint.on_epoch_end(1, {"loss": 1.0, "val_loss": 1.0, "val_mIoU": 0.4})
     assert not has_optimizer_state(last) and checkpoint_epoch(last) == 2
     assert last.stat().st_ino == (tmp_path / "ep002.keras").stat().st_ino
-    # Without a named copy of the last epoch it is written, still without the moments.
-    other = tmp_path / "other"
-    other.mkdir()
-    checkpoint = EpochCheckpoint(other, save_period=0, verbose=0)
-    checkpoint.set_model(model)
-    checkpoint.set_params({"epochs": 1})
-    checkpoint.on_epoch_end(0, {"loss": 1.0})
-    assert not has_optimizer_state(other / "last_epoch.keras")
+    # Without a named copy of the epoch it is written, still without the moments; the
+    # last phase's end keeps them.
+    for last_phase in (False, True):
+        other = tmp_path / f"other{last_phase}"
+        other.mkdir()
+        checkpoint = EpochCheckpoint(other, save_period=0, verbose=0)
+        checkpoint.set_model(model)
+        checkpoint.set_params({"epochs": 1})
+        checkpoint.last_phase = last_phase
+        checkpoint.on_epoch_end(0, {"loss": 1.0})
+        assert has_optimizer_state(other / "last_epoch.keras") == last_phase
 
 
 def test_resume_period_skips_mid_phase_resume_points_but_never_a_best_epoch(tmp_path):

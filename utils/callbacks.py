@@ -311,10 +311,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
     """The U-Net's checkpoints: ``last_epoch.keras`` (the resume point, with the
     optimizer state) after every validated epoch, ``best_epoch.keras`` (best
     ``monitor``) and every ``save_period`` epochs a named copy, both without optimizer
-    state. At the end of a phase ``last_epoch.keras`` has no optimizer state either
-    (a hard link to that epoch's named copy when there is one): the next phase starts
-    a fresh optimizer, and a finished run is not extended (its epochs cannot change
-    on a resume), so the Adam moments would be written for nothing.
+    state. At the end of a phase that another one follows (``last_phase = False``, set
+    by the trainer) ``last_epoch.keras`` has no optimizer state either, and is a hard
+    link to that epoch's named copy when there is one: the next phase starts a fresh
+    optimizer. The last phase keeps it: a resume with more epochs continues it exactly.
 
     The named copy is ``filename`` formatted with ``epoch`` (1-based) and the logs,
     e.g. ``ep{epoch:03d}-loss{loss:.3f}-val_loss{val_loss:.3f}.keras`` as the original,
@@ -350,6 +350,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.verbose = verbose
         self._pending = None        # the best epoch's weights, not yet in best_epoch.keras
         self.resume_period_s = resume_period_s
+        self.last_phase = True
         self._resume_written = None  # time.monotonic() of the last resume point (or start)
 
     def on_train_begin(self, logs=None):
@@ -399,7 +400,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
             self._resume_written = time.monotonic()
             if self._pending is not None and self.best_epoch != epoch + 1:
                 self.write_best()       # last_epoch.keras is about to lose these weights
-            if epoch + 1 != end:
+            if epoch + 1 != end or self.last_phase:
                 self.run.save_model(self.model, "last_epoch.keras", epoch + 1,
                                     include_optimizer=True)
             elif plain is not None:     # the same weights, already written
