@@ -1,6 +1,6 @@
 """Training callbacks and the training-time mIoU metric: learning-rate decay,
-validation mIoU, the per-epoch log and curves, resumable early stopping, checkpoints that survive a kill (all files through
-:class:`utils.run.Run`)."""
+validation mIoU, the per-epoch log and curves, resumable early stopping, checkpoints
+that survive a kill (all files through :class:`utils.run.Run`)."""
 import math
 import os
 import shutil
@@ -322,7 +322,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
     ``last_epoch.keras`` is written when the epoch validated (``val_loss`` in the logs)
     and ``resume_period_s`` seconds have passed since it was last written (0: at every
     validated epoch), at the end of the phase and when training stops; ``best`` carries
-    over from a resumed run. Put it after the log and early stopping: the log row comes first.
+    over from a resumed run. Put it after the log and early stopping: the log row comes
+    first.
 
     A new best is kept in memory and ``best_epoch.keras`` written only when it would
     otherwise be lost: before ``last_epoch.keras`` (which holds the same weights when
