@@ -36,7 +36,7 @@ from pipeline.steps import (Run, check_orchard_spec, join_argv, make_data,  # no
                             make_pairs, open_run, plain, preset_args, pretrain_encoder,
                             select_images, unet_argv)
 from utils.errors import MissingInput, UserError  # noqa: E402
-from utils.run import fresh_path, has_optimizer_state  # noqa: E402
+from utils.run import checkpoint_epoch, fresh_path, has_optimizer_state  # noqa: E402
 from utils.utils import set_seed, write_json  # noqa: E402
 from utils.voc import image_path, read_split  # noqa: E402
 
@@ -358,10 +358,8 @@ def prune_checkpoints(run):
     U-Net. Returns the MB freed."""
     kept = Path(kept_unet(run)).resolve()
     freed = 0
-    # The U-Net's last_epoch.keras keeps Adam's moments for a longer resume; nothing
-    # resumes the pipeline's finished U-Nets.
-    if kept.name == "last_epoch.keras" and has_optimizer_state(kept):
-        freed = kept.stat().st_size - _drop_optimizer_state(kept)
+    if kept.name == "last_epoch.keras":
+        freed = _strip_resume_state(kept)
     for path in run.dir.rglob("*.keras"):
         if path.resolve() != kept:
             stat = path.stat()
@@ -370,12 +368,29 @@ def prune_checkpoints(run):
     return freed / 2**20
 
 
+def _strip_resume_state(path):
+    """Leave ``path`` (a U-Net's last_epoch.keras, which keeps Adam's moments for a
+    longer resume) without its optimizer state: nothing resumes the pipeline's finished
+    U-Nets. A named or best copy of the same epoch holds the same weights without it and
+    takes its place; else it is rewritten. Returns the bytes freed."""
+    if not has_optimizer_state(path):
+        return 0
+    epoch = checkpoint_epoch(path)
+    twin = next((p for p in sorted(path.parent.glob("*.keras")) if p != path
+                 and checkpoint_epoch(p) == epoch and not has_optimizer_state(p)), None)
+    size = path.stat().st_size
+    if twin is None:
+        return size - _drop_optimizer_state(path)
+    os.replace(twin, path)
+    return size
+
+
 def _drop_optimizer_state(path):
     """Rewrite a U-Net checkpoint without the optimizer state a resume point carries
     (two thirds of ``last_epoch.keras``). Returns its size."""
     import keras
 
-    from utils.run import Run, checkpoint_epoch
+    from utils.run import Run
 
     model = keras.models.load_model(path, compile=False)
     Run(path.parent).save_model(model, path.name, checkpoint_epoch(path) or 0)

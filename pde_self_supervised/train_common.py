@@ -35,8 +35,9 @@ CHECKPOINT_PATTERN = "ep{epoch:03d}-loss{loss:.3f}-val_loss{val_loss:.3f}.keras"
 CHECKPOINT_RE = re.compile(r"^ep(\d+)-.*\.keras$")
 SPLITS = ("train", "val", "test")
 # Options a resumed run may change; the others come from the run's args.json.
-RESUME_MAY_CHANGE = ("epochs", "steps_per_epoch", "keep_checkpoints", "validation_steps", "cache_images",
-                     "cache_mb", "test_batch_size", "skip_bad_images")
+RESUME_MAY_CHANGE = ("epochs", "steps_per_epoch", "keep_checkpoints", "resume_period_min",
+                     "validation_steps", "cache_images", "cache_mb", "test_batch_size",
+                     "skip_bad_images")
 
 
 @dataclasses.dataclass
@@ -124,6 +125,11 @@ def add_arguments(parser, spec):
                        help="keep only the N newest checkpoints this command wrote (0 = "
                             "all, as the original). A checkpoint holds the weights and the "
                             "optimizer state: about 4.2 GB at 288x512 with --pool flatten")
+    train.add_argument("--resume-period-min", type=float, default=0, metavar="M",
+                       help="write an epoch's checkpoint (the resume point) only when M "
+                            "minutes of training have passed since the previous one, so a "
+                            "kill loses at most about M minutes; the last epoch always "
+                            "writes one (default 0: every epoch, as the original)")
     train.add_argument("--run-eagerly", action="store_true",
                        help="debugging: run the train step eagerly (slow per step, but no "
                             "graph tracing)")
@@ -284,7 +290,7 @@ def _callbacks(args, run):
         *run.callbacks(),
         ResumableEarlyStopping(previous=logged(run.log(), "val_loss"), monitor="val_loss",
                                mode="min", min_delta=0.001, patience=3, verbose=1),
-        Checkpoint(run, CHECKPOINT_PATTERN),
+        Checkpoint(run, CHECKPOINT_PATTERN, period_s=60 * args.resume_period_min),
     ]
     if args.keep_checkpoints > 0:
         callbacks.append(PruneCheckpoints(args.keep_checkpoints))

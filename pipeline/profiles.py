@@ -85,7 +85,7 @@ PROFILES = {
                       test_batch_size=64, epochs=3, steps_per_epoch=100, pool="gap",
                       shared_towers=True, no_augment=True, learning_rate=1e-3,
                       precise_bn=20, validation_steps=5, keep_checkpoints=1,
-                      freeze_stages=("conv1", "res2", "res3")),
+                      resume_period_min=10, freeze_stages=("conv1", "res2", "res3")),
         # The PDE demo's input, batch, steps, learning rate and precise BN.
         images_pretrain=dict(input_shape=(32, 64), batch_size=32, epochs=3, steps_per_epoch=100,
                              pool="gap", learning_rate=1e-3, precise_bn=20),
@@ -105,9 +105,9 @@ PROFILES = {
         # at 1e-3 saturated the softmax (probabilities 0 and 1, where the losses' clip
         # passes no gradient) and both rows stayed at background only for 30 epochs.
         # Resume points (last_epoch.keras with Adam's moments, 2-3 s each) at most every
-        # 10 minutes: a demo U-Net trains for 1-4 minutes, so a kill costs at most that U-Net
-        # (run_pipeline.py --resume skips the finished steps), and the frozen one writes
-        # no mid-phase resume points.
+        # 10 minutes, here and in the pretraining: a demo model trains for 1-5 minutes, so
+        # a kill costs at most that model (run_pipeline.py --resume skips the finished
+        # steps), and none writes a mid-run resume point.
         # Class weights 1 6 1.5 3 7: the square roots of the inverse pixel shares of the
         # demo's photos (background 62 %, fruit 1.7 %, leaf 29 %, trunk 6 %, flower 1.2 %),
         # rounded. Without them the frozen U-Nets never predicted flower (test IoU 0,

@@ -214,6 +214,19 @@ def test_kept_resume_point_loses_its_optimizer_state_but_not_its_weights(tmp_pat
     for a, b in zip(model.weights, reloaded.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
+    # With a named copy of the same epoch beside it, that copy takes its place (no
+    # rewrite); a copy of another epoch does not.
+    run = Run(tmp_path / "twin")
+    run.dir.mkdir()
+    last = run.save_model(model, "last_epoch.keras", 7, include_optimizer=True)
+    other = run.save_model(model, "ep006.keras", 6)
+    twin = run.save_model(model, "ep007.keras", 7)
+    inode = twin.stat().st_ino
+    assert run_pipeline._strip_resume_state(last) > 0
+    assert last.stat().st_ino == inode and not twin.exists() and other.exists()
+    assert not has_optimizer_state(last) and checkpoint_epoch(last) == 7
+    assert run_pipeline._strip_resume_state(last) == 0
+
 
 def test_two_processes_finishing_steps_keep_each_others_records(tmp_path):
     # The random row's process and the main one share steps.json: each write re-reads it.

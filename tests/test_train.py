@@ -427,6 +427,28 @@ def test_resume_period_skips_mid_phase_resume_points_but_never_a_best_epoch(tmp_
     assert checkpoint_epoch(tmp_path / "last_epoch.keras") == 3
 
 
+def test_pretraining_checkpoint_period_in_seconds_always_keeps_the_last_epoch(tmp_path):
+    from utils.callbacks import Checkpoint
+    from utils.run import Run, checkpoint_epoch, has_optimizer_state
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(), "mse")
+    model.fit(np.ones((4, 3)), np.ones((4, 1)), verbose=0)
+    for period_s, expected in ((0, ["ep001.keras", "ep002.keras", "ep003.keras"]),
+                               (3600, ["ep003.keras"])):
+        run = Run(tmp_path / str(period_s))
+        run.dir.mkdir()
+        checkpoint = Checkpoint(run, "ep{epoch:03d}.keras", period_s=period_s)
+        checkpoint.set_model(model)
+        checkpoint.set_params({"epochs": 3})
+        checkpoint.on_train_begin()
+        for epoch in range(3):
+            checkpoint.on_epoch_end(epoch, {"loss": 1.0})
+        assert sorted(p.name for p in run.dir.glob("*.keras")) == expected
+        assert checkpoint_epoch(run.dir / "ep003.keras") == 3
+        assert has_optimizer_state(run.dir / "ep003.keras")
+
+
 def test_encoder_bn_batches_reestimates_a_frozen_encoders_statistics(tmp_path):
     # A random ResNet50 encoder starts with moving mean 0 / variance 1 in every batch norm;
     # a frozen phase leaves them as they are, so anything else in the saved U-Net comes

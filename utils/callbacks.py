@@ -416,17 +416,27 @@ class EpochCheckpoint(keras.callbacks.Callback):
 class Checkpoint(keras.callbacks.Callback):
     """Every ``period`` epochs and after the last one, save the model (``.keras``) or
     its weights (``.weights.h5``) with the optimizer state as ``filename`` (formatted
-    with the 1-based ``epoch`` and the logs): the files a resume starts from."""
+    with the 1-based ``epoch`` and the logs): the files a resume starts from. With
+    ``period_s``, an epoch before the last one is saved only when that many seconds
+    have passed since the previous save (or the start)."""
 
-    def __init__(self, run, filename, period=1):
+    def __init__(self, run, filename, period=1, period_s=0.0):
         super().__init__()
         self.run, self.filename, self.period = run, filename, max(1, int(period))
+        self.period_s, self._saved_at = period_s, None
         self.saved = []
+
+    def on_train_begin(self, logs=None):
+        if self._saved_at is None:
+            self._saved_at = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
         end = (self.params or {}).get("epochs")
-        if (epoch + 1) % self.period and epoch + 1 != end and not self.model.stop_training:
+        due = time.monotonic() - (self._saved_at or 0.0) >= self.period_s
+        if (((epoch + 1) % self.period or not due) and epoch + 1 != end
+                and not self.model.stop_training):
             return
+        self._saved_at = time.monotonic()
         name = self.filename.format(epoch=epoch + 1, **(logs or {}))
         (self.run.dir / name).parent.mkdir(parents=True, exist_ok=True)
         self.saved.append(self.run.save_model(self.model, name, epoch + 1,
