@@ -307,6 +307,24 @@ def _link(run, src, name):
     run.write(name, write)
 
 
+class _SaveClock:
+    """Whether ``period_s`` seconds have passed since the last resume point was written
+    (or since training began), for the checkpoint callbacks."""
+
+    def __init__(self, period_s):
+        self.period_s, self.since = period_s, None
+
+    def start(self):
+        if self.since is None:      # a later phase's fit keeps counting
+            self.since = time.monotonic()
+
+    def due(self):
+        return time.monotonic() - (self.since or 0.0) >= self.period_s
+
+    def saved(self):
+        self.since = time.monotonic()
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
     """The U-Net's checkpoints: ``last_epoch.keras`` (the resume point, with the
     optimizer state) after every validated epoch, ``best_epoch.keras`` (best
@@ -350,13 +368,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.best_epoch = None
         self.verbose = verbose
         self._pending = None        # the best epoch's weights, not yet in best_epoch.keras
-        self.resume_period_s = resume_period_s
         self.last_phase = True
-        self._resume_written = None  # time.monotonic() of the last resume point (or start)
+        self._clock = _SaveClock(resume_period_s)
 
     def on_train_begin(self, logs=None):
-        if self._resume_written is None:
-            self._resume_written = time.monotonic()
+        self._clock.start()
 
     def keep_best(self, model, epoch):
         """``model``'s weights now are the best ones, of ``epoch``; written when needed."""
@@ -395,10 +411,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
             else:
                 self.keep_best(self.model, epoch + 1)
         end = (self.params or {}).get("epochs")
-        due = time.monotonic() - (self._resume_written or 0.0) >= self.resume_period_s
-        if (("val_loss" in logs and due) or epoch + 1 == end
+        if (("val_loss" in logs and self._clock.due()) or epoch + 1 == end
                 or getattr(self.model, "stop_training", False)):
-            self._resume_written = time.monotonic()
+            self._clock.saved()
             if self._pending is not None and self.best_epoch != epoch + 1:
                 self.write_best()       # last_epoch.keras is about to lose these weights
             if epoch + 1 != end or self.last_phase:
@@ -423,20 +438,18 @@ class Checkpoint(keras.callbacks.Callback):
     def __init__(self, run, filename, period=1, period_s=0.0):
         super().__init__()
         self.run, self.filename, self.period = run, filename, max(1, int(period))
-        self.period_s, self._saved_at = period_s, None
+        self._clock = _SaveClock(period_s)
         self.saved = []
 
     def on_train_begin(self, logs=None):
-        if self._saved_at is None:
-            self._saved_at = time.monotonic()
+        self._clock.start()
 
     def on_epoch_end(self, epoch, logs=None):
         end = (self.params or {}).get("epochs")
-        due = time.monotonic() - (self._saved_at or 0.0) >= self.period_s
-        if (((epoch + 1) % self.period or not due) and epoch + 1 != end
+        if (((epoch + 1) % self.period or not self._clock.due()) and epoch + 1 != end
                 and not self.model.stop_training):
             return
-        self._saved_at = time.monotonic()
+        self._clock.saved()
         name = self.filename.format(epoch=epoch + 1, **(logs or {}))
         (self.run.dir / name).parent.mkdir(parents=True, exist_ok=True)
         self.saved.append(self.run.save_model(self.model, name, epoch + 1,
