@@ -1,11 +1,13 @@
 """Pieces the baseline training scripts share: optimiser, learning-rate schedule,
 steps, resume."""
+import functools
+
 import keras
 
-from utils.optimizers import FusedAdam
+from utils.optimizers import SCHEDULES, FusedAdam
+from utils.optimizers import learning_rate_schedule as _learning_rate_schedule
 
 OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("constant", "step", "cosine")
 # What a method without its own ``schedule`` trains with: the original's constant
 # Adam 1e-3. A method's ``schedule`` class attribute overrides any of these.
 SCHEDULE_DEFAULTS = {"learning_rate": 1e-3, "lr_schedule": "constant", "lr_decay": 1.0,
@@ -13,6 +15,9 @@ SCHEDULE_DEFAULTS = {"learning_rate": 1e-3, "lr_schedule": "constant", "lr_decay
 # CMID's authors warm up for 10 of their 400 epochs; a shorter run warms up for at most
 # this share of its steps, so a few-epoch run is not all warm-up.
 MAX_WARMUP_FRACTION = 10 / 400
+# :func:`utils.optimizers.learning_rate_schedule` with that cap.
+learning_rate_schedule = functools.partial(_learning_rate_schedule,
+                                           max_warmup_fraction=MAX_WARMUP_FRACTION)
 
 
 def epoch_steps(n_images, batch_size, cap=None):
@@ -34,39 +39,6 @@ def make_optimizer(name="adam", learning_rate=1e-3, weight_decay=0.0, momentum=0
         return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
                                     weight_decay=wd)
     raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
-
-
-def learning_rate_schedule(learning_rate, steps_per_epoch, epochs, lr_schedule="constant",
-                           lr_decay=1.0, lr_decay_epochs=1, warmup_epochs=0.0,
-                           min_learning_rate=0.0):
-    """What the optimiser's ``learning_rate`` is set to, per step:
-
-    * ``constant``: ``learning_rate`` throughout;
-    * ``step``: ``learning_rate * lr_decay ** (epoch // lr_decay_epochs)`` (CSCL: 0.975
-      every epoch; multitask: 0.95 every 2);
-    * ``cosine``: a linear warm-up from 1 % of ``learning_rate`` over ``warmup_epochs``
-      (at most :data:`MAX_WARMUP_FRACTION` of the run), then a cosine down to
-      ``min_learning_rate`` at the last step (CMID's authors).
-
-    Keras schedules read the optimiser's step count, which checkpoints keep, so a
-    resumed run continues the schedule where it stopped.
-    """
-    if lr_schedule not in SCHEDULES:
-        raise ValueError(f"unknown learning-rate schedule {lr_schedule!r}; choose from "
-                         f"{', '.join(SCHEDULES)}")
-    steps_per_epoch = max(1, int(steps_per_epoch))
-    if lr_schedule == "constant":
-        return learning_rate
-    if lr_schedule == "step":
-        return keras.optimizers.schedules.ExponentialDecay(
-            learning_rate, decay_steps=steps_per_epoch * max(1, int(lr_decay_epochs)),
-            decay_rate=lr_decay, staircase=True)
-    total = max(1, steps_per_epoch * int(epochs))
-    warmup = int(min(warmup_epochs * steps_per_epoch, MAX_WARMUP_FRACTION * total))
-    return keras.optimizers.schedules.CosineDecay(
-        learning_rate * 0.01 if warmup else learning_rate, decay_steps=max(1, total - warmup),
-        alpha=min_learning_rate / learning_rate, warmup_target=learning_rate if warmup else None,
-        warmup_steps=warmup)
 
 
 CHECKPOINT = "checkpoints/ep{epoch:03d}-loss{loss:.4f}.weights.h5"

@@ -27,10 +27,10 @@ def build_model(args):
                            shared_towers=args.shared_towers, distance=args.distance)
 
 
-def make_optimizer(args):
+def make_optimizer(learning_rate):
     import keras
 
-    return keras.optimizers.RMSprop(learning_rate=args.learning_rate)
+    return keras.optimizers.RMSprop(learning_rate=learning_rate)
 
 
 def make_loss(args):

@@ -25,10 +25,10 @@ def build_model(args):
     return self_sup_resnet((*args.input_shape, 3), pool=args.pool, shared_towers=args.shared_towers)
 
 
-def make_optimizer(args):
+def make_optimizer(learning_rate):
     from utils.optimizers import FusedAdam
 
-    return FusedAdam(learning_rate=args.learning_rate)
+    return FusedAdam(learning_rate=learning_rate)
 
 
 SPEC = train_common.MethodSpec(

@@ -46,7 +46,7 @@ class MethodSpec:
     run_name: str                      # run folder prefix, e.g. "pde_class"
     kind: str                          # "class" or "grading": the targets
     build_model: Callable              # args -> keras.Model
-    make_optimizer: Callable           # args -> keras optimizer
+    make_optimizer: Callable           # learning rate (number or schedule) -> optimizer
     make_loss: Callable                # args -> loss
     metrics: list
     epochs: int
@@ -109,7 +109,16 @@ def add_arguments(parser, spec):
     train.add_argument("--validation-steps", type=int, default=None,
                        help="cap on validation steps per epoch (default: the whole split)")
     train.add_argument("--learning-rate", type=float, default=1e-3,
-                       help="(original: the Keras default, 0.001)")
+                       help="(peak) learning rate (original: the Keras default, 0.001)")
+    train.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                       help="constant (original), or cosine: a linear warm-up from 1 %% of "
+                            "the rate over --warmup-epochs, then a cosine down to "
+                            "--min-learning-rate at the last step of --epochs")
+    train.add_argument("--warmup-epochs", type=float, default=0.0,
+                       help="cosine schedule's warm-up, in epochs; fractions allowed "
+                            "(default 0)")
+    train.add_argument("--min-learning-rate", type=float, default=0.0,
+                       help="cosine schedule's last rate (default 0)")
     train.add_argument("--pool", choices=("flatten", "gap"), default="flatten",
                        help="how each tower reduces its last feature map: flatten (original) or "
                             "global average pooling (far fewer parameters at large inputs)")
@@ -297,8 +306,8 @@ def _callbacks(args, run):
     return callbacks
 
 
-def _compile(model, spec, args, optimizer=None):
-    model.compile(optimizer=optimizer or spec.make_optimizer(args), loss=spec.make_loss(args),
+def _compile(model, spec, args, optimizer):
+    model.compile(optimizer=optimizer, loss=spec.make_loss(args),
                   metrics=list(spec.metrics), run_eagerly=args.run_eagerly,
                   jit_compile=False if args.run_eagerly else jit_compile_default())
     return model
@@ -322,6 +331,7 @@ def run(spec, args):
     import keras
     import tensorflow as tf
 
+    from utils.optimizers import learning_rate_schedule
     from utils.weights import save_encoder
 
     import pde_self_supervised.layers  # noqa: F401  (custom layers for checkpoints)
@@ -384,7 +394,10 @@ def run(spec, args):
                 n = freeze_conv_stages(model, args.freeze_stages)
                 print(f"Froze the convolution kernels of {n} layers "
                       f"({', '.join(args.freeze_stages)}).")
-            model = _compile(model, spec, args)
+            learning_rate = learning_rate_schedule(
+                args.learning_rate, steps, args.epochs, args.lr_schedule,
+                warmup_epochs=args.warmup_epochs, min_learning_rate=args.min_learning_rate)
+            model = _compile(model, spec, args, spec.make_optimizer(learning_rate))
         build_training_state(model, train_ds.element_spec)
     model.summary(line_length=110)
 

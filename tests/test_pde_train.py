@@ -240,12 +240,19 @@ def test_prune_keeps_only_the_newest_checkpoints_this_run_wrote(tmp_path):
     assert sorted(p.name[:5] for p in tmp_path.glob("ep*.keras")) == ["ep001", "ep003"]
 
 
-def test_freeze_stages_reaches_the_model(pair_set, tmp_path, capsys):
+def test_freeze_stages_and_lr_schedule_reach_the_model(pair_set, tmp_path, capsys):
     folder, files = pair_set
     result = con_train_resnet_class.main(
         data_args(folder, files, tmp_path) + QUICK
-        + ["--epochs", "1", "--steps-per-epoch", "1", "--validation-steps", "1",
-           "--run-eagerly", "--freeze-stages", "conv1", "res2"])
+        + ["--epochs", "1", "--steps-per-epoch", "2", "--validation-steps", "1",
+           "--run-eagerly", "--freeze-stages", "conv1", "res2", "--learning-rate", "2e-3",
+           "--lr-schedule", "cosine", "--warmup-epochs", "0.5", "--min-learning-rate", "1e-4"])
+    # One warm-up step from 1 % of the peak, then the cosine ends at the minimum after
+    # the run's 2 steps.
+    optimizer = result["model"].optimizer
+    schedule = optimizer._learning_rate  # Keras 3 keeps the schedule object here
+    assert [float(schedule(i)) for i in (0, 1)] == pytest.approx([2e-5, 2e-3])
+    assert int(optimizer.iterations) == 2 and float(optimizer.learning_rate) == pytest.approx(1e-4)
     assert "Froze the convolution kernels of 11 layers (conv1, res2)" in capsys.readouterr().out
     frozen = {l.name for l in result["model"]._flatten_layers(include_self=False, recursive=True)
               if isinstance(l, keras.layers.Conv2D) and not l.trainable}
