@@ -369,9 +369,9 @@ def prune_checkpoints(run):
 
 
 def _strip_resume_state(path):
-    """Leave ``path`` (a U-Net's last_epoch.keras, which keeps Adam's moments for a
-    longer resume) without its optimizer state: nothing resumes the pipeline's finished
-    U-Nets. A named or best copy of the same epoch holds the same weights without it and
+    """Leave ``path`` (a U-Net's last_epoch.keras that kept Adam's moments: an early
+    stop, or a run folder of an older version) without its optimizer state: nothing
+    resumes the pipeline's finished U-Nets. A named or best copy of the same epoch holds the same weights without it and
     takes its place; else it is rewritten. Returns the bytes freed."""
     if not has_optimizer_state(path):
         return 0

@@ -214,12 +214,15 @@ def unet_argv(voc, logs_dir, seed, freeze, total, encoder, frozen_only, extra,
     The frozen-only run keeps a checkpoint at the end of its frozen phase; the fine-tuned
     run starts from it (``--init-model``) instead of repeating that phase, which is the
     same training with the same seeds. Without such a checkpoint (an early stop, or a
-    ``--save-period`` override) it trains both phases itself.
+    ``--save-period`` override) it trains both phases itself. Nothing resumes a finished
+    U-Net of the pipeline, so its last checkpoint leaves out Adam's moments (two thirds
+    of the file, and seconds of writing).
     """
     start = frozen_phase_checkpoint(frozen_run, freeze) if not frozen_only else None
     return join_argv(["--voc-path", voc, "--logs-dir", logs_dir, "--seed", seed,
                       "--freeze-epoch", freeze, "--unfreeze-epoch", total,
-                      "--save-period", freeze if frozen_only else 0],
+                      "--save-period", freeze if frozen_only else 0,
+                      "--no-final-optimizer-state"],
                      ["--frozen-only"] if frozen_only else [],
                      ["--init-model", start, "--init-epoch", freeze] if start
                      else (["--model-path", encoder] if encoder else []),

@@ -99,6 +99,7 @@ def test_fine_tuned_unet_starts_from_the_frozen_phase_checkpoint(tmp_path):
     frozen = run_pipeline.unet_argv(*common, frozen_only=True, extra=["--input-shape", "64", "64"])
     assert frozen[frozen.index("--save-period") + 1] == "20" and "--frozen-only" in frozen
     assert frozen[frozen.index("--model-path") + 1] == "enc.weights.h5"
+    assert "--no-final-optimizer-state" in frozen
     assert frozen[-3:] == ["--input-shape", "64", "64"]     # profile options last: they win
 
     # No checkpoint at epoch 20 (an early stop): the fine-tuned run trains both phases.

@@ -152,6 +152,20 @@ def test_resume_continues_from_the_logged_epoch(run, capsys):
     assert resumed["backbone"] == "vgg" and resumed["init_epoch"] == 2
 
 
+def test_longer_resume_without_the_final_optimizer_state_starts_a_fresh_adam(run, tmp_path,
+                                                                               capsys):
+    from utils.run import has_optimizer_state
+
+    first = train.main(base_argv(run["voc"], tmp_path / "logs")
+                       + ["--model-path", str(run["encoder_file"]), "--save-period", "0",
+                          "--no-final-optimizer-state", "--eval-split", "none"])
+    last = first["run_dir"] / "last_epoch.keras"
+    assert checkpoint_epoch(last) == 2 and not has_optimizer_state(last)
+    again = train.main(["--resume", str(first["run_dir"]), "--unfreeze-epoch", "3"])
+    assert "holds no optimizer state" in capsys.readouterr().out
+    assert again["history"]["epoch"] == [0, 1, 2] and checkpoint_epoch(last) == 3
+
+
 def test_whole_checkpoint_loads_into_encoder_and_unrelated_file_raises(run, tmp_path, capsys):
     model = build_unet((64, 64, 3), 5, "vgg")
     report = train.load_pretrained(model, run["result"]["run_dir"] / "last_epoch.keras")
@@ -404,6 +418,17 @@ def test_resume_points_carry_the_optimizer_state_only_where_it_is_used(tmp_path)
         checkpoint.last_phase = last_phase
         checkpoint.on_epoch_end(0, {"loss": 1.0})
         assert has_optimizer_state(other / "last_epoch.keras") == last_phase
+    # final_optimizer_state=False: the last phase's end is weights only too, and a last
+    # epoch that is also the best is written once, under both names.
+    final = tmp_path / "final"
+    final.mkdir()
+    checkpoint = EpochCheckpoint(final, save_period=0, verbose=0, final_optimizer_state=False)
+    checkpoint.set_model(model)
+    checkpoint.set_params({"epochs": 1})
+    checkpoint.on_epoch_end(0, {"loss": 1.0, "val_loss": 1.0, "val_mIoU": 0.5})
+    assert not has_optimizer_state(final / "last_epoch.keras")
+    assert (final / "last_epoch.keras").stat().st_ino == (final / "best_epoch.keras").stat().st_ino
+    assert checkpoint_epoch(final / "best_epoch.keras") == 1
 
 
 def test_resume_period_skips_mid_phase_resume_points_but_never_a_best_epoch(tmp_path):

@@ -332,7 +332,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
     state. At the end of a phase that another one follows (``last_phase = False``, set
     by the trainer) ``last_epoch.keras`` has no optimizer state either, and is a hard
     link to that epoch's named copy when there is one: the next phase starts a fresh
-    optimizer. The last phase keeps it: a resume with more epochs continues it exactly.
+    optimizer. The last phase keeps it (a resume with more epochs continues it exactly)
+    unless ``final_optimizer_state`` is False; then the last epoch, when it is also the
+    best, is written once as ``best_epoch.keras`` and linked.
 
     The named copy is ``filename`` formatted with ``epoch`` (1-based) and the logs,
     e.g. ``ep{epoch:03d}-loss{loss:.3f}-val_loss{val_loss:.3f}.keras`` as the original,
@@ -355,7 +357,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def __init__(self, run, filename="ep{epoch:03d}-loss{loss:.3f}-val_loss{val_loss:.3f}.keras",
                  monitor="val_mIoU", mode="max", best=None, verbose=1, save_period=1,
-                 resume_period_s=0.0):
+                 resume_period_s=0.0, final_optimizer_state=True):
         super().__init__()
         if save_period < 0:
             raise ValueError(f"save_period must be 0 or more, not {save_period}")
@@ -369,6 +371,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.verbose = verbose
         self._pending = None        # the best epoch's weights, not yet in best_epoch.keras
         self.last_phase = True
+        self.final_optimizer_state = final_optimizer_state
         self._clock = _SaveClock(resume_period_s)
 
     def on_train_begin(self, logs=None):
@@ -416,11 +419,14 @@ class EpochCheckpoint(keras.callbacks.Callback):
             self._clock.saved()
             if self._pending is not None and self.best_epoch != epoch + 1:
                 self.write_best()       # last_epoch.keras is about to lose these weights
-            if epoch + 1 != end or self.last_phase:
+            if epoch + 1 != end or (self.last_phase and self.final_optimizer_state):
                 self.run.save_model(self.model, "last_epoch.keras", epoch + 1,
                                     include_optimizer=True)
             elif plain is not None:     # the same weights, already written
                 _link(self.run, plain, "last_epoch.keras")
+            elif self._pending is not None:     # this epoch is the best: one file, two names
+                self.write_best()
+                _link(self.run, self.run.dir / "best_epoch.keras", "last_epoch.keras")
             else:
                 self.run.save_model(self.model, "last_epoch.keras", epoch + 1)
 
