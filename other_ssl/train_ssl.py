@@ -29,7 +29,7 @@ from other_ssl.methods import METHODS, get_method  # noqa: E402
 from other_ssl.training import (CHECKPOINT, OPTIMIZERS, SCHEDULE_DEFAULTS, SCHEDULES,  # noqa: E402
                                 epoch_steps, learning_rate_schedule, make_optimizer,
                                 resume)
-from utils.callbacks import Checkpoint  # noqa: E402
+from utils.callbacks import Checkpoint, LearningRateLog  # noqa: E402
 from utils.run import Run, fresh_path, progress_verbose, resume_args  # noqa: E402
 from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,  # noqa: E402
                          set_mixed_precision, set_seed)
@@ -191,7 +191,7 @@ def main(argv=None):
           f"{model.hyperparameters}; learning rate {schedule}; run folder {run_dir}")
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     monitor = CollapseMonitor(args.width, args.collapse_ratio)
-    callbacks = [keras.callbacks.TerminateOnNaN(), monitor, *run.callbacks(),
+    callbacks = [keras.callbacks.TerminateOnNaN(), monitor, LearningRateLog(), *run.callbacks(),
                  Checkpoint(run, CHECKPOINT, args.save_period)]
     model.fit(dataset, epochs=args.epochs, initial_epoch=initial_epoch,
               steps_per_epoch=steps if capped else None,

@@ -257,7 +257,7 @@ def last_checkpoint(run_dir):
 def _callbacks(args, run):
     import keras
 
-    from utils.callbacks import Checkpoint, ResumableEarlyStopping
+    from utils.callbacks import Checkpoint, LearningRateLog, ResumableEarlyStopping
 
     class PairsPerSecond(keras.callbacks.Callback):
         """Adds ``pairs_per_s`` to the progress bar and the per-epoch log."""
@@ -296,6 +296,7 @@ def _callbacks(args, run):
     # The log row first, then the checkpoint: a resume drops rows past its checkpoint.
     callbacks = [
         PairsPerSecond(),
+        LearningRateLog(),
         *run.callbacks(),
         ResumableEarlyStopping(previous=logged(run.log(), "val_loss"), monitor="val_loss",
                                mode="min", min_delta=0.001, patience=3, verbose=1),

@@ -253,6 +253,7 @@ def test_freeze_stages_and_lr_schedule_reach_the_model(pair_set, tmp_path, capsy
     schedule = optimizer._learning_rate  # Keras 3 keeps the schedule object here
     assert [float(schedule(i)) for i in (0, 1)] == pytest.approx([2e-5, 2e-3])
     assert int(optimizer.iterations) == 2 and float(optimizer.learning_rate) == pytest.approx(1e-4)
+    assert read_log(result["run_dir"])["learning_rate"] == pytest.approx([1e-4])
     assert "Froze the convolution kernels of 11 layers (conv1, res2)" in capsys.readouterr().out
     frozen = {l.name for l in result["model"]._flatten_layers(include_self=False, recursive=True)
               if isinstance(l, keras.layers.Conv2D) and not l.trainable}

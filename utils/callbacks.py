@@ -17,7 +17,16 @@ def _get_lr(optimizer):
     return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
 
-class ExponentDecayScheduler(keras.callbacks.Callback):
+class LearningRateLog(keras.callbacks.Callback):
+    """Adds ``learning_rate`` (the optimizer's rate after the epoch, as its schedule
+    gives it) to each epoch's logs; put it before the log writer."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = _get_lr(self.model.optimizer)
+
+
+class ExponentDecayScheduler(LearningRateLog):
     """Multiply the learning rate by ``decay_rate`` after every epoch, optionally after a
     linear warm-up over the first ``warmup_steps`` training steps (0: none, as the original).
 
@@ -60,10 +69,6 @@ class ExponentDecayScheduler(keras.callbacks.Callback):
             self.warmup_steps = 0
             return
         self.model.optimizer.learning_rate.assign(self._epoch_lr * (step + 1) / self.warmup_steps)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["learning_rate"] = _get_lr(self.model.optimizer)
 
 
 
