@@ -25,8 +25,7 @@ def test_to_argv_flags_tuples_and_left_out_values():
                          "--precise-bn 1"),
     ("demo", "pretrain", "--input-shape 32 64 --load-size 32 64 --batch-size 32 "
                          "--test-batch-size 64 --epochs 3 --steps-per-epoch 100 --pool gap "
-                         "--shared-towers --no-augment --learning-rate 1e-3 --lr-schedule cosine "
-                             "--warmup-epochs 0.1 --precise-bn 20 "
+                         "--shared-towers --no-augment --learning-rate 1e-3 --precise-bn 20 "
                          "--validation-steps 5 --keep-checkpoints 1 "
                          "--resume-period-min 10 --freeze-stages conv1 res2 res3"),
     ("demo", "unet", "--input-shape 64 128 --freeze-batch-size 8 --unfreeze-batch-size 8 "
