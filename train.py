@@ -244,9 +244,8 @@ def main(argv=None):
     import keras
 
     from nets.unet import build_unet, get_encoder
-    from utils.callbacks import (EagerValidation, EpochCheckpoint, EpochTimer,
-                                 ExponentDecayScheduler, MeanIoU, PerClassIoU,
-                                 ResumableEarlyStopping, validation_epochs)
+    from utils.callbacks import (EpochCheckpoint, EpochTimer, ExponentDecayScheduler, MeanIoU,
+                                 PerClassIoU, ResumableEarlyStopping, validation_epochs)
     from utils.dataloader import build_dataset, check_split, split_path
     from utils.optimizers import FusedAdam
     from utils.utils_metrics import f_score
@@ -389,11 +388,9 @@ def main(argv=None):
             checkpoint,
             timer,
         ]
-        validated = validation_epochs(start, phase.end, args.val_period)
-        if len(validated) == 1:
-            callbacks.append(EagerValidation())     # one pass does not repay a trace
         model.fit(train_ds, steps_per_epoch=steps, epochs=phase.end, initial_epoch=start,
-                  validation_data=val_ds, validation_freq=validated,
+                  validation_data=val_ds,
+                  validation_freq=validation_epochs(start, phase.end, args.val_period),
                   callbacks=callbacks, shuffle=False, verbose=progress_verbose())
 
     checkpoint.write_best()     # (a resume after the last epoch runs no fit to do it)

@@ -317,34 +317,6 @@ def test_val_miou_and_its_per_class_line_come_from_the_validation_pass(capsys):
                        + " ".join(f"{v:.3f}" for v in expected) + ")")
 
 
-def test_eager_validation_keeps_the_train_step_traced():
-    import tensorflow as tf
-
-    from utils.callbacks import EagerValidation
-
-    seen = {"train": [], "test": []}
-
-    class Probe(keras.Model):
-        def train_step(self, data):
-            seen["train"].append(tf.executing_eagerly())
-            return super().train_step(data)
-
-        def test_step(self, data):
-            seen["test"].append(tf.executing_eagerly())
-            return super().test_step(data)
-
-    inputs = keras.Input((3,))
-    model = Probe(inputs, keras.layers.Dense(1)(inputs))
-    model.compile(keras.optimizers.Adam(0.1), "mse")
-    x, y = np.arange(24, dtype="float32").reshape(8, 3) / 24, np.ones((8, 1), "float32")
-    history = model.fit(x, y, batch_size=4, epochs=2, validation_data=(x, y),
-                        callbacks=[EagerValidation()], verbose=0)
-    assert seen["train"] and not any(seen["train"])      # traced once, run as a graph
-    assert len(seen["test"]) == 4 and all(seen["test"])  # 2 batches x 2 epochs, eager
-    assert not model.run_eagerly and model.test_function is None
-    assert history.history["val_loss"][-1] == pytest.approx(model.evaluate(x, y, verbose=0))
-
-
 def test_early_stopping_counts_the_epochs_logged_before_a_resume():
     model = keras.Sequential([keras.Input((1,)), keras.layers.Identity()])
     stopper = ResumableEarlyStopping(previous=[1.0, 1.1, 1.2], monitor="val_loss", patience=3)

@@ -302,29 +302,6 @@ def validation_epochs(start, end, period):
     return [e for e in range(start + 1, end + 1) if e % period == 0 or e == end]
 
 
-class EagerValidation(keras.callbacks.Callback):
-    """Run ``fit``'s validation passes eagerly while its training steps stay traced.
-
-    For a fit that validates once (the demo's 5 fine-tuned epochs), tracing the test
-    step costs more than it saves: on the ResNet50 U-Net at 64x128, batch 8, bfloat16,
-    3 batches (another training sharing the 2 cores), the first traced pass took 3.9 s
-    and the next 1.1 s, an eager pass 2.7 s. ``fit`` builds its train function before
-    ``on_train_begin``; where it has not (another Keras), nothing changes.
-    """
-
-    def on_train_begin(self, logs=None):
-        self._was = None
-        if getattr(self.model, "train_function", None) is not None and not self.model.run_eagerly:
-            self._was = self.model.run_eagerly
-            self.model.run_eagerly = True
-            self.model.test_function = None
-
-    def on_train_end(self, logs=None):
-        if self._was is not None:
-            self.model.run_eagerly = self._was
-            self.model.test_function = None
-
-
 def _link(run, src, name):
     # A hard link costs no disk; through Run.write it lands atomically.
     def write(tmp):
