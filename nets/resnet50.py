@@ -80,19 +80,36 @@ def ResNet50_2(img_input):
 STAGE_NAMES = ("conv1", "res2", "res3", "res4", "res5")
 # conv1, conv1_2; res2a_branch2a (tower 1) and res20a_branch2a (tower 2, stage x 10)
 _CONV_STAGE = re.compile(r"^(?:(conv1)(?:_2)?|res([2-5])0?[a-h]_branch\w+)$")
+# bn_conv1, bn_conv1_2; bn2a_branch2a and bn20a_branch2a
+_BN_STAGE = re.compile(r"^(?:bn_(conv1)(?:_2)?|bn([2-5])0?[a-h]_branch\w+)$")
 
 
-def freeze_conv_stages(model, stages):
+def freeze_conv_stages(model, stages, batch_norm=False):
     """Freeze the convolution kernels of the given ResNet50 ``stages`` (names of
-    :data:`STAGE_NAMES`) in every tower of ``model``, nested models included; batch
-    norm stays trainable. Returns the number of layers frozen."""
+    :data:`STAGE_NAMES`) in every tower of ``model``, nested models included. Batch norm
+    stays trainable unless ``batch_norm``: then its scale and offset in those stages stay
+    at their initial values too, while the layers still normalise with each batch's
+    statistics in training (the layers stay trainable; their moving averages update), so
+    no gradient has to flow below the lowest trained stage. The variables' flags are not
+    saved in a checkpoint: apply this again after loading one. Returns the number of
+    layers frozen."""
     unknown = set(stages) - set(STAGE_NAMES)
     if unknown:
         raise ValueError(f"unknown ResNet50 stages {sorted(unknown)}; choose from {STAGE_NAMES}")
     n = 0
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        m = _CONV_STAGE.match(layer.name) if isinstance(layer, layers.Conv2D) else None
-        if m and (m.group(1) or f"res{m.group(2)}") in stages:
+        if isinstance(layer, layers.Conv2D):
+            m = _CONV_STAGE.match(layer.name)
+        elif batch_norm and isinstance(layer, layers.BatchNormalization):
+            m = _BN_STAGE.match(layer.name)
+        else:
+            m = None
+        if not (m and (m.group(1) or f"res{m.group(2)}") in stages):
+            continue
+        if isinstance(layer, layers.Conv2D):
             layer.trainable = False
-            n += 1
+        else:
+            for variable in (layer.gamma, layer.beta):
+                variable.trainable = False
+        n += 1
     return n

@@ -129,6 +129,11 @@ def add_arguments(parser, spec):
                        help="keep the convolution kernels of these ResNet50 stages at their "
                             "initial values (batch norm still trains), e.g. conv1 res2 res3 "
                             "(default: none, as the original)")
+    train.add_argument("--freeze-bn", action="store_true",
+                       help="with --freeze-stages, keep those stages' batch-norm scale and "
+                            "offset at 1 and 0 as well (they still normalise with each batch's "
+                            "statistics): no gradient flows below the lowest trained stage, so "
+                            "a step is faster")
     add_precise_bn_arg(train)
     train.add_argument("--keep-checkpoints", type=int, default=0, metavar="N",
                        help="keep only the N newest checkpoints this command wrote (0 = "
@@ -350,6 +355,9 @@ def run(spec, args):
     for option in ("batch_size", "test_batch_size", "epochs"):
         if getattr(args, option) < 1:
             raise UserError(f"--{option.replace('_', '-')}", "must be at least 1")
+    if args.freeze_bn and not args.freeze_stages:
+        raise UserError("--freeze-bn", "freezes the batch norm of the --freeze-stages, and "
+                                       "none are given", "add --freeze-stages conv1 res2 ...")
 
     resume_from, initial_epoch = None, 0
     if args.resume:
@@ -388,13 +396,16 @@ def run(spec, args):
             # and metrics as this run asks, keeping that optimizer.
             # (The checkpoint keeps each layer's trainable flag: --freeze-stages holds.)
             model = keras.models.load_model(resume_from, safe_mode=False)
+            if args.freeze_bn:      # variables' trainable flags are not saved
+                freeze_conv_stages(model, args.freeze_stages, batch_norm=True)
             model = _compile(model, spec, args, optimizer=model.optimizer)
         else:
             model = spec.build_model(args)
             if args.freeze_stages:
-                n = freeze_conv_stages(model, args.freeze_stages)
-                print(f"Froze the convolution kernels of {n} layers "
-                      f"({', '.join(args.freeze_stages)}).")
+                n = freeze_conv_stages(model, args.freeze_stages, batch_norm=args.freeze_bn)
+                what = "convolution kernels and batch-norm scales and offsets" \
+                    if args.freeze_bn else "convolution kernels"
+                print(f"Froze the {what} of {n} layers ({', '.join(args.freeze_stages)}).")
             learning_rate = learning_rate_schedule(
                 args.learning_rate, steps, args.epochs, args.lr_schedule,
                 warmup_epochs=args.warmup_epochs, min_learning_rate=args.min_learning_rate)

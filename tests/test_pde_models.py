@@ -161,3 +161,29 @@ def test_frozen_stages_keep_their_kernels_while_the_rest_trains():
 
     assert same("conv1") and same("res2a_branch2a") and same("res2c_branch2c")
     assert not same("res3a_branch2a") and not same("bn_conv1")
+
+
+def test_frozen_batch_norm_keeps_scale_and_offset_but_normalises_each_batch():
+    """--freeze-bn: the frozen stages' batch-norm scale and offset stay at 1 and 0 after
+    a step, their moving averages still follow the batches (training mode), and the
+    first trained stage's batch norm trains."""
+    from nets.resnet50 import freeze_conv_stages
+
+    model = con_resnet_class.self_sup_resnet((32, 32, 3), pool="gap", shared_towers=True)
+    # conv1 + 10 convolutions in res2, and as many batch-norm layers
+    assert freeze_conv_stages(model, ["conv1", "res2"], batch_norm=True) == 2 * 11
+    layers = {l.name: l for l in model._flatten_layers(include_self=False, recursive=True)}
+    frozen_bn, trained_bn = layers["bn2c_branch2c"], layers["bn3a_branch2a"]
+    assert frozen_bn.trainable and not frozen_bn.gamma.trainable
+    trainable = {id(v) for v in model.trainable_variables}
+    assert id(trained_bn.gamma) in trainable and id(frozen_bn.beta) not in trainable
+    moving = np.array(frozen_bn.moving_mean)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = [rng.random((4, 32, 32, 3), np.float32) for _ in range(2)]
+    y = np.eye(4, dtype=np.float32)
+    model.train_on_batch(x, y)
+    assert np.array_equal(frozen_bn.gamma, np.ones(256)) and np.array_equal(frozen_bn.beta,
+                                                                           np.zeros(256))
+    assert not np.array_equal(frozen_bn.moving_mean, moving)
+    assert not np.allclose(trained_bn.gamma, 1.0)
