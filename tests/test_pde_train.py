@@ -16,6 +16,7 @@ from PIL import Image
 
 from pde_self_supervised import con_train_resnet, con_train_resnet_class, train_common
 from pde_self_supervised.dataloader_2img import PairDataError
+from utils.errors import UserError
 from utils.run import Run, checkpoint_epoch, read_log
 
 
@@ -245,7 +246,8 @@ def test_freeze_stages_and_lr_schedule_reach_the_model(pair_set, tmp_path, capsy
     result = con_train_resnet_class.main(
         data_args(folder, files, tmp_path) + QUICK
         + ["--epochs", "1", "--steps-per-epoch", "2", "--validation-steps", "1",
-           "--run-eagerly", "--freeze-stages", "conv1", "res2", "--learning-rate", "2e-3",
+           "--run-eagerly", "--freeze-stages", "conv1", "res2", "--freeze-bn",
+           "--learning-rate", "2e-3",
            "--lr-schedule", "cosine", "--warmup-epochs", "0.5", "--min-learning-rate", "1e-4"])
     # One warm-up step from 1 % of the peak, then the cosine ends at the minimum after
     # the run's 2 steps.
@@ -254,10 +256,21 @@ def test_freeze_stages_and_lr_schedule_reach_the_model(pair_set, tmp_path, capsy
     assert [float(schedule(i)) for i in (0, 1)] == pytest.approx([2e-5, 2e-3])
     assert int(optimizer.iterations) == 2 and float(optimizer.learning_rate) == pytest.approx(1e-4)
     assert read_log(result["run_dir"])["learning_rate"] == pytest.approx([1e-4])
-    assert "Froze the convolution kernels of 11 layers (conv1, res2)" in capsys.readouterr().out
+    assert ("Froze the convolution kernels and batch-norm scales and offsets of 22 layers "
+            "(conv1, res2)") in capsys.readouterr().out
     frozen = {l.name for l in result["model"]._flatten_layers(include_self=False, recursive=True)
               if isinstance(l, keras.layers.Conv2D) and not l.trainable}
     assert "conv1" in frozen and "res2c_branch2c" in frozen and "res3a_branch2a" not in frozen
+    # A resume freezes the batch norm again (variables' flags are not in the checkpoint).
+    again = con_train_resnet_class.main(
+        ["--epochs", "2", "--steps-per-epoch", "1", "--validation-steps", "1",
+         "--resume", str(result["run_dir"]), "--run-eagerly"])
+    bn = {l.name: l for l in again["model"]._flatten_layers(include_self=False, recursive=True)}
+    assert not bn["bn2c_branch2c"].gamma.trainable and bn["bn3a_branch2a"].gamma.trainable
+    np.testing.assert_array_equal(bn["bn_conv1"].gamma, np.ones(64))
+    assert not np.allclose(bn["bn3a_branch2a"].gamma, 1.0)
+    with pytest.raises(UserError, match="--freeze-bn: freezes the batch norm"):
+        con_train_resnet_class.main(data_args(folder, files, tmp_path) + ["--freeze-bn"])
     with pytest.raises(SystemExit):
         con_train_resnet_class.parse_args(data_args(folder, files, tmp_path)
                                           + ["--freeze-stages", "res6"])

@@ -431,6 +431,52 @@ def test_resume_points_carry_the_optimizer_state_only_where_it_is_used(tmp_path)
     assert checkpoint_epoch(final / "best_epoch.keras") == 1
 
 
+
+def test_background_final_write_lands_after_wait_and_reraises_its_error(tmp_path):
+    """background_final_write: the last phase's last file is written by a thread; after
+    wait() it holds the model's weights under both names, and a failed write is raised
+    by wait(), not lost. A phase that another follows writes in the caller's thread."""
+    from utils.callbacks import EpochCheckpoint
+    from utils.run import checkpoint_epoch
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.Adam(), "mse")
+    model.fit(np.ones((4, 3)), np.ones((4, 2)), verbose=0)
+
+    def checkpoint_in(folder, last_phase=True):
+        folder.mkdir()
+        checkpoint = EpochCheckpoint(folder, save_period=0, verbose=0,
+                                     final_optimizer_state=False)
+        checkpoint.background_final_write = True
+        checkpoint.last_phase = last_phase
+        checkpoint.set_model(model)
+        checkpoint.set_params({"epochs": 1})
+        return checkpoint
+
+    checkpoint = checkpoint_in(tmp_path / "ok")
+    checkpoint.on_epoch_end(0, {"loss": 1.0, "val_loss": 1.0, "val_mIoU": 0.5})
+    checkpoint.on_train_end()
+    assert checkpoint.wait() >= 0.0 and checkpoint.wait() == 0.0
+    best, last = tmp_path / "ok" / "best_epoch.keras", tmp_path / "ok" / "last_epoch.keras"
+    assert best.stat().st_ino == last.stat().st_ino and checkpoint_epoch(best) == 1
+    saved = keras.models.load_model(best)
+    for a, b in zip(saved.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+    def fail(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    checkpoint = checkpoint_in(tmp_path / "full")
+    checkpoint.run.save_model = fail
+    checkpoint.on_epoch_end(0, {"loss": 1.0})      # no val_mIoU: last_epoch.keras only
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.wait()
+
+    checkpoint = checkpoint_in(tmp_path / "phase", last_phase=False)
+    checkpoint.run.save_model = fail
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.on_epoch_end(0, {"loss": 1.0})
+
 def test_resume_period_skips_mid_phase_resume_points_but_never_a_best_epoch(tmp_path):
     from utils.callbacks import EpochCheckpoint
     from utils.run import checkpoint_epoch

@@ -4,6 +4,7 @@ that survive a kill (all files through :class:`utils.run.Run`)."""
 import math
 import os
 import shutil
+import threading
 import time
 
 import keras
@@ -350,6 +351,12 @@ class EpochCheckpoint(keras.callbacks.Callback):
     over from a resumed run. Put it after the log and early stopping: the log row comes
     first.
 
+    With ``background_final_write`` the file that ends training (the last phase's last
+    epoch, without optimizer state) is written by a thread while the caller goes on,
+    e.g. to evaluate the model, which must not change its weights: call :meth:`wait`
+    before reading the file or exiting. The write is disk time, not CPU time, so the
+    evaluation hides most of it.
+
     A new best is kept in memory and ``best_epoch.keras`` written only when it would
     otherwise be lost: before ``last_epoch.keras`` (which holds the same weights when
     written at the same validated epoch) moves on to a later epoch, and at the end of
@@ -378,9 +385,42 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.last_phase = True
         self.final_optimizer_state = final_optimizer_state
         self._clock = _SaveClock(resume_period_s)
+        self.background_final_write = False
+        self._writer = None         # (thread, errors) of a background final write
 
     def on_train_begin(self, logs=None):
         self._clock.start()
+
+    def _write_final(self, write):
+        """Run ``write`` now, or in a thread with ``background_final_write`` when nothing
+        trains after it (the last phase)."""
+        if not (self.background_final_write and self.last_phase):
+            write()
+            return
+        errors = []
+
+        def target():
+            try:
+                write()
+            except BaseException as exc:    # re-raised by wait()
+                errors.append(exc)
+
+        thread = threading.Thread(target=target, name="final-checkpoint")
+        thread.start()
+        self._writer = (thread, errors)
+
+    def wait(self):
+        """Wait for a background final write; returns the seconds waited and re-raises
+        the write's error, if any."""
+        if self._writer is None:
+            return 0.0
+        thread, errors = self._writer
+        start = time.perf_counter()
+        thread.join()
+        self._writer = None
+        if errors:
+            raise errors[0]
+        return time.perf_counter() - start
 
     def keep_best(self, model, epoch):
         """``model``'s weights now are the best ones, of ``epoch``; written when needed."""
@@ -430,10 +470,15 @@ class EpochCheckpoint(keras.callbacks.Callback):
             elif plain is not None:     # the same weights, already written
                 _link(self.run, plain, "last_epoch.keras")
             elif self._pending is not None:     # this epoch is the best: one file, two names
-                self.write_best()
-                _link(self.run, self.run.dir / "best_epoch.keras", "last_epoch.keras")
+                self._pending = None            # (the weights the model holds now)
+
+                def write():
+                    self.run.save_model(self.model, "best_epoch.keras", self.best_epoch)
+                    _link(self.run, self.run.dir / "best_epoch.keras", "last_epoch.keras")
+                self._write_final(write)
             else:
-                self.run.save_model(self.model, "last_epoch.keras", epoch + 1)
+                self._write_final(lambda: self.run.save_model(self.model, "last_epoch.keras",
+                                                              epoch + 1))
 
     def on_train_end(self, logs=None):
         self.write_best()
