@@ -11,6 +11,8 @@ unfused ``BatchNormalization``, "fused" the fused kernel the encoder uses
 
     python benchmarks/bench_pde_step.py --input-shape 64 128 --batch-size 16 --pool gap \\
         --precision float32 mixed --bn keras fused --steps 8
+    python benchmarks/bench_pde_step.py --input-shape 32 64 --batch-size 32 --pool gap \\
+        --shared-towers --precision float32 --freeze-stages conv1 res2 res3 --freeze-bn both
 """
 import argparse
 import os
@@ -54,7 +56,7 @@ def keras_app_siamese(shape, pool, shared_towers):
     return keras.Model(inputs, {"self_output": output})
 
 
-def build_step(args, precision, bn, adam="fused"):
+def build_step(args, precision, bn, adam="fused", freeze_bn=False):
     """A zero-argument callable running one train step of the configuration, and the
     model (for its FLOP count)."""
     import keras
@@ -76,6 +78,10 @@ def build_step(args, precision, bn, adam="fused"):
             model = self_sup_resnet(shape, pool=args.pool, shared_towers=args.shared_towers)
     else:
         model = self_sup_resnet(shape, pool=args.pool, shared_towers=args.shared_towers)
+    if args.freeze_stages and bn != "keras-app":
+        from nets.resnet50 import freeze_conv_stages
+
+        freeze_conv_stages(model, args.freeze_stages, batch_norm=freeze_bn)
     optimizer = FusedAdam() if adam == "fused" else keras.optimizers.Adam()
     model.compile(optimizer=optimizer, loss="categorical_crossentropy",
                   metrics=["acc"], jit_compile=jit_compile_default())
@@ -107,6 +113,12 @@ def parse_args(argv=None):
     p.add_argument("--adam", nargs="+", choices=ADAM_KINDS, default=["fused"],
                    help="Adam update(s): fused (utils/optimizers.FusedAdam, what training "
                         "uses), keras (Keras 3's Adam)")
+    p.add_argument("--freeze-stages", nargs="+", default=[], metavar="STAGE",
+                   help="keep these ResNet50 stages' convolution kernels fixed, as the PDE "
+                        "scripts' --freeze-stages (the demo: conv1 res2 res3)")
+    p.add_argument("--freeze-bn", choices=("off", "on", "both"), default="off",
+                   help="with --freeze-stages, their batch-norm scale and offset fixed too "
+                        "(the scripts' --freeze-bn): off, on, or both side by side")
     p.add_argument("--keras-resnet50", action="store_true",
                    help="also time a Siamese on keras.applications.ResNet50 (same shape, "
                         "head and policy), the plain Keras reference")
@@ -129,14 +141,21 @@ def main(argv=None):
           f"pool {args.pool}, {'shared' if args.shared_towers else 'two'} towers, {device}; "
           f"median of {args.steps} interleaved rounds after {args.warmup} warm-up steps",
           flush=True)
+    if args.freeze_stages:
+        print(f"Convolution kernels of {', '.join(args.freeze_stages)} fixed; their batch "
+              f"norm's scale and offset fixed in the rows marked frozen-bn (these steps skip "
+              f"part of the backward pass: their GFLOP/s counts the full step's 3 x forward)")
+    freeze_bn = {"off": (False,), "on": (True,), "both": (False, True)}[args.freeze_bn]
     steps, flops = {}, None
     for precision in precisions:
         for bn in kinds:
             for adam in args.adam:
-                step, model, x = build_step(args, precision, bn, adam)
-                steps[f"{precision}/{bn}" + ("/keras-adam" if adam == "keras" else "")] = step
-                if flops is None and precision == "float32" and bn != "keras-app":
-                    flops = 3 * forward_flops(model, x)
+                for frozen_bn in freeze_bn if bn != "keras-app" else (False,):
+                    step, model, x = build_step(args, precision, bn, adam, frozen_bn)
+                    steps[f"{precision}/{bn}" + ("/keras-adam" if adam == "keras" else "")
+                          + ("/frozen-bn" if frozen_bn else "")] = step
+                    if flops is None and precision == "float32" and bn != "keras-app":
+                        flops = 3 * forward_flops(model, x)
     results = interleaved(steps, args.steps, args.warmup)
     peak, peak_line = peak_report(args.peak_gflops)
     print(peak_line)
@@ -160,6 +179,11 @@ def main(argv=None):
             if f"{precision}/{bn}/keras-adam" in results and f"{precision}/{bn}" in results:
                 ratio = results[f"{precision}/{bn}/keras-adam"]["s"] / results[f"{precision}/{bn}"]["s"]
                 print(f"  fused / Keras Adam, {precision}, {bn}: {ratio:.2f}x")
+    for name in list(results):
+        if name.endswith("/frozen-bn") and name[:-len("/frozen-bn")] in results:
+            ratio = results[name[:-len("/frozen-bn")]]["s"] / results[name]["s"]
+            print(f"  frozen / trained batch norm of the fixed stages, "
+                  f"{name[:-len('/frozen-bn')]}: {ratio:.2f}x")
     if "keras-app" in kinds and "fused" in kinds:
         for precision in precisions:
             ratio = results[f"{precision}/keras-app"]["s"] / results[f"{precision}/fused"]["s"]
