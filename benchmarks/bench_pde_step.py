@@ -179,11 +179,11 @@ def main(argv=None):
             if f"{precision}/{bn}/keras-adam" in results and f"{precision}/{bn}" in results:
                 ratio = results[f"{precision}/{bn}/keras-adam"]["s"] / results[f"{precision}/{bn}"]["s"]
                 print(f"  fused / Keras Adam, {precision}, {bn}: {ratio:.2f}x")
-    for name in list(results):
-        if name.endswith("/frozen-bn") and name[:-len("/frozen-bn")] in results:
-            ratio = results[name[:-len("/frozen-bn")]]["s"] / results[name]["s"]
-            print(f"  frozen / trained batch norm of the fixed stages, "
-                  f"{name[:-len('/frozen-bn')]}: {ratio:.2f}x")
+    for name in results:
+        trained = name.removesuffix("/frozen-bn")
+        if trained != name and trained in results:
+            ratio = results[trained]["s"] / results[name]["s"]
+            print(f"  frozen / trained batch norm of the fixed stages, {trained}: {ratio:.2f}x")
     if "keras-app" in kinds and "fused" in kinds:
         for precision in precisions:
             ratio = results[f"{precision}/keras-app"]["s"] / results[f"{precision}/fused"]["s"]

@@ -431,7 +431,6 @@ def test_resume_points_carry_the_optimizer_state_only_where_it_is_used(tmp_path)
     assert checkpoint_epoch(final / "best_epoch.keras") == 1
 
 
-
 def test_background_final_write_lands_after_wait_and_reraises_its_error(tmp_path):
     """background_final_write: the last phase's last file is written by a thread; after
     wait() it holds the model's weights under both names, and a failed write is raised
@@ -476,6 +475,7 @@ def test_background_final_write_lands_after_wait_and_reraises_its_error(tmp_path
     checkpoint.run.save_model = fail
     with pytest.raises(OSError, match="No space left"):
         checkpoint.on_epoch_end(0, {"loss": 1.0})
+
 
 def test_resume_period_skips_mid_phase_resume_points_but_never_a_best_epoch(tmp_path):
     from utils.callbacks import EpochCheckpoint
