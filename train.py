@@ -44,6 +44,18 @@ def parse_args(argv=None):
                    help="encoder (original: resnet50)")
     p.add_argument("--input-shape", type=int, nargs=2, default=[576, 1024], metavar=("H", "W"),
                    help="network input height and width (original: 576 1024)")
+    p.add_argument("--train-crop", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="train on random HxW windows of the augmented photos, sized as for "
+                        "--input-shape (default: the whole --input-shape, as the original): "
+                        "a step costs what an HxW input costs, while validation, the test "
+                        "evaluation and predictions see whole photos at --input-shape, so "
+                        "small objects keep that resolution")
+    p.add_argument("--augment", choices=("original", "light"), default="original",
+                   help="training augmentation: 'original' (scale 0.25-2, aspect ratio "
+                        "+-30 %%, flip, hue +-0.1, saturation and value x1/1.5-1.5) or "
+                        "'light' (scale 0.8-1.25, aspect ratio +-10 %%, flip, no hue "
+                        "shift, saturation and value x1/1.2-1.2), for a short training on "
+                        "few photos (default: original)")
     p.add_argument("--voc-path", default="VOCdevkit", help="VOCdevkit folder (original: VOCdevkit)")
     p.add_argument("--model-path", "--backbone-weights", dest="model_path", default="",
                    help="pretrained encoder weights: an encoder.weights.h5 from steps 4-5 or "
@@ -177,6 +189,14 @@ def check_args(args):
 
     with user_errors("--input-shape"):
         check_input_shape(args.input_shape, args.backbone)
+    if args.train_crop:
+        with user_errors("--train-crop"):
+            check_input_shape(args.train_crop, args.backbone)
+        if any(c > s for c, s in zip(args.train_crop, args.input_shape)):
+            raise UserError("--train-crop", f"{args.train_crop[0]}x{args.train_crop[1]} is "
+                                            f"larger than --input-shape "
+                                            f"{args.input_shape[0]}x{args.input_shape[1]}",
+                            "give a window no larger than the input")
     if args.val_period < 1:
         raise UserError("--val-period", f"must be at least 1, not {args.val_period}")
     if args.frozen_only and (args.from_scratch or not args.freeze_train):
@@ -254,6 +274,10 @@ def main(argv=None):
     policy = set_mixed_precision(args.mixed_precision)
     strategy = get_strategy(args.strategy)
     h, w = args.input_shape
+    # Trained on smaller windows, the U-Net takes any size (a multiple of the stride):
+    # whole photos at --input-shape for validation, the test split and predictions.
+    crop = tuple(args.train_crop) if args.train_crop and tuple(args.train_crop) != (h, w) \
+        else None
     nc = args.num_classes
     cls_weights = np.asarray(args.cls_weights or np.ones(nc), np.float32)
     loss = get_loss(args.loss, cls_weights)
@@ -292,7 +316,7 @@ def main(argv=None):
     print(f"Run folder: {run_dir} (precision {policy})")
 
     with strategy.scope():
-        model = build_unet((h, w, 3), nc, args.backbone)
+        model = build_unet((None, None, 3) if crop else (h, w, 3), nc, args.backbone)
         encoder = get_encoder(model)
         if resume_epoch is not None:
             model.load_weights(str(last))
@@ -316,7 +340,8 @@ def main(argv=None):
 
         bn_ds = build_dataset(args.voc_path, "train", (h, w), phases[0].batch_size, nc, True,
                               names=train_names, num_workers=args.num_workers or None,
-                              seed=args.seed, skip_bad=args.skip_bad_images)
+                              seed=args.seed, skip_bad=args.skip_bad_images, crop=crop,
+                              augment=args.augment)
         used = recalibrate_batchnorm(encoder, bn_ds, args.encoder_bn_batches)
         print(f"Re-estimated the encoder's batch-norm statistics from {used} training batches.")
 
@@ -349,7 +374,8 @@ def main(argv=None):
                                  names=train_names, num_workers=workers,
                                  seed=args.seed + phase.start,
                                  skip=(start - phase.start) * steps * phase.batch_size,
-                                 skip_bad=args.skip_bad_images)
+                                 skip_bad=args.skip_bad_images, crop=crop,
+                                 augment=args.augment)
         # One validation pass gives val_loss and val_mIoU: the mIoU leaves the letterbox
         # bars out, val_loss keeps them as background, as the original.
         val_ds = build_dataset(args.voc_path, "val", (h, w), phase.batch_size, nc, False,
@@ -368,7 +394,8 @@ def main(argv=None):
         print(f"{phase.name[0].upper() + phase.name[1:]} phase: epochs {start + 1}-{phase.end}, batch "
               f"{phase.batch_size}, lr {phase.lr:g}, encoder {'frozen' if phase.frozen else 'trained'} "
               f"({n_frozen:,} non-trainable parameters). Train on {len(train_names)} images "
-              f"({steps} steps), val on {len(val_names)}.")
+              f"({steps} steps{f', random {crop[0]}x{crop[1]} windows' if crop else ''}), "
+              f"val on {len(val_names)}.")
         if resume_epoch is not None and resume_epoch > phase.start:
             # Mid-phase: the checkpoint's optimizer state (Adam moments, step) belongs
             # to this phase's optimizer.

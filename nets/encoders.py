@@ -27,9 +27,12 @@ def build_encoder(input_shape=(576, 1024, 3), backbone="resnet50", suffix="", na
 
 
 def check_input_shape(input_shape, backbone="resnet50"):
-    """Raise a clear error when height or width is not a multiple of the backbone stride."""
+    """Raise a clear error when height or width is not a multiple of the backbone stride
+    (``None``, any size, passes: the stride is then checked on the images)."""
     stride = STRIDE[backbone]
     h, w = input_shape[:2]
+    if h is None or w is None:
+        return
     if h % stride or w % stride:
         raise ValueError(f"input shape {h}x{w} is not divisible by {stride} "
                          f"(needed by the {backbone} encoder); try e.g. "

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils.dataloader import build_dataset, check_split, get_random_data, load_sample
+from utils.dataloader import (AUGMENTATIONS, build_dataset, check_split, get_random_data,
+                              load_sample)
 
 NC = 5
 
@@ -94,6 +95,50 @@ def test_training_augmentation_keeps_labels_and_shapes():
     assert len(sizes) > 5 and 0 in sizes            # scale and placement vary; some crop
 
 
+def test_a_training_crop_is_a_window_of_the_photo_at_the_input_scale():
+    rng = np.random.default_rng(4)
+    # The label holds each pixel's row, the photo's red channel its column (x 5).
+    rows = np.repeat(np.arange(24, dtype=np.uint8)[:, None], 48, 1)
+    cols = np.repeat(np.arange(48)[None, :] * 5, 24, 0)
+    label = Image.fromarray(rows)
+    image = Image.fromarray(np.stack([cols, np.zeros_like(cols), np.zeros_like(cols)],
+                                     -1).astype(np.uint8))
+    plain = dict(jitter=0.0, scale=(1.0, 1.0), hue=0.0, sat=1.0, val=1.0)
+    offsets = set()
+    for _ in range(12):
+        out, out_label = get_random_data(image, label, (24, 48), rng=rng, crop=(8, 16), **plain)
+        out_label = np.asarray(out_label)
+        assert out.shape == (8, 16, 3) and out_label.shape == (8, 16)
+        red = out[..., 0]
+        if red[0, 0] > red[0, -1]:                      # flipped: compare unflipped
+            red = red[:, ::-1]
+        y, x = int(out_label[0, 0]), int(round(red[0, 0] / 5))
+        # Same scale: one row and one column of the photo per pixel of the crop.
+        np.testing.assert_array_equal(out_label, rows[y:y + 8, x:x + 16])
+        np.testing.assert_allclose(red, cols[y:y + 8, x:x + 16], atol=1)
+        offsets.add((y, x))
+    assert len(offsets) > 6                             # the window moves
+
+
+@pytest.mark.parametrize("augment", sorted(AUGMENTATIONS))
+def test_the_light_augmentation_keeps_scale_and_hue_near_the_photos(augment):
+    rng = np.random.default_rng(5)
+    image = Image.fromarray(np.tile(np.array([[[200, 40, 40]]], np.uint8), (24, 48, 1)))
+    label = Image.fromarray(np.ones((24, 48), np.uint8))
+    covered, hues = [], []
+    for _ in range(30):
+        out, out_label = get_random_data(image, label, (24, 48), rng=rng,
+                                         **AUGMENTATIONS[augment])
+        on = np.asarray(out_label) == 1
+        covered.append(on.mean())
+        r, g, b = out[on].mean(0)
+        hues.append(r > g and r > b)                    # still red
+    if augment == "light":
+        assert min(covered) > 0.45 and all(hues)
+    else:                                               # the original shrinks and shifts
+        assert min(covered) < 0.3
+
+
 def test_dataset_batches_one_hot_and_reproducible(voc):
     train = build_dataset(voc, "train", (32, 32), 2, NC, train=True, seed=5, num_workers=2)
     images, targets = next(iter(train))
@@ -106,6 +151,14 @@ def test_dataset_batches_one_hot_and_reproducible(voc):
     # Repeated forever, new augmentation on later passes.
     batches = [b[0].numpy() for b in train.take(4)]
     assert len(batches) == 4 and not np.array_equal(batches[0], batches[3])
+
+    cropped = build_dataset(voc, "train", (32, 32), 2, NC, train=True, seed=5, crop=(16, 32),
+                            augment="light")
+    images, targets = next(iter(cropped))
+    assert images.shape == (2, 16, 32, 3) and targets.shape == (2, 16, 32, NC + 1)
+    # Validation sees whole photos, whatever the training crop.
+    whole = build_dataset(voc, "val", (32, 32), 2, NC, train=False, crop=(16, 32))
+    assert next(iter(whole))[0].shape == (2, 32, 32, 3)
 
     val = list(build_dataset(voc, "val", (32, 32), 2, NC, train=False))
     assert [b[0].shape[0] for b in val] == [2, 1]   # every image once, partial batch kept

@@ -221,10 +221,26 @@ def test_defaults_and_phase_plans():
     (["--cls-weights", "1", "2"], "--cls-weights has 2 values for 5 classes"),
     (["--input-shape", "100", "64"], "not divisible by 32"),
     (["--init-model", "a.keras", "--model-path", "x.h5"], "already holds the encoder"),
+    (["--input-shape", "64", "64", "--train-crop", "96", "64"], "larger than --input-shape"),
+    (["--input-shape", "64", "64", "--train-crop", "48", "32"], "not divisible by 32"),
 ])
 def test_contradictory_options_fail_early(argv, message):
     with pytest.raises(ValueError, match=message):
         train.main(argv)
+
+
+def test_training_on_crops_evaluates_whole_photos_at_the_input_shape(run, tmp_path, capsys):
+    argv = base_argv(run["voc"], tmp_path) + ["--train-crop", "32", "32", "--augment", "light",
+                                              "--frozen-only", "--unfreeze-epoch", "1"]
+    result = train.main(argv)
+    assert "random 32x32 windows" in capsys.readouterr().out
+    model = keras.models.load_model(result["model_path"], compile=False)
+    assert model.input_shape == (None, None, None, 3)   # trained at 32x32, used at 64x64
+    assert model.predict(np.zeros((1, 64, 64, 3), np.float32), verbose=0).shape == (1, 64, 64, 5)
+    metrics = result["test_metrics"]
+    assert 0 <= metrics["mIoU"] <= 1 and metrics["images"] == 2
+    args = json.loads((result["run_dir"] / "args.json").read_text())
+    assert args["train_crop"] == [32, 32] and args["augment"] == "light"
 
 
 def test_fine_tuning_from_the_frozen_phase_checkpoint_repeats_the_full_run(run, tmp_path,

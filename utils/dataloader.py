@@ -99,12 +99,25 @@ def letterbox(image, label, input_shape, label_fill=0):
     return new_image, new_label
 
 
-def get_random_data(image, label, input_shape, jitter=0.3, hue=0.1, sat=1.5, val=1.5, rng=None):
+# Training augmentations (``train.py --augment``): the original's, and a light one for a
+# short training on few photos, which keeps each photo near the scale and the colours it
+# is evaluated at (on the demo orchard colour is much of what tells the classes apart).
+AUGMENTATIONS = {
+    "original": dict(jitter=0.3, scale=(0.25, 2.0), hue=0.1, sat=1.5, val=1.5),
+    "light": dict(jitter=0.1, scale=(0.8, 1.25), hue=0.0, sat=1.2, val=1.2),
+}
+
+
+def get_random_data(image, label, input_shape, jitter=0.3, hue=0.1, sat=1.5, val=1.5, rng=None,
+                    scale=(0.25, 2.0), crop=None):
     """The original's training augmentation on a PIL image and its L-mode label.
 
-    Aspect ratio jitter, scale 0.25-2, horizontal flip, random placement on a grey (128)
-    canvas (label 0 around it), then HSV jitter. Returns float32 RGB 0..255 (H, W, 3)
-    and a PIL label of size (w, h).
+    Aspect ratio jitter, scale 0.25-2 (of ``input_shape``), horizontal flip, random
+    placement on a grey (128) canvas (label 0 around it), then HSV jitter. The canvas is
+    ``input_shape``, or with ``crop`` (h, w) a smaller window: the photo is sized for
+    ``input_shape`` as before and a random ``crop`` of it is taken, so the crop has the
+    pixel scale of a whole photo at ``input_shape``. Returns float32 RGB 0..255 (H, W, 3)
+    and a PIL label of size (w, h) (the crop's, when given).
     """
     rng = rng or np.random.default_rng()
 
@@ -113,7 +126,7 @@ def get_random_data(image, label, input_shape, jitter=0.3, hue=0.1, sat=1.5, val
 
     h, w = input_shape
     new_ar = w / h * rand(1 - jitter, 1 + jitter) / rand(1 - jitter, 1 + jitter)
-    scale = rand(0.25, 2)
+    scale = rand(*scale)
     if new_ar < 1:
         nh = int(scale * h)
         nw = int(nh * new_ar)
@@ -126,6 +139,7 @@ def get_random_data(image, label, input_shape, jitter=0.3, hue=0.1, sat=1.5, val
     if rand() < 0.5:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
         label = label.transpose(Image.FLIP_LEFT_RIGHT)
+    h, w = crop or (h, w)
     # An image larger than the canvas gets a negative offset, i.e. a random crop.
     dx, dy = int(rand(0, w - nw)), int(rand(0, h - nh))
     canvas = Image.new("RGB", (w, h), (128, 128, 128))
@@ -144,11 +158,14 @@ def get_random_data(image, label, input_shape, jitter=0.3, hue=0.1, sat=1.5, val
     return cv2.cvtColor(x, cv2.COLOR_HSV2RGB) * 255, new_label
 
 
-def load_sample(voc_path, name, input_shape, num_classes, train, rng=None, label_fill=0):
+def load_sample(voc_path, name, input_shape, num_classes, train, rng=None, label_fill=0,
+                crop=None, augment="original"):
     """Read, augment (train) or letterbox (validation) one pair.
 
-    Returns ``(image float32 (h, w, 3) in 0..1, label uint8 (h, w))`` where ignored
-    pixels hold ``num_classes``.
+    Training draws the :data:`AUGMENTATIONS` entry ``augment``, on a random ``crop``
+    window when given (see :func:`get_random_data`). Returns ``(image float32 (h, w, 3)
+    in 0..1, label uint8 (h, w))``, (h, w) the crop's in training when given, where
+    ignored pixels hold ``num_classes``.
     """
     jpg, png = image_path(voc_path, name), label_path(voc_path, name)
     with Image.open(jpg) as im:
@@ -159,7 +176,8 @@ def load_sample(voc_path, name, input_shape, num_classes, train, rng=None, label
     if image.size != label.size:
         raise ValueError(f"{png}: mask size {label.size} differs from its image {jpg} {image.size}")
     if train:
-        image, label = get_random_data(image, label, input_shape, rng=rng)
+        image, label = get_random_data(image, label, input_shape, rng=rng, crop=crop,
+                                       **AUGMENTATIONS[augment])
     else:
         image, label = letterbox(image, label, input_shape, label_fill)
     return preprocess_input(image), np.asarray(label, dtype=np.uint8)
@@ -167,10 +185,12 @@ def load_sample(voc_path, name, input_shape, num_classes, train, rng=None, label
 
 def build_dataset(voc_path, split, input_shape, batch_size, num_classes, train,
                   names=None, num_workers=None, seed=None, repeat=None, mark_bars=False, skip=0,
-                  skip_bad=False):
+                  skip_bad=False, crop=None, augment="original"):
     """``tf.data`` pipeline of batches ``(images, one-hot targets)``.
 
-    ``train=True``: shuffled each pass, augmented, last partial batch dropped, repeated
+    ``train=True``: shuffled each pass, augmented (``augment``, an :data:`AUGMENTATIONS`
+    key; with ``crop`` (h, w) the batches hold random windows of that size at the scale
+    of ``input_shape``), last partial batch dropped, repeated
     forever (``repeat``=None) so ``fit`` is driven by ``steps_per_epoch``. ``train=False``:
     file order, letterbox, every image once. ``num_workers`` parallel loaders
     (None = tf.data autotune). ``names`` skips re-reading and re-checking the split.
@@ -187,7 +207,10 @@ def build_dataset(voc_path, split, input_shape, batch_size, num_classes, train,
         names = check_split(voc_path, split, num_classes, skip_bad=skip_bad)
     repeat = train if repeat is None else repeat
     voc_path, input_shape = str(voc_path), tuple(int(s) for s in input_shape)
-    h, w = input_shape
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment {augment!r}: use one of {sorted(AUGMENTATIONS)}")
+    crop = tuple(int(s) for s in crop) if train and crop else None
+    h, w = crop or input_shape
     dropped = set()
 
     def load(name, sample_seed):
@@ -195,7 +218,8 @@ def build_dataset(voc_path, split, input_shape, batch_size, num_classes, train,
         name = name.decode("utf8")
         try:
             image, label = load_sample(voc_path, name, input_shape, num_classes, train,
-                                       rng=rng, label_fill=BAR_LABEL if mark_bars else 0)
+                                       rng=rng, label_fill=BAR_LABEL if mark_bars else 0,
+                                       crop=crop, augment=augment)
             return image, label, b""
         # A Python exception raised inside tf.numpy_function under a parallel map can
         # leave tf.data threads blocked at interpreter exit (the run hung after its
