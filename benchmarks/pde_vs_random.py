@@ -54,7 +54,8 @@ def parse_args(argv=None):
                         "\"--unet-args '--freeze-lr 3e-4'\"")
     p.add_argument("--knn-input-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="encoder input for the k-NN stage accuracy (default: the U-Net's "
-                        "input of the profile, 64 128 for demo)")
+                        "--input-shape of the profile, 128 224 for demo; the tables of the demo's "
+                        "64x128 U-Nets used 64 128)")
     p.add_argument("--logs-dir", default="logs", help="parent of the run folder (default logs/)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue, skipping finished seeds")
     return p.parse_args(argv)

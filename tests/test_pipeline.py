@@ -28,9 +28,10 @@ def test_to_argv_flags_tuples_and_left_out_values():
                          "--shared-towers --no-augment --learning-rate 1e-3 --precise-bn 20 "
                          "--validation-steps 5 --keep-checkpoints 1 "
                          "--resume-period-min 10 --freeze-stages conv1 res2 res3"),
-    ("demo", "unet", "--input-shape 64 128 --freeze-batch-size 8 --unfreeze-batch-size 8 "
+    ("demo", "unet", "--input-shape 128 224 --train-crop 64 128 --augment light "
+                     "--freeze-batch-size 8 --unfreeze-batch-size 8 "
                      "--freeze-lr 1e-3 --warmup-steps 7 --mixed-precision --encoder-bn-batches 7 "
-                     "--val-period 10 --cls-weights 1 6 1.5 3 7 --resume-period-min 10"),
+                     "--val-period 15 --cls-weights 1 6 1.5 3 7 --resume-period-min 10"),
     ("demo", "images_pretrain", "--input-shape 32 64 --batch-size 32 --epochs 3 "
                                 "--steps-per-epoch 100 --pool gap --learning-rate 1e-3 "
                                 "--precise-bn 20"),
