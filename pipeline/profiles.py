@@ -133,7 +133,9 @@ PROFILES = {
         # 0.25-2 and hue shift suit 60 epochs on hundreds of photos, not 30 on 60).
         # Seed 11, frozen U-Nets at 64x128 with the original's augmentation: PDE 0.3781,
         # random 0.3612; light: 0.4098 / 0.4007; 64x128 windows at 128x224, light:
-        # 0.4873 / 0.5004 (colour classifier 0.524).
+        # 0.4873 / 0.5004, in the demo 0.4979 / 0.4707 (colour classifier 0.524). Seeds
+        # 11-15 (benchmarks/pde_vs_random.py): 0.5237 +- 0.0269 / 0.5233 +- 0.0301, where
+        # whole 64x128 photos gave 0.3632 / 0.3622 (colour classifier 0.5318).
         unet=dict(input_shape=(128, 224), train_crop=(64, 128), augment="light",
                   freeze_batch_size=8, unfreeze_batch_size=8,
                   freeze_lr=1e-3, warmup_steps=7, mixed_precision=True, encoder_bn_batches=7,
