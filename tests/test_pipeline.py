@@ -31,7 +31,7 @@ def test_to_argv_flags_tuples_and_left_out_values():
     ("demo", "unet", "--input-shape 128 224 --train-crop 64 128 --augment light "
                      "--freeze-batch-size 8 --unfreeze-batch-size 8 "
                      "--freeze-lr 1e-3 --warmup-steps 7 --mixed-precision --encoder-bn-batches 7 "
-                     "--val-period 15 --cls-weights 1 6 1.5 3 7 --resume-period-min 10"),
+                     "--val-period 15 --resume-period-min 10"),
     ("demo", "images_pretrain", "--input-shape 32 64 --batch-size 32 --epochs 3 "
                                 "--steps-per-epoch 100 --pool gap --learning-rate 1e-3 "
                                 "--precise-bn 20"),
