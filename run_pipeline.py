@@ -51,7 +51,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", choices=sorted(PROFILES), default="demo",
                    help="sizes and epochs (pipeline/profiles.py): tiny (a wiring check of "
-                        "every step), demo (default: CPU-sized, both rows: 7 min 33 s measured "
+                        "every step), demo (default: CPU-sized, both rows: 7 min 14 s measured "
                         "on a 2-core CPU), paper (the original's sizes and epochs, for a GPU)")
     p.add_argument("--method", choices=[n.removeprefix("pde_") for n in PAIR_PRETRAINERS],
                    default="class",
