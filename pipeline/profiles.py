@@ -113,8 +113,8 @@ PROFILES = {
         # every 15 epochs (a validated epoch took 9 s against 4 s at 64x128, most of the
         # difference the two checkpoints it writes, 1.1-2.1 s each; on whole 128x224
         # photos the validation pass itself costs 3.5x; validation does not change the
-        # training), the last epoch evaluated as the original. The unfrozen phase keeps the original's lr 1e-5: at
-        # 1e-4 both rows fell to background only.
+        # training), the last epoch evaluated as the original. The unfrozen phase keeps
+        # the original's lr 1e-5: at 1e-4 both rows fell to background only.
         # A linear warm-up over the first epoch's 7 steps: on seed 13 one full Adam step
         # at 1e-3 saturated the softmax (probabilities 0 and 1, where the losses' clip
         # passes no gradient) and both rows stayed at background only for 30 epochs.

@@ -203,12 +203,12 @@ def build_dataset(voc_path, split, input_shape, batch_size, num_classes, train,
     (:data:`utils.errors.BAD_RECORD_MARK`), or with ``skip_bad`` is dropped with a
     warning naming it.
     """
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment {augment!r}: use one of {sorted(AUGMENTATIONS)}")
     if names is None:
         names = check_split(voc_path, split, num_classes, skip_bad=skip_bad)
     repeat = train if repeat is None else repeat
     voc_path, input_shape = str(voc_path), tuple(int(s) for s in input_shape)
-    if augment not in AUGMENTATIONS:
-        raise ValueError(f"augment {augment!r}: use one of {sorted(AUGMENTATIONS)}")
     crop = tuple(int(s) for s in crop) if train and crop else None
     h, w = crop or input_shape
     dropped = set()
