@@ -77,7 +77,10 @@ PROFILES = {
         # 0.665 where 150 steps of 16 at 64x128 gave 0.32). 600 steps rather than 300:
         # held-out pair accuracy 0.709 / 0.668 / 0.640 / 0.616 / 0.479 on seeds 11-15
         # (mean 0.622) against 0.590 / 0.625 / 0.576 / 0.423 / 0.369 (mean 0.517), higher
-        # on every seed; after 300 steps the pretext was still in its steep rise.
+        # on every seed; after 300 steps the pretext was still in its steep rise. The
+        # frozen PDE U-Nets fell a little with it (0.5259 +- 0.0314 against 0.5388 +-
+        # 0.0328; random 0.5430 +- 0.0250): the demo shows the prior learned, and that it
+        # does not help this orchard's U-Net (README, "Status").
         # GAP instead of the original's Flatten head (its tens of millions of Dense
         # weights made Adam diverge here), one shared tower and no augmentation (with
         # either, the pair accuracy stayed at chance for 180 steps in our runs), precise
