@@ -24,7 +24,7 @@ def test_to_argv_flags_tuples_and_left_out_values():
                          "--test-batch-size 4 --epochs 1 --steps-per-epoch 2 --run-eagerly "
                          "--precise-bn 1"),
     ("demo", "pretrain", "--input-shape 32 64 --load-size 32 64 --batch-size 32 "
-                         "--test-batch-size 64 --epochs 6 --steps-per-epoch 100 --pool gap "
+                         "--test-batch-size 64 --epochs 3 --steps-per-epoch 100 --pool gap "
                          "--shared-towers --no-augment --learning-rate 1e-3 --precise-bn 20 "
                          "--validation-steps 5 --keep-checkpoints 1 "
                          "--resume-period-min 10 --freeze-stages conv1 res2 res3"),
@@ -32,7 +32,7 @@ def test_to_argv_flags_tuples_and_left_out_values():
                      "--freeze-batch-size 8 --unfreeze-batch-size 8 "
                      "--freeze-lr 1e-3 --warmup-steps 7 --mixed-precision --encoder-bn-batches 7 "
                      "--val-period 15 --resume-period-min 10"),
-    ("demo", "images_pretrain", "--input-shape 32 64 --batch-size 32 --epochs 6 "
+    ("demo", "images_pretrain", "--input-shape 32 64 --batch-size 32 --epochs 3 "
                                 "--steps-per-epoch 100 --pool gap --learning-rate 1e-3 "
                                 "--precise-bn 20"),
     ("tiny", "pairs", "--per-class 24 --drop-empty-classes"),
