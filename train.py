@@ -452,16 +452,21 @@ def main(argv=None):
                           if k in test_metrics))
     write_wait_s += checkpoint.wait()
     steps_s, other_s = sum(timer.steps_s), sum(timer.other_s) + write_wait_s
+    build = timer.build_s
     if timer.steps_s:
         print(f"Epoch time: training steps {steps_s:.0f} s; validation, val_mIoU, logs, plots "
               f"and checkpoints {other_s:.0f} s ({100 * other_s / max(steps_s, 1e-9):.1f} % of "
               f"the steps' time; {write_wait_s:.1f} s of it waiting for the last checkpoint "
-              f"after the evaluation), over {len(timer.steps_s)} epochs.")
+              f"after the evaluation), over {len(timer.steps_s)} epochs. Building the graphs "
+              f"(the first batch of each compiled function, less a steady one) took "
+              f"{build['training']:.1f} s for training and {build['validation']:.1f} s for "
+              f"validation, counted in neither.")
     run.write_json("results.json", {
         "best_epoch": best_epoch, "best_val_mIoU": best_value,
         "eval_split": args.eval_split, "eval_checkpoint": args.eval_checkpoint,
         "test_metrics": test_metrics, "train_steps_s": round(steps_s, 2),
-        "epoch_overhead_s": round(other_s, 2)})
+        "epoch_overhead_s": round(other_s, 2),
+        "graph_build_s": {k: round(v, 2) for k, v in build.items()}})
     return {"run_dir": run_dir, "initial_epoch": args.init_epoch,
             "model_path": run_dir / "last_epoch.keras", "evaluated_model_path": evaluated,
             "best_model_path": best_path, "history": history, "test_metrics": test_metrics}

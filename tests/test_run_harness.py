@@ -79,6 +79,45 @@ def test_the_curves_are_redrawn_when_an_epoch_validated_and_when_training_ends(t
     assert png.read_bytes() != drawn
 
 
+def test_epoch_timer_keeps_the_first_batches_graph_building_out_of_both_figures(monkeypatch):
+    from utils import callbacks
+    from utils.callbacks import EpochTimer
+
+    clock = [0.0]
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: clock[0])
+
+    def wait(seconds):
+        clock[0] += seconds
+
+    timer = EpochTimer()
+    timer.on_train_begin()
+    # Epoch 1: a first step of 10 s (7 s of it building the graph), two steps of 3 s.
+    timer.on_epoch_begin(0)
+    for seconds in (10, 3, 3):
+        wait(seconds)
+        timer.on_train_batch_end(0)
+    wait(0.5)
+    timer.on_epoch_end(0)
+    # Epoch 2: steps of 2, 3 and 4 s (median 3 s with epoch 1's), then a validation of
+    # a first batch of 6 s (5 s building) and batches of 1 s and 0.5 s (a smaller one).
+    timer.on_epoch_begin(1)
+    for seconds in (2, 3, 4):
+        wait(seconds)
+        timer.on_train_batch_end(0)
+    timer.on_test_begin()
+    for seconds in (6, 1, 0.5):
+        wait(seconds)
+        timer.on_test_batch_end(0)
+    timer.on_test_end()
+    wait(0.25)
+    timer.on_epoch_end(1)
+    timer.on_train_end()
+    assert timer.build_s == {"training": 7.0, "validation": 5.0}
+    assert timer.steps_s == [9.0, 9.0]
+    assert timer.other_s == [0.5, 2.75]
+    assert timer.times == [9.5, 11.75]
+
+
 def test_checkpoint_holds_its_epoch_and_a_cut_off_file_is_passed_over(tmp_path):
     run = Run(tmp_path)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])

@@ -201,25 +201,70 @@ class CurvePlot(keras.callbacks.Callback):
 class EpochTimer(keras.callbacks.Callback):
     """Wall seconds of each epoch's training steps (``steps_s``) and of the rest of the
     epoch (``other_s``: validation passes, val_mIoU, logs, plots, checkpoints), up to
-    this callback's ``on_epoch_end``: put it last to count every other callback's."""
+    this callback's ``on_epoch_end``: put it last to count every other callback's.
+
+    The first batch through a newly compiled function also builds its graph (tracing,
+    and oneDNN's kernels for the new shapes): for the first training step of each
+    ``fit`` and the first validation batch after it, that extra time is taken out of
+    ``steps_s`` / ``other_s`` and kept in ``build_s`` (``"training"``,
+    ``"validation"``). It is estimated as that batch's time less a steady batch's: the
+    median of the fit's other steps (batches of one size), the slowest of the pass's
+    other validation batches (the last one may be smaller). With no other batch to
+    compare there is no estimate, and the time stays where it was."""
 
     def __init__(self):
         super().__init__()
         self.steps_s, self.other_s = [], []
+        self.build_s = {"training": 0.0, "validation": 0.0}
+        self._pending_val_build = 0.0
+
+    def on_train_begin(self, logs=None):
+        # Per fit: [(epoch index, first step's seconds)], the other steps' seconds.
+        self._first_step, self._steps, self._validated = None, [], False
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = self._last_step = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        self._last_step = time.perf_counter()
+        now = time.perf_counter()
+        if self._first_step is None:
+            self._first_step = (len(self.steps_s), now - self._last_step)
+        else:
+            self._steps.append(now - self._last_step)
+        self._last_step = now
+
+    def on_test_begin(self, logs=None):
+        self._test_batches, self._test_last = [], time.perf_counter()
+
+    def on_test_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        self._test_batches.append(now - self._test_last)
+        self._test_last = now
+
+    def on_test_end(self, logs=None):
+        first_pass, self._validated = not self._validated, True
+        batches = self._test_batches
+        if first_pass and len(batches) > 1:
+            self._pending_val_build = max(0.0, batches[0] - max(batches[1:]))
 
     def on_epoch_end(self, epoch, logs=None):
         self.steps_s.append(self._last_step - self._start)
-        self.other_s.append(time.perf_counter() - self._last_step)
+        other = time.perf_counter() - self._last_step
+        build, self._pending_val_build = self._pending_val_build, 0.0
+        self.other_s.append(other - build)
+        self.build_s["validation"] += build
+
+    def on_train_end(self, logs=None):
+        if self._first_step is None or not self._steps:
+            return
+        epoch, first = self._first_step
+        build = max(0.0, first - float(np.median(self._steps)))
+        self.steps_s[epoch] -= build
+        self.build_s["training"] += build
 
     @property
     def times(self):
-        """Wall seconds of each whole epoch."""
+        """Wall seconds of each whole epoch, graph building left out."""
         return [a + b for a, b in zip(self.steps_s, self.other_s)]
 
     def mean(self):
