@@ -24,8 +24,9 @@ from nets.unet_training import LOSSES, get_loss  # noqa: E402
 from utils.errors import MissingInput, UserError, user_errors  # noqa: E402
 from utils.run import (Run, checkpoint_epoch, fresh_path, has_optimizer_state, logged,  # noqa: E402
                        progress_verbose, read_log, resume_args)
-from utils.utils import (NAME_CLASSES, add_common_training_args, jit_compile_default,  # noqa: E402
-                         set_mixed_precision, set_seed, get_strategy)
+from utils.utils import (AUGMENTATIONS, NAME_CLASSES, add_common_training_args,  # noqa: E402
+                         describe_augmentation, get_strategy, jit_compile_default,
+                         set_mixed_precision, set_seed)
 
 # Options a resumed run may change: when it stops, what it evaluates, how it reports.
 RESUME_MAY_CHANGE = ("unfreeze_epoch", "early_stopping_patience", "save_period", "val_period",
@@ -50,12 +51,11 @@ def parse_args(argv=None):
                         "a step costs what an HxW input costs, while validation, the test "
                         "evaluation and predictions see whole photos at --input-shape, so "
                         "small objects keep that resolution")
-    p.add_argument("--augment", choices=("original", "light"), default="original",
-                   help="training augmentation: 'original' (scale 0.25-2, aspect ratio "
-                        "+-30 %%, flip, hue +-0.1, saturation and value x1/1.5-1.5) or "
-                        "'light' (scale 0.8-1.25, aspect ratio +-10 %%, flip, no hue "
-                        "shift, saturation and value x1/1.2-1.2), for a short training on "
-                        "few photos (default: original)")
+    p.add_argument("--augment", choices=sorted(AUGMENTATIONS), default="original",
+                   help="training augmentation: " + " or ".join(
+                       f"'{name}' ({describe_augmentation(name)})".replace("%", "%%")
+                       for name in AUGMENTATIONS)
+                   + ", the light one for a short training on few photos (default: original)")
     p.add_argument("--voc-path", default="VOCdevkit", help="VOCdevkit folder (original: VOCdevkit)")
     p.add_argument("--model-path", "--backbone-weights", dest="model_path", default="",
                    help="pretrained encoder weights: an encoder.weights.h5 from steps 4-5 or "

@@ -120,6 +120,21 @@ def test_a_training_crop_is_a_window_of_the_photo_at_the_input_scale():
     assert len(offsets) > 6                             # the window moves
 
 
+def test_the_original_augmentation_is_get_random_datas_defaults_and_help_says_each(capsys):
+    import inspect
+
+    import train
+
+    defaults = {k: v.default for k, v in inspect.signature(get_random_data).parameters.items()}
+    assert {k: defaults[k] for k in AUGMENTATIONS["original"]} == AUGMENTATIONS["original"]
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "'original' (scale 0.25-2, aspect ratio +-30 %, flip, hue +-0.1, saturation and " \
+           "value x1/1.5-1.5)" in text
+    assert "'light' (scale 0.8-1.25, aspect ratio +-10 %, flip, no hue shift" in text
+
+
 @pytest.mark.parametrize("augment", sorted(AUGMENTATIONS))
 def test_the_light_augmentation_keeps_scale_and_hue_near_the_photos(augment):
     rng = np.random.default_rng(5)

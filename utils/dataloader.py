@@ -16,7 +16,7 @@ import tensorflow as tf
 from PIL import Image
 
 from utils.errors import BAD_RECORD_MARK, UserError
-from utils.utils import cvtColor, preprocess_input, resize_image
+from utils.utils import AUGMENTATIONS, cvtColor, preprocess_input, resize_image
 from utils.voc import (SKIP_HINT, check_files, check_images, image_path, label_path,  # noqa: F401
                        read_split, split_path)
 
@@ -97,15 +97,6 @@ def letterbox(image, label, input_shape, label_fill=0):
     new_label = Image.new("L", (w, h), int(label_fill))
     new_label.paste(label.resize((nw, nh), Image.NEAREST), ((w - nw) // 2, (h - nh) // 2))
     return new_image, new_label
-
-
-# Training augmentations (``train.py --augment``): the original's, and a light one for a
-# short training on few photos, which keeps each photo near the scale and the colours it
-# is evaluated at (on the demo orchard colour is much of what tells the classes apart).
-AUGMENTATIONS = {
-    "original": dict(jitter=0.3, scale=(0.25, 2.0), hue=0.1, sat=1.5, val=1.5),
-    "light": dict(jitter=0.1, scale=(0.8, 1.25), hue=0.0, sat=1.2, val=1.2),
-}
 
 
 def get_random_data(image, label, input_shape, jitter=0.3, hue=0.1, sat=1.5, val=1.5, rng=None,

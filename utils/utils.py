@@ -17,6 +17,26 @@ VOC_PALETTE = [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), 
                (0, 64, 0), (128, 64, 0), (0, 192, 0), (128, 192, 0), (0, 64, 128)]
 
 
+# Training augmentations (``train.py --augment``, ``utils.dataloader.get_random_data``
+# keywords): the original's (get_random_data's defaults), and a light one for a short
+# training on few photos, which keeps each photo near the scale and the colours it is
+# evaluated at (on the demo orchard colour is much of what tells the classes apart).
+AUGMENTATIONS = {
+    "original": dict(jitter=0.3, scale=(0.25, 2.0), hue=0.1, sat=1.5, val=1.5),
+    "light": dict(jitter=0.1, scale=(0.8, 1.25), hue=0.0, sat=1.2, val=1.2),
+}
+
+
+def describe_augmentation(name):
+    """``AUGMENTATIONS[name]`` in words, e.g. for ``--help``."""
+    a = AUGMENTATIONS[name]
+    hue = f"hue +-{a['hue']:g}" if a["hue"] else "no hue shift"
+    colour = (f"saturation and value x1/{a['sat']:g}-{a['sat']:g}" if a["sat"] == a["val"] else
+              f"saturation x1/{a['sat']:g}-{a['sat']:g}, value x1/{a['val']:g}-{a['val']:g}")
+    return (f"scale {a['scale'][0]:g}-{a['scale'][1]:g}, aspect ratio +-{100 * a['jitter']:g} %, "
+            f"flip, {hue}, {colour}")
+
+
 def class_colors(num_classes):
     """The VOC palette for up to 21 classes, evenly spaced hues beyond that."""
     if num_classes <= len(VOC_PALETTE):
