@@ -55,14 +55,21 @@ def read_pairs(voc, split):
         yield i, rgb, mask
 
 
-def sample_pixels(voc, split, per_image, rng, n_classes):
+def colour_at(rgb, idx):
+    """:func:`colour_features` of the pixels at flat indices ``idx`` of a photo."""
+    return colour_features(rgb.reshape(-1, 3)[idx])
+
+
+def sample_pixels(voc, split, per_image, rng, n_classes, features=colour_at):
+    """``features(rgb, flat_indices)`` and the classes of ``per_image`` random labelled
+    pixels of each photo of ``split``."""
     xs, ys = [], []
     for _, rgb, mask in read_pairs(voc, split):
         flat = mask.reshape(-1)
         idx = rng.choice(flat.size, size=min(per_image, flat.size), replace=False)
-        keep = flat[idx] < n_classes
-        xs.append(colour_features(rgb.reshape(-1, 3)[idx[keep]]))
-        ys.append(flat[idx[keep]])
+        idx = idx[flat[idx] < n_classes]
+        xs.append(features(rgb, idx))
+        ys.append(flat[idx])
     return np.concatenate(xs), np.concatenate(ys)
 
 
@@ -88,13 +95,27 @@ def make_model(name, seed, balanced=False):
     raise ValueError(f"unknown model {name!r}")
 
 
-def evaluate(model, voc, split, stride, n_classes):
+def evaluate(model, voc, split, stride, n_classes, features=colour_at):
+    """Confusion matrix of ``model`` on every ``stride``-th pixel (both directions) of
+    ``split``'s photos, from ``features(rgb, flat_indices)``."""
     hist = np.zeros((n_classes, n_classes), np.int64)
     for _, rgb, mask in read_pairs(voc, split):
-        rgb, mask = rgb[::stride, ::stride], mask[::stride, ::stride].reshape(-1)
-        pred = model.predict(colour_features(rgb.reshape(-1, 3)))
-        hist += fast_hist(mask, pred, n_classes)
+        h, w = mask.shape
+        idx = (np.arange(0, h, stride)[:, None] * w + np.arange(0, w, stride)[None, :]).ravel()
+        pred = model.predict(features(rgb, idx))
+        hist += fast_hist(mask.reshape(-1)[idx], pred, n_classes)
     return hist
+
+
+def report(hist, names=NAME_CLASSES):
+    """Per-class IoU and recall, mIoU, mPA, pixel accuracy and each class's share of the
+    test pixels, from a confusion matrix."""
+    iou, recall = per_class_iu(hist), per_class_PA_Recall(hist)
+    return {"iou": {c: float(v) for c, v in zip(names, iou)},
+            "recall": {c: float(v) for c, v in zip(names, recall)},
+            "mIoU": float(np.nanmean(iou)), "mPA": float(np.nanmean(recall)),
+            "accuracy": float(per_Accuracy(hist)),
+            "test_share": {c: float(v) for c, v in zip(names, hist.sum(1) / hist.sum())}}
 
 
 def parse_args(argv=None):
@@ -139,16 +160,9 @@ def main(argv=None):
         x, y = sample_pixels(voc, "train", args.pixels_per_image, rng, n)
         model = make_model(args.model, args.seed, args.balanced).fit(x, y)
         hist = evaluate(model, voc, "test", args.stride, n)
-    iou, recall = per_class_iu(hist), per_class_PA_Recall(hist)
-    result = {
-        "model": args.model + (" balanced" if args.balanced else ""), "train_pixels": int(len(y)),
-        "iou": {c: float(v) for c, v in zip(NAME_CLASSES, iou)},
-        "recall": {c: float(v) for c, v in zip(NAME_CLASSES, recall)},
-        "mIoU": float(np.nanmean(iou)), "mPA": float(np.nanmean(recall)),
-        "accuracy": float(per_Accuracy(hist)),
-        "test_share": {c: float(v) for c, v in zip(NAME_CLASSES, hist.sum(1) / hist.sum())},
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
+    result = {"model": args.model + (" balanced" if args.balanced else ""),
+              "train_pixels": int(len(y)), **report(hist),
+              "seconds": round(time.perf_counter() - t0, 1)}
     print("command: python benchmarks/colour_baseline.py " + " ".join(sys.argv[1:] if argv is None else argv))
     print(f"colour-only {result['model']} on {result['train_pixels']} train pixels; test split:")
     print(f"{'class':14s} {'IoU':>6s} {'recall':>7s} {'share':>6s}")

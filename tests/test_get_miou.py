@@ -228,3 +228,28 @@ def test_training_val_miou_equals_get_miou_on_a_fixed_batch(model_file, tmp_path
     result = evaluate_split(model, base, "test", out_dir=tmp_path / "ev", batch_size=2)
     assert logs["mIoU"] == pytest.approx(result["mIoU"], abs=1e-6)
     assert 0 < result["mIoU"] < 1
+
+
+def test_pixel_probe_reads_each_feature_map_at_the_pixels_cell_and_fits_a_read_out(tmp_path):
+    from benchmarks import pixel_probe
+    from nets.unet import build_unet, get_encoder
+    from tests.test_train import make_voc
+
+    voc = make_voc(tmp_path, counts=(("train", 3), ("test", 2)), size=(80, 64))
+    model = build_unet((None, None, 3), 5, "vgg")
+    path = tmp_path / "unet.keras"
+    model.save(path)
+    features = pixel_probe.encoder_features(path, "vgg", 5)
+    rgb = np.random.default_rng(1).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    padded = np.full((64, 96, 3), 128, np.uint8)        # width 80 padded to 96
+    padded[:, :80] = rgb
+    maps = [np.asarray(m[0]) for m in get_encoder(model)(padded[None] / np.float32(255))]
+    y, x = 37, 79                                       # the last column of the photo
+    expected = np.concatenate([m[y * m.shape[0] // 64, x * m.shape[0] // 64] for m in maps])
+    np.testing.assert_allclose(features(rgb, [y * 80 + x])[0], expected, rtol=1e-4, atol=1e-5)
+    res = pixel_probe.main(["--voc", str(voc), "--backbone", "vgg", "--pixels-per-image",
+                            "200", f"a={path}"])
+    assert res["a"]["features"] == sum(m.shape[-1] for m in maps)
+    assert res["a"]["train_pixels"] == 600 and 0 < res["a"]["mIoU"] <= 1
+    with pytest.raises(SystemExit):
+        pixel_probe.parse_args(["--voc", str(voc), str(path)])    # no NAME=
