@@ -4,10 +4,12 @@ Each seed runs ``run_pipeline.py`` up to the random row with every option of the
 profile unchanged (``--seed`` changes the synthetic orchard's trees, the PDE pretraining
 and the U-Net seeds alike), then embeds the stage images with the PDE encoder and with
 a random encoder of the same seed and measures their k-NN stage accuracy
-(``visualize.py embeddings``). It prints, as mean ± std over the seeds: frozen and fine-tuned test mIoU
-and per-class IoU of both rows, the PDE pretext's held-out pair accuracy, the k-NN stage
-accuracies, and whether PDE's frozen mean is above random's by more than twice the
-larger standard deviation.
+(``visualize.py embeddings``), and reads each frozen U-Net's encoder pixel by pixel with
+a linear read-out (``benchmarks/pixel_probe.py``). It prints, as mean ± std over the
+seeds: frozen and fine-tuned test mIoU and per-class IoU of both rows, the PDE pretext's
+held-out pair accuracy, the k-NN stage accuracies, the read-out's mIoU, and whether
+PDE's frozen mean (U-Net, and read-out) is above random's by more than twice the larger
+standard deviation.
 
     python benchmarks/pde_vs_random.py                   # demo profile, seeds 11 12 13
     python benchmarks/pde_vs_random.py --seeds 11 12 13 14 15 --pipeline-args "--unet-args '--freeze-lr 3e-4'"
@@ -56,6 +58,9 @@ def parse_args(argv=None):
                    help="encoder input for the k-NN stage accuracy (default: the U-Net's "
                         "--input-shape of the profile, 128 224 for demo; the tables of the demo's "
                         "64x128 U-Nets used 64 128)")
+    p.add_argument("--no-probe", dest="probe", action="store_false",
+                   help="skip the per-pixel linear read-out of the frozen U-Nets' encoders "
+                        "(benchmarks/pixel_probe.py, about 2.5 minutes a seed on 2 cores)")
     p.add_argument("--logs-dir", default="logs", help="parent of the run folder (default logs/)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue, skipping finished seeds")
     return p.parse_args(argv)
@@ -84,6 +89,8 @@ def run_seed(args, seed, out_dir):
     argv = ["--profile", args.profile, "--seed", str(seed), "--logs-dir", str(out_dir),
             "--steps", ",".join(ROW_STEPS), "--data-dir", str(Path(args.data_dir) / f"seed{seed}"),
             *shlex.split(args.pipeline_args)]
+    if args.probe:      # the frozen U-Nets' checkpoints, read below, then deleted
+        argv.append("--keep-checkpoints")
     start = time.time()
     record = run_pipeline.main(argv)["steps"]
     result = {"seconds": round(time.time() - start, 1),
@@ -102,6 +109,14 @@ def run_seed(args, seed, out_dir):
     colour = colour_baseline.main(["--voc", record["orchard"]["result"]["voc"],
                                    "--seed", str(seed)])
     result["colour"] = {"mIoU": colour["mIoU"], "IoU": [colour["iou"][c] for c in NAME_CLASSES]}
+    if args.probe:
+        from benchmarks import pixel_probe
+
+        for step, row in (("unet_frozen", "pde"), ("random_frozen", "random")):
+            read = pixel_probe.probe(record["orchard"]["result"]["voc"],
+                                     record[step]["result"]["model_path"])
+            result[f"{row} probe"] = {"mIoU": read["mIoU"],
+                                      "IoU": [read["iou"][c] for c in NAME_CLASSES]}
     # The U-Net checkpoints are 180-300 MB each and nothing here reads them again.
     for path in out_dir.rglob("*.keras"):
         path.unlink()
@@ -111,6 +126,18 @@ def run_seed(args, seed, out_dir):
 def _pm(stat, digits=4):
     mean, std = stat
     return "—" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _verdict(what, runs, column):
+    """``what``'s gap PDE - random against twice the larger std, and the paired gaps."""
+    (pde_m, pde_s), (rnd_m, rnd_s) = (mean_std([r[f"{row} {column}"]["mIoU"] for r in runs])
+                                      for row in ("pde", "random"))
+    gaps = [r[f"pde {column}"]["mIoU"] - r[f"random {column}"]["mIoU"] for r in runs]
+    gap, bar = pde_m - rnd_m, 2 * max(pde_s, rnd_s)
+    verdict = "above" if gap > bar else "NOT above"
+    return (f"{what} gap PDE - random: {gap:+.4f}; twice the larger std: {bar:.4f}: the gap "
+            f"is {verdict} it. Paired by seed: {_pm(mean_std(gaps))}, PDE above on "
+            f"{sum(g > 0 for g in gaps)} of {len(gaps)} seeds.")
 
 
 def summarise(results):
@@ -142,12 +169,18 @@ def summarise(results):
                       f"PDE U-Net is above it on {above} of {len(runs)} seeds."]
     pair = mean_std([r["pair_accuracy"] for r in runs])
     lines += ["", f"PDE pretext, held-out pair accuracy: {_pm(pair, 3)} (chance 0.25)"]
-    (pde_m, pde_s), (rnd_m, rnd_s) = (mean_std([r[f"{row} frozen"]["mIoU"] for r in runs])
-                                      for row in ("pde", "random"))
-    gap, bar = pde_m - rnd_m, 2 * max(pde_s, rnd_s)
-    verdict = "above" if gap > bar else "NOT above"
-    lines.append(f"Frozen mIoU gap PDE - random: {gap:+.4f}; twice the larger std: {bar:.4f}: "
-                 f"the gap is {verdict} it.")
+    lines.append(_verdict("Frozen mIoU", runs, "frozen"))
+    if all("pde probe" in r for r in runs):
+        lines += ["", "Per-pixel linear read-out of the frozen U-Nets' encoders "
+                      "(benchmarks/pixel_probe.py, same photos), test IoU:", "",
+                  "| Encoder | " + " | ".join(NAME_CLASSES) + " | mIoU |",
+                  "|---|" + "---|" * (len(NAME_CLASSES) + 1)]
+        for row in ("pde", "random"):
+            mean, std = mean_std([r[f"{row} probe"]["IoU"] for r in runs])
+            lines.append(f"| {row} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in
+                                                    zip(mean, std))
+                         + f" | {_pm(mean_std([r[f'{row} probe']['mIoU'] for r in runs]))} |")
+        lines += ["", _verdict("Read-out mIoU", runs, "probe")]
     lines.append(f"Wall time per seed: {_pm(mean_std([r['seconds'] for r in runs]), 0)} s")
     return "\n".join(lines)
 

@@ -32,11 +32,12 @@ from utils.errors import UserError  # noqa: E402
 from utils.utils import NAME_CLASSES, preprocess_input  # noqa: E402
 
 
-def encoder_features(model_path, backbone="resnet50", num_classes=len(NAME_CLASSES)):
+def encoder_features(model_path, backbone="resnet50", num_classes=len(NAME_CLASSES),
+                     maps=None):
     """``features(rgb, flat_indices) -> (n, channels)``: the frozen encoder of the U-Net
-    checkpoint ``model_path``, each feature map read at the cell holding each pixel. The
-    photo is padded (grey) to a multiple of 32 on the bottom and right; the pixels read
-    are the photo's own."""
+    checkpoint ``model_path``, each feature map (``maps``: their indices, shallow to
+    deep; default all) read at the cell holding each pixel. The photo is padded (grey)
+    to a multiple of 32 on the bottom and right; the pixels read are the photo's own."""
     from nets.unet import build_unet, get_encoder
 
     model = build_unet((None, None, 3), num_classes, backbone)
@@ -51,10 +52,12 @@ def encoder_features(model_path, backbone="resnet50", num_classes=len(NAME_CLASS
         h, w = rgb.shape[:2]
         padded = np.full((-(-h // 32) * 32, -(-w // 32) * 32, 3), 128, np.uint8)
         padded[:h, :w] = rgb
-        maps = encoder(preprocess_input(padded)[None], training=False)
+        outputs = encoder(preprocess_input(padded)[None], training=False)
         y, x = np.divmod(np.asarray(idx), w)
         columns = []
-        for m in maps:
+        for k, m in enumerate(outputs):
+            if maps is not None and k not in maps:
+                continue
             m = np.asarray(m[0], np.float32)
             stride = padded.shape[0] // m.shape[0]
             columns.append(m[y // stride, x // stride])
@@ -63,8 +66,12 @@ def encoder_features(model_path, backbone="resnet50", num_classes=len(NAME_CLASS
     return features
 
 
-def probe(voc, model_path, pixels_per_image, stride, seed, balanced=False, c=1.0,
-          backbone="resnet50"):
+# The read-out's defaults (benchmarks/pde_vs_random.py uses them as they are).
+PIXELS_PER_IMAGE, STRIDE, SEED = 500, 2, 0
+
+
+def probe(voc, model_path, pixels_per_image=PIXELS_PER_IMAGE, stride=STRIDE, seed=SEED,
+          balanced=False, c=1.0, backbone="resnet50", maps=None):
     """Fit the read-out on the train split of ``voc`` and return :func:`report` of the
     test split, with the feature size and the number of training pixels."""
     from sklearn.linear_model import LogisticRegression
@@ -72,11 +79,11 @@ def probe(voc, model_path, pixels_per_image, stride, seed, balanced=False, c=1.0
     from sklearn.preprocessing import StandardScaler
 
     n = len(NAME_CLASSES)
-    features = encoder_features(model_path, backbone, n)
+    features = encoder_features(model_path, backbone, n, maps)
     x, y = sample_pixels(voc, "train", pixels_per_image, np.random.default_rng(seed), n,
                          features)
     model = make_pipeline(StandardScaler(),
-                          LogisticRegression(C=c, max_iter=500,
+                          LogisticRegression(C=c, max_iter=3000,
                                              class_weight="balanced" if balanced else None))
     model.fit(x, y)
     hist = evaluate(model, voc, "test", stride, n, features)
@@ -93,15 +100,19 @@ def parse_args(argv=None):
                         "at the size the U-Net was evaluated at")
     p.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet50",
                    help="the U-Nets' encoder (default: resnet50)")
-    p.add_argument("--pixels-per-image", type=int, default=500,
-                   help="training pixels sampled from each train photo (default: 500)")
-    p.add_argument("--stride", type=int, default=2,
-                   help="evaluate every stride-th pixel in both directions (default: 2)")
+    p.add_argument("--pixels-per-image", type=int, default=PIXELS_PER_IMAGE,
+                   help=f"training pixels sampled from each train photo (default: "
+                        f"{PIXELS_PER_IMAGE})")
+    p.add_argument("--stride", type=int, default=STRIDE,
+                   help=f"evaluate every stride-th pixel in both directions (default: {STRIDE})")
     p.add_argument("--balanced", action="store_true",
                    help="weight classes inversely to their pixel share")
     p.add_argument("--C", dest="c", type=float, default=1.0,
                    help="inverse L2 strength of the logistic regression (default: 1)")
-    p.add_argument("--seed", type=int, default=0, help="pixel sampling seed (default: 0)")
+    p.add_argument("--maps", type=int, nargs="+", choices=range(5), default=None,
+                   help="read only these of the encoder's five feature maps, 0 (the shallowest, "
+                        "ResNet50's stride 2) to 4 (the deepest, stride 32; default: all)")
+    p.add_argument("--seed", type=int, default=SEED, help=f"pixel sampling seed (default: {SEED})")
     args = p.parse_args(argv)
     named = []
     for item in args.models:
@@ -121,7 +132,7 @@ def main(argv=None):
     for name, path in args.models:
         t0 = time.perf_counter()
         results[name] = probe(args.voc, path, args.pixels_per_image, args.stride, args.seed,
-                              args.balanced, args.c, args.backbone)
+                              args.balanced, args.c, args.backbone, args.maps)
         results[name]["seconds"] = round(time.perf_counter() - t0, 1)
     print("command: python benchmarks/pixel_probe.py "
           + " ".join(sys.argv[1:] if argv is None else argv))

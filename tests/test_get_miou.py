@@ -247,6 +247,8 @@ def test_pixel_probe_reads_each_feature_map_at_the_pixels_cell_and_fits_a_read_o
     y, x = 37, 79                                       # the last column of the photo
     expected = np.concatenate([m[y * m.shape[0] // 64, x * m.shape[0] // 64] for m in maps])
     np.testing.assert_allclose(features(rgb, [y * 80 + x])[0], expected, rtol=1e-4, atol=1e-5)
+    deepest = pixel_probe.encoder_features(path, "vgg", 5, maps=[4])(rgb, [y * 80 + x])[0]
+    np.testing.assert_allclose(deepest, expected[-maps[4].shape[-1]:], rtol=1e-4, atol=1e-5)
     res = pixel_probe.main(["--voc", str(voc), "--backbone", "vgg", "--pixels-per-image",
                             "200", f"a={path}"])
     assert res["a"]["features"] == sum(m.shape[-1] for m in maps)

@@ -98,3 +98,11 @@ def test_pde_vs_random_says_whether_the_gap_beats_twice_the_spread():
     for run, colour in zip(runs.values(), (0.505, 0.53, 0.40)):
         run["colour"] = {"mIoU": colour, "IoU": [colour] * 5}
     assert "above it on 1 of 3 seeds" in summarise(runs)
+    # The per-pixel read-out's rows and verdict, with the gaps paired by seed.
+    assert "Read-out mIoU" not in summarise(runs)
+    for run, (pde, rnd) in zip(runs.values(), ((0.36, 0.33), (0.33, 0.30), (0.37, 0.33))):
+        run["pde probe"], run["random probe"] = ({"mIoU": m, "IoU": [m] * 5} for m in (pde, rnd))
+    text = summarise(runs)
+    assert "| pde | 0.353 ± 0.017" in text
+    assert ("Read-out mIoU gap PDE - random: +0.0333; twice the larger std: 0.0340: the gap is "
+            "NOT above it. Paired by seed: 0.0333 ± 0.0047, PDE above on 3 of 3 seeds.") in text
