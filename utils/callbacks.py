@@ -219,7 +219,8 @@ class EpochTimer(keras.callbacks.Callback):
         self._pending_val_build = 0.0
 
     def on_train_begin(self, logs=None):
-        # Per fit: [(epoch index, first step's seconds)], the other steps' seconds.
+        # Per fit: (epoch index, seconds) of its first step, the other steps' seconds,
+        # and whether a validation pass has run (only the first one builds its graph).
         self._first_step, self._steps, self._validated = None, [], False
 
     def on_epoch_begin(self, epoch, logs=None):
