@@ -66,7 +66,7 @@ def parse_args(argv=None):
     p.add_argument("--no-probe", dest="probe", action="store_false",
                    help="skip the per-pixel linear read-outs of the frozen U-Nets' encoders "
                         "(benchmarks/pixel_probe.py: all five feature maps, and maps 0-2; "
-                        "about 3.5 minutes a seed on 2 cores)")
+                        "about 4 minutes a seed on 2 cores)")
     p.add_argument("--logs-dir", default="logs", help="parent of the run folder (default logs/)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue, skipping finished seeds")
     return p.parse_args(argv)
