@@ -52,7 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--profile", choices=sorted(PROFILES), default="demo",
                    help="sizes and epochs (pipeline/profiles.py): tiny (a wiring check of "
                         "every step), demo (default: CPU-sized, both rows: 7 min 14 s and 8 min "
-                        "44 s measured on a 2-core CPU on a fast and a slow hour), paper (the original's sizes and epochs, for a GPU)")
+                        "44 s measured on a 2-core CPU on a fast and a slow hour), paper (the "
+                        "original's sizes and epochs, for a GPU)")
     p.add_argument("--method", choices=[n.removeprefix("pde_") for n in PAIR_PRETRAINERS],
                    default="class",
                    help="PDE distance: class = step 5 (classification, the published row), "

@@ -41,9 +41,9 @@ UNETS = (("unet_frozen", "pde", "frozen"), ("unet_finetune", "pde", "fine-tuned"
          ("random_frozen", "random", "frozen"), ("random_finetune", "random", "fine-tuned"))
 # The per-pixel read-outs of the frozen encoders: all five feature maps, and the three
 # shallow ones alone (conv1-res3, whose kernels the demo's PDE keeps at their initial
-# values; on the demo they read better than all five, for both encoders alike).
-PROBES = {"probe": None, "probe shallow": (0, 1, 2)}
-PROBE_MAPS = {"probe": "all maps", "probe shallow": "maps 0-2"}
+# values; on the demo they read better than all five, for both encoders alike): result
+# column -> (maps read, their name in the summary).
+PROBES = {"probe": (None, "all maps"), "probe shallow": ((0, 1, 2), "maps 0-2")}
 
 
 def parse_args(argv=None):
@@ -119,7 +119,7 @@ def run_seed(args, seed, out_dir):
         from benchmarks import pixel_probe
 
         for step, row in (("unet_frozen", "pde"), ("random_frozen", "random")):
-            for column, maps in PROBES.items():
+            for column, (maps, _) in PROBES.items():
                 read = pixel_probe.probe(record["orchard"]["result"]["voc"],
                                          record[step]["result"]["model_path"], maps=maps)
                 result[f"{row} {column}"] = {"mIoU": read["mIoU"],
@@ -187,10 +187,10 @@ def summarise(results):
             for row in ("pde", "random"):
                 mean, std = mean_std([r[f"{row} {column}"]["IoU"] for r in runs])
                 miou = _pm(mean_std([r[f"{row} {column}"]["mIoU"] for r in runs]))
-                lines.append(f"| {row}, {PROBE_MAPS[column]} | " + " | ".join(
+                lines.append(f"| {row}, {PROBES[column][1]} | " + " | ".join(
                     f"{m:.3f} ± {s:.3f}" for m, s in zip(mean, std)) + f" | {miou} |")
         lines.append("")
-        lines += [_verdict(f"Read-out mIoU ({PROBE_MAPS[c]})", runs, c) for c in probes]
+        lines += [_verdict(f"Read-out mIoU ({PROBES[c][1]})", runs, c) for c in probes]
     lines.append(f"Wall time per seed: {_pm(mean_std([r['seconds'] for r in runs]), 0)} s")
     return "\n".join(lines)
 

@@ -104,8 +104,8 @@ def test_pde_vs_random_says_whether_the_gap_beats_twice_the_spread():
         run["pde probe"], run["random probe"] = ({"mIoU": m, "IoU": [m] * 5} for m in (pde, rnd))
     text = summarise(runs)
     assert "| pde, all maps | 0.353" in text and "maps 0-2" not in text
-    assert ("Read-out mIoU (all maps) gap PDE - random: +0.0333; twice the larger std: 0.0340: the gap is "
-            "NOT above it. Paired by seed: 0.0333 ± 0.0047, PDE above on 3 of 3 seeds.") in text
+    assert ("Read-out mIoU (all maps) gap PDE - random: +0.0333; twice the larger std: "
+            "0.0340: the gap is NOT above it. Paired by seed: 0.0333 ± 0.0047, PDE above on 3 of 3 seeds.") in text
     for run in runs.values():
         run["pde probe shallow"] = run["random probe shallow"] = {"mIoU": 0.47, "IoU": [0.47] * 5}
     text = summarise(runs)
