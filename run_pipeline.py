@@ -500,6 +500,9 @@ def summary_lines(run, names):
     if "acc" in pretext:
         lines.append(f"PDE pretext: held-out pair accuracy {pretext['acc']:.3f} on the test "
                      f"dates' pairs (chance 0.25)")
+        if "stage_acc" in pretext:
+            lines.append(f"  of its two halves: same view or not {pretext['view_acc']:.3f}, "
+                         f"same stage or not {pretext['stage_acc']:.3f} (chance 0.5 each)")
     for step in ("unet_frozen", "unet_finetune", *BASELINE_STEPS):
         iou = run.result(step).get("test_metrics", {}).get("IoU")
         if iou:

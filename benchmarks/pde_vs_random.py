@@ -99,8 +99,9 @@ def run_seed(args, seed, out_dir):
         argv.append("--keep-checkpoints")
     start = time.time()
     record = run_pipeline.main(argv)["steps"]
-    result = {"seconds": round(time.time() - start, 1),
-              "pair_accuracy": record["pretrain"]["result"].get("test_metrics", {}).get("acc")}
+    pretext = record["pretrain"]["result"].get("test_metrics", {})
+    result = {"seconds": round(time.time() - start, 1), "pair_accuracy": pretext.get("acc"),
+              "view_accuracy": pretext.get("view_acc"), "stage_accuracy": pretext.get("stage_acc")}
     for step, row, column in UNETS:
         metrics = record[step]["result"]["test_metrics"]
         result[f"{row} {column}"] = {"mIoU": metrics["mIoU"], "IoU": metrics["IoU"]}
@@ -176,6 +177,10 @@ def summarise(results):
                       f"PDE U-Net is above it on {above} of {len(runs)} seeds."]
     pair = mean_std([r["pair_accuracy"] for r in runs])
     lines += ["", f"PDE pretext, held-out pair accuracy: {_pm(pair, 3)} (chance 0.25)"]
+    if all(r.get("stage_accuracy") is not None for r in runs):
+        view, stage = (mean_std([r[f"{half}_accuracy"] for r in runs]) for half in ("view", "stage"))
+        lines.append(f"  same view or not: {_pm(view, 3)}, same stage or not: {_pm(stage, 3)} "
+                     f"(chance 0.5 each)")
     lines.append(_verdict("Frozen mIoU", runs, "frozen"))
     probes = [c for c in PROBES if all(f"pde {c}" in r for r in runs)]
     if probes:

@@ -41,7 +41,7 @@ def make_loss(args):
 
 SPEC = train_common.MethodSpec(
     run_name="pde_grading", kind="grading", build_model=build_model,
-    make_optimizer=make_optimizer, make_loss=make_loss, metrics=["mse"], epochs=10,
+    make_optimizer=make_optimizer, make_loss=make_loss, make_metrics=lambda: ["mse"], epochs=10,
     split=(0.425, 0.05), split_note="340,000 / 40,000 / the rest of 800,000 pairs")
 
 

@@ -31,9 +31,15 @@ def make_optimizer(learning_rate):
     return FusedAdam(learning_rate=learning_rate)
 
 
+def _metrics():
+    from pde_self_supervised.metrics import stage_acc, view_acc
+
+    return ["mse", "acc", view_acc, stage_acc]
+
+
 SPEC = train_common.MethodSpec(
     run_name="pde_class", kind="class", build_model=build_model, make_optimizer=make_optimizer,
-    make_loss=lambda args: "categorical_crossentropy", metrics=["mse", "acc"], epochs=20,
+    make_loss=lambda args: "categorical_crossentropy", make_metrics=_metrics, epochs=20,
     split=(0.9, 0.05), split_note="720,000 / 40,000 / 40,000 of 800,000 pairs")
 
 

@@ -48,7 +48,7 @@ class MethodSpec:
     build_model: Callable              # args -> keras.Model
     make_optimizer: Callable           # learning rate (number or schedule) -> optimizer
     make_loss: Callable                # args -> loss
-    metrics: list
+    make_metrics: Callable             # () -> compiled metrics
     epochs: int
     split: tuple                       # default (train, val) fractions; test is the rest
     split_note: str                    # the original's split, for the help text
@@ -314,7 +314,7 @@ def _callbacks(args, run):
 
 def _compile(model, spec, args, optimizer):
     model.compile(optimizer=optimizer, loss=spec.make_loss(args),
-                  metrics=list(spec.metrics), run_eagerly=args.run_eagerly,
+                  metrics=spec.make_metrics(), run_eagerly=args.run_eagerly,
                   jit_compile=False if args.run_eagerly else jit_compile_default())
     return model
 
@@ -342,6 +342,7 @@ def run(spec, args):
 
     import pde_self_supervised.layers  # noqa: F401  (custom layers for checkpoints)
     import pde_self_supervised.losses  # noqa: F401
+    import pde_self_supervised.metrics  # noqa: F401  (view_acc, stage_acc, in checkpoints)
     import utils.optimizers  # noqa: F401  (FusedAdam, in resume checkpoints)
 
     set_seed(args.seed)

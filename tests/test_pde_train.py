@@ -98,8 +98,20 @@ def test_run_folder_holds_the_record(trained):
     assert list((run / "tensorboard" / "train").glob("events.out.tfevents.*"))
     log = read_log(run)
     assert log["epoch"] == [0, 1] and len(log["val_loss"]) == 2 and log["pairs_per_s"][0] > 0
-    assert set(result["test_metrics"]) >= {"loss", "acc", "mse"}
+    assert set(result["test_metrics"]) >= {"loss", "acc", "mse", "view_acc", "stage_acc"}
+    assert {"val_view_acc", "val_stage_acc"} <= set(log)
     assert result["encoder_path"] == run / "encoder.weights.h5"
+
+
+def test_view_and_stage_halves_of_a_pair_prediction():
+    """Classes: 0 same view same stage, 1 same view, 2 same stage, 3 neither."""
+    from pde_self_supervised.metrics import stage_acc, view_acc
+
+    true = np.eye(4, dtype="float32")[[0, 0, 1, 2, 3, 3]]
+    pred = np.eye(4, dtype="float32")[[0, 1, 0, 0, 2, 3]] * 0.7 + 0.075
+    # right / view only / view only / stage only / view only / right
+    assert np.asarray(view_acc(true, pred)).tolist() == [1, 1, 1, 0, 1, 1]
+    assert np.asarray(stage_acc(true, pred)).tolist() == [1, 0, 0, 1, 0, 1]
 
 
 def test_sixteen_steps_bring_the_loss_down(trained):

@@ -93,6 +93,10 @@ def test_pde_vs_random_says_whether_the_gap_beats_twice_the_spread():
     noisy = summarise({"1": seed(0.50, 0.30), "2": seed(0.30, 0.45), "3": seed(0.40, 0.35)})
     assert "the gap is NOT above it" in noisy
     assert "colour classifier" not in noisy          # (seeds recorded before it was measured)
+    assert "same stage or not" not in noisy          # (nor the pretext's two halves)
+    halves = {k: dict(seed(0.5, 0.3), view_accuracy=v, stage_accuracy=st)
+              for k, v, st in (("1", 0.9, 0.6), ("2", 1.0, 0.7))}
+    assert "same view or not: 0.950 ± 0.050, same stage or not: 0.650 ± 0.050" in summarise(halves)
     # The colour classifier's row, and on how many seeds the frozen PDE U-Net beats it.
     runs = {"1": seed(0.50, 0.30), "2": seed(0.52, 0.31), "3": seed(0.51, 0.29)}
     for run, colour in zip(runs.values(), (0.505, 0.53, 0.40)):

@@ -155,7 +155,8 @@ def _fake_run(tmp_path):
     run = Run(tmp_path)
     metrics = {"mIoU": 0.5, "mPA": 0.6, "IoU": [0.9, 0.1, 0.7, 0.3, 0.5]}
     run.record["pairs"] = {"result": {"counts": {"0": 10, "1": 10}, "n_images": 8}}
-    run.record["pretrain"] = {"result": {"test_metrics": {"acc": 0.66}}}
+    run.record["pretrain"] = {"result": {"test_metrics": {"acc": 0.66, "view_acc": 0.97,
+                                                           "stage_acc": 0.68}}}
     (tmp_path / "pde").mkdir()
     (tmp_path / "pde" / "ep003-loss1.0-val_loss1.0.keras").write_text("x")
     (tmp_path / "pde" / "encoder.weights.h5").write_text("x")
@@ -181,6 +182,7 @@ def test_one_run_prints_the_pde_row_and_the_random_row(tmp_path):
     assert "| Glorot uniform (random), this run | none | 0.3000 | 0.6000 | 0.2000 |" in table
     lines = run_pipeline.summary_lines(run, ["bg", "fruit", "leaf", "trunk", "flower"])
     assert lines[0].startswith("PDE pretext: held-out pair accuracy 0.660")
+    assert "same view or not 0.970, same stage or not 0.680" in lines[1]
     assert any(l.startswith("random_frozen") and "fruit 0.100" in l for l in lines)
     # --init random is that row already: no second random row.
     assert not run_pipeline.parse_args(["--init", "random"]).baseline
