@@ -78,23 +78,32 @@ def original_style_batches(x, image_dir, batch_size):
         yield {"self_input1": batch[:, 0], "self_input2": batch[:, 1]}
 
 
-def time_batches(make_iterator, batches, batch_size, repeats=3):
-    """Best of ``repeats`` runs: (pairs per second of wall time, CPU ms per pair).
+def time_batches(make_iterator, batches, batch_size):
+    """One timed run: (pairs per second of wall time, CPU ms per pair).
 
-    The best run is the one least disturbed by other processes on a shared machine;
     CPU time (all threads of this process) is the cost independent of parallelism.
     """
-    best = (0.0, float("inf"))
+    iterator = make_iterator()
+    next(iterator)  # warm-up: tracing, thread pools, first reads
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(batches):
+        next(iterator)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    pairs = batches * batch_size
+    return pairs / wall, 1000 * cpu / pairs
+
+
+def time_rounds(loaders, batches, batch_size, repeats):
+    """Every loader timed once per round, ``repeats`` rounds: {name: [(rate, cpu), ...]}.
+
+    Taking turns puts each loader's runs in the same stretches of the machine's speed,
+    so the per-round ratios to the baseline are side by side measurements.
+    """
+    runs = {name: [] for name in loaders}
     for _ in range(repeats):
-        iterator = make_iterator()
-        next(iterator)  # warm-up: tracing, thread pools, first reads
-        wall, cpu = time.perf_counter(), time.process_time()
-        for _ in range(batches):
-            next(iterator)
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        pairs = batches * batch_size
-        best = (max(best[0], pairs / wall), min(best[1], 1000 * cpu / pairs))
-    return best
+        for name, make in loaders.items():
+            runs[name].append(time_batches(make, batches, batch_size))
+    return runs
 
 
 def parse_args(argv=None):
@@ -103,7 +112,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=16, help="pairs per batch (default 16)")
     p.add_argument("--batches", type=int, default=10, help="timed batches per loader (default 10)")
     p.add_argument("--repeats", type=int, default=3,
-                   help="timed runs per loader, the best kept (default 3)")
+                   help="rounds, each timing every loader once (default 3)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -127,18 +136,22 @@ def main(argv=None):
                 x, y, folder, args.batch_size, seed=args.seed)),
             "original-style loader": lambda: original_style_batches(x, folder, args.batch_size),
         }
-        timings = {name: time_batches(make, args.batches, args.batch_size, args.repeats)
-                   for name, make in loaders.items()}
-    base_rate, base_cpu = timings["original-style loader"]
+        runs = time_rounds(loaders, args.batches, args.batch_size, args.repeats)
+    base = [rate for rate, _ in runs["original-style loader"]]
     print(f"pair pipeline, 576x1024 JPEGs -> 432x768 -> 288x512, default augmentation, "
-          f"batch {args.batch_size}, best of {args.repeats} x {args.batches} batches, "
+          f"batch {args.batch_size}, {args.repeats} rounds x {args.batches} batches, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print("  speed-up: the median over rounds of the loader's rate / the original-style "
+          "loader's in the same round; rates and CPU: best round")
     result = {"cache_build_s": cache_s, "cpu_count": os.cpu_count(), "loaders": {}}
-    for name, (rate, cpu) in timings.items():
+    for name, timed in runs.items():
+        rate, cpu = max(r for r, _ in timed), min(c for _, c in timed)
+        ratios = [r / b for (r, _), b in zip(timed, base)]
         result["loaders"][name] = {"pairs_per_s": rate, "cpu_ms_per_pair": cpu,
-                                   "speedup": rate / base_rate}
-        print(f"  {name:32s} {rate:7.1f} pairs/s  {rate / base_rate:4.1f}x   "
-              f"{cpu:6.1f} CPU ms/pair")
+                                   "speedup": float(np.median(ratios)),
+                                   "speedup_per_round": ratios}
+        print(f"  {name:32s} {rate:7.1f} pairs/s  {np.median(ratios):4.1f}x "
+              f"(rounds {', '.join(f'{r:.1f}' for r in ratios)})  {cpu:6.1f} CPU ms/pair")
     print(f"  (image cache of {args.images} images built once in {cache_s:.1f} s)")
     return result
 

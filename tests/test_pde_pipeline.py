@@ -144,6 +144,45 @@ def test_resize_crop_equals_resize_then_crop():
                                atol=0.05)
 
 
+@pytest.mark.parametrize("subsampling", [0, 2])      # 4:4:4 (8-pixel blocks), 4:2:0 (16)
+def test_jpeg_crops_decode_only_their_window_with_the_same_result(tmp_path, subsampling):
+    """decode_resize_crop decodes only the window a crop reads: inside it, one block
+    away from its cut edges (where chroma upsampling lacks the neighbour), the pixels
+    are the whole decode's, and the crop is resize_crop's on the whole image."""
+    path = tmp_path / "photo.jpg"
+    image = np.random.default_rng(3).integers(0, 256, (40, 72, 3), dtype=np.uint8)
+    Image.fromarray(image).resize((576, 320), Image.BICUBIC).save(
+        path, quality=90, subsampling=subsampling)
+    data = tf.constant(path.read_bytes())
+    whole = preprocess_img.decode_image(data).numpy()
+    load, size, block = (240, 432), (64, 128), preprocess_img.JPEG_BLOCK
+    starts = set()
+    for i in range(8):
+        seed = tf.constant([i, 1], tf.int64)
+        offset = preprocess_img.crop_offset(load, size, seed)
+        window, start, shape = preprocess_img.decode_window(data, load, size, offset)
+        (y, x), (h, w) = start.numpy(), window.shape[:2]
+        assert tuple(shape.numpy()) == (320, 576) and h * w < 320 * 576 / 2
+        inner = (slice(block if y else 0, h - block if y + h < 320 else h),
+                 slice(block if x else 0, w - block if x + w < 576 else w))
+        np.testing.assert_array_equal(window.numpy()[inner],
+                                      whole[y:y + h, x:x + w][inner])
+        np.testing.assert_allclose(
+            preprocess_img.decode_resize_crop(data, load, size, seed=seed).numpy(),
+            preprocess_img.resize_crop(whole, load, size, seed=seed).numpy(), atol=0.05)
+        starts.add((y, x))
+    assert len(starts) > 2
+
+
+def test_non_jpeg_images_are_decoded_whole(tmp_path):
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (60, 100, 3), np.uint8)).save(path)
+    data, seed = tf.constant(path.read_bytes()), tf.constant([2, 3], tf.int64)
+    np.testing.assert_array_equal(
+        preprocess_img.decode_resize_crop(data, LOAD, INPUT, seed=seed).numpy(),
+        preprocess_img.resize_crop(preprocess_img.decode_image(data), LOAD, INPUT, seed=seed).numpy())
+
+
 def test_grayscale_and_jitter_are_random_per_image():
     image = tf.random.stateless_uniform((48, 80, 3), (1, 2), 0, 255)
     outs = [preprocess_img.custom_augment(image, tf.constant([i, 0], tf.int64), INPUT).numpy()
@@ -236,3 +275,21 @@ def test_bad_pair_index_and_empty_split(tmp_path):
         pair_dataset(np.zeros((0, 2), str), np.zeros(0, int), tmp_path, 2)
     with pytest.raises(PairDataError, match="fewer than one batch"):
         pair_dataset(np.array([["a", "b"]]), np.zeros(1, int), tmp_path, 2)
+
+
+def test_pipeline_benchmark_times_the_loaders_in_turns():
+    """Each round times every loader once, so a ratio compares runs of one stretch."""
+    from benchmarks.bench_pair_pipeline import time_rounds
+
+    order = []
+
+    def loader(name):
+        def make():
+            order.append(name)
+            return iter(range(100))
+        return make
+
+    runs = time_rounds({"a": loader("a"), "b": loader("b")}, batches=3, batch_size=2, repeats=2)
+    assert order == ["a", "b", "a", "b"]
+    assert [len(v) for v in runs.values()] == [2, 2]
+    assert all(rate > 0 and cpu >= 0 for timed in runs.values() for rate, cpu in timed)
