@@ -88,6 +88,11 @@ def add_arguments(parser, spec):
                            "a load size twice the input size, each crop has the pixel scale "
                            "of a U-Net trained at the load size; overrides --no-augment "
                            "(original: colour too)")
+    data.add_argument("--shuffle-labels", action="store_true",
+                      help="control run: the training pairs' classes are permuted among them "
+                           "(seeded), so the pretext holds no prior and only its training "
+                           "remains; validation and test pairs keep theirs (compare the "
+                           "encoder's U-Net with a normal run's to see what the prior adds)")
     data.add_argument("--skip-bad-images", action="store_true",
                       help="leave out the pairs of unreadable images instead of stopping")
     data.add_argument("--cache-images", choices=("auto", "on", "off"), default="auto",
@@ -242,6 +247,10 @@ def prepare_data(args):
         print(f"--skip-bad-images: {len(bad)} unreadable image(s) left out, {removed} pairs "
               f"dropped; first: {', '.join(list(bad)[:5])}")
         check_not_empty(splits)
+    if getattr(args, "shuffle_labels", False):
+        x, y = splits["train"]
+        splits["train"] = (x, np.random.default_rng(args.seed).permutation(y))
+        print("--shuffle-labels: the training pairs' classes are permuted (a control run)")
     print("Pairs: " + ", ".join(f"{s} {len(splits[s][0])}" for s in SPLITS))
     return splits, cache
 

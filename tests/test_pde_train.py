@@ -114,6 +114,19 @@ def test_view_and_stage_halves_of_a_pair_prediction():
     assert np.asarray(stage_acc(true, pred)).tolist() == [1, 0, 0, 1, 0, 1]
 
 
+def test_shuffle_labels_permutes_the_training_classes_only(tmp_path):
+    files = make_pair_set(tmp_path)
+    base = data_args(tmp_path, files, tmp_path / "logs") + QUICK + ["--cache-images", "off"]
+    kept, _ = train_common.prepare_data(con_train_resnet_class.parse_args(base))
+    control, _ = train_common.prepare_data(
+        con_train_resnet_class.parse_args(base + ["--shuffle-labels"]))
+    np.testing.assert_array_equal(control["train"][0], kept["train"][0])
+    assert sorted(control["train"][1]) == sorted(kept["train"][1])
+    assert not np.array_equal(control["train"][1], kept["train"][1])
+    for split in ("val", "test"):
+        np.testing.assert_array_equal(control[split][1], kept[split][1])
+
+
 def test_sixteen_steps_bring_the_loss_down(trained):
     loss = trained[0]["history"]["loss"]
     assert len(loss) == 2 and loss[1] < 0.7 * loss[0]
