@@ -51,8 +51,9 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", choices=sorted(PROFILES), default="demo",
                    help="sizes and epochs (pipeline/profiles.py): tiny (a wiring check of "
-                        "every step), demo (default: CPU-sized, both rows: 7 min 14 s and 8 min "
-                        "44 s measured on a 2-core CPU on a fast and a slow hour), paper (the "
+                        "every step), demo (default: CPU-sized, both rows: 9 min 10 s measured "
+                        "on a 2-core CPU; the runs before 45 frozen epochs took 7-9 min), "
+                        "paper (the "
                         "original's sizes and epochs, for a GPU)")
     p.add_argument("--method", choices=[n.removeprefix("pde_") for n in PAIR_PRETRAINERS],
                    default="class",
