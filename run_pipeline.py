@@ -53,8 +53,7 @@ def parse_args(argv=None):
                    help="sizes and epochs (pipeline/profiles.py): tiny (a wiring check of "
                         "every step), demo (default: CPU-sized, both rows: 9 min 10 s measured "
                         "on a 2-core CPU; the runs before 45 frozen epochs took 7-9 min), "
-                        "paper (the "
-                        "original's sizes and epochs, for a GPU)")
+                        "paper (the original's sizes and epochs, for a GPU)")
     p.add_argument("--method", choices=[n.removeprefix("pde_") for n in PAIR_PRETRAINERS],
                    default="class",
                    help="PDE distance: class = step 5 (classification, the published row), "

@@ -156,26 +156,22 @@ def random_apply(func, x, p, seed):
     return tf.cond(draw < p, lambda: func(x), lambda: x)
 
 
-def custom_augment(image, seed, input_size=INPUT_SIZE, load_size=None, colour=True):
-    """Crop, flip, jitter (p 0.8), clip and grayscale (p 0.2) one image.
-
-    ``image``: (H, W, 3), 0..255. With ``load_size`` it is any size and is resized to
-    ``load_size`` on the way (the from-file path); without, it already has the load
-    size. ``seed`` is a shape-(2,) int tensor: the same seed, the same result.
-    ``colour=False`` stops after the crop and flips (the crops and flips are the same
-    as with it). Returns float32 0..255 of ``input_size``.
+def custom_augment(image, seed, input_size=INPUT_SIZE, colour=True):
+    """Crop, flip, jitter (p 0.8), clip and grayscale (p 0.2) one load-size image
+    (H, W, 3), 0..255. ``seed`` is a shape-(2,) int tensor: the same seed, the same
+    result. ``colour=False`` stops after the crop and flips (the crops and flips are the
+    same as with it). Returns float32 0..255 of ``input_size``.
     """
+    return augment_crop(lambda crop_seed: crop(image, input_size, seed=crop_seed), seed,
+                        colour)
+
+
+def augment_crop(take_crop, seed, colour=True):
+    """:func:`custom_augment`'s steps with the crop made by ``take_crop(crop_seed)`` (the
+    from-file path resizes and crops the encoded image there): every draw comes from
+    ``seed``, the crop's included."""
     s = _seeds(seed)
-    if load_size is None:
-        image = crop(image, input_size, seed=s[2])
-    else:
-        image = resize_crop(image, load_size, input_size, seed=s[2])
-    return _augment_crop(image, s, colour)
-
-
-def _augment_crop(image, s, colour):
-    """:func:`custom_augment` after the crop, with its draws ``s``."""
-    image = random_flips(image, s[0:2])
+    image = random_flips(take_crop(s[2]), s[0:2])
     if not colour:
         return tf.clip_by_value(image, 0.0, 255.0)
     image = random_apply(lambda x: color_jitter(x, s[4:8]), image, JITTER_P, s[3])
@@ -209,10 +205,8 @@ def one_img(data, seed, load_size=LOAD_SIZE, input_size=INPUT_SIZE, augment=True
     ``colour=False`` augments by crops and flips only.
     """
     if augment:
-        # custom_augment's steps, with the resize and crop from the encoded bytes.
-        s = _seeds(seed)
-        image = _augment_crop(decode_resize_crop(data, load_size, input_size, seed=s[2]), s,
-                              colour)
+        image = augment_crop(lambda crop_seed: decode_resize_crop(data, load_size, input_size,
+                                                                  seed=crop_seed), seed, colour)
     else:
         image = tf.clip_by_value(decode_resize_crop(data, load_size, input_size), 0.0, 255.0)
     return preprocess_input(image)

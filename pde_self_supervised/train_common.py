@@ -247,7 +247,7 @@ def prepare_data(args):
         print(f"--skip-bad-images: {len(bad)} unreadable image(s) left out, {removed} pairs "
               f"dropped; first: {', '.join(list(bad)[:5])}")
         check_not_empty(splits)
-    if getattr(args, "shuffle_labels", False):
+    if args.shuffle_labels:
         x, y = splits["train"]
         splits["train"] = (x, np.random.default_rng(args.seed).permutation(y))
         print("--shuffle-labels: the training pairs' classes are permuted (a control run)")
