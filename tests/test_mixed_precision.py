@@ -1,14 +1,19 @@
-"""bfloat16 does not silently trade accuracy for speed: on a fixed batch the U-Net
-training step's loss under ``--mixed-precision`` stays within a stated tolerance of
-the float32 one, before and after an optimizer step (the ResNet50 encoder unfrozen, so
-every fused batch norm and the whole backward pass are in it)."""
+"""Reduced precision does not silently trade accuracy for speed: where ``--precision
+auto`` would use bfloat16 (or float16 on a GPU), the U-Net training step's loss on a
+fixed batch stays within a stated tolerance of the float32 one, before and after an
+optimizer step (the ResNet50 encoder unfrozen, so every fused batch norm and the whole
+backward pass are in it). Where ``auto`` keeps float32, these numerics are never used:
+without native bfloat16 TensorFlow's fallback kernels differ (8.3 % on an AVX2-only
+CPU), so the test checks the decision instead and skips, naming the CPU."""
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from nets.unet import build_unet
 from nets.unet_training import get_loss
-from utils.utils import set_mixed_precision, set_seed
+from utils.precision import MIN_SPEEDUP, resolve_precision
+from utils.utils import set_seed
 
 # bfloat16 keeps 8 bits of mantissa (about 0.4 % per rounding). Averaged over every
 # pixel, the Dice + Focal loss moves much less than that per layer; 2 % leaves room
@@ -32,14 +37,21 @@ def _train_losses(model, x, y):
 
 
 def test_bfloat16_step_loss_matches_float32():
+    # The decision at the demo U-Net's sizes (64x128 windows, batch 8).
+    decision = resolve_precision("auto", (64, 128), 8, quiet=True)
+    if decision["precision"] == "float32":
+        assert decision["device"] == "gpu" or not decision["native_bf16"] or \
+            decision["probe"]["speedup"] < MIN_SPEEDUP, decision
+        pytest.skip(f"--precision auto keeps float32 on {decision['cpu']} "
+                    f"({decision['reason']}): no reduced-precision numerics to check")
     set_seed(0)
     shape = (64, 64, 3)
     reference = build_unet(shape, 5, "resnet50")
     try:
-        assert set_mixed_precision(True) in ("mixed_bfloat16", "mixed_float16")
+        keras.mixed_precision.set_global_policy(decision["policy"])
         mixed = build_unet(shape, 5, "resnet50")
     finally:
-        set_mixed_precision(False)
+        keras.mixed_precision.set_global_policy("float32")
     mixed.set_weights(reference.get_weights())
     assert mixed.get_layer("resnet50").get_layer("res2a_branch2a").compute_dtype != "float32"
     # Photos of coarse 8x8-pixel blocks, each labelled by its brightest channel.
