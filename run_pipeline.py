@@ -30,12 +30,13 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pipeline.pretrainers import PAIR_PRETRAINERS, PRETRAINERS  # noqa: E402
-from pipeline.profiles import PROFILES, to_argv  # noqa: E402
+from pipeline.profiles import PROFILES, to_argv, with_precision  # noqa: E402
 from pipeline.published import PUBLISHED, markdown_table, row_label  # noqa: E402
 from pipeline.steps import (Run, check_orchard_spec, join_argv, make_data,  # noqa: E402
                             make_pairs, open_run, plain, preset_args, pretrain_encoder,
                             select_images, unet_argv)
 from utils.errors import MissingInput, UserError  # noqa: E402
+from utils.precision import PRECISIONS  # noqa: E402
 from utils.run import checkpoint_epoch, fresh_path, has_optimizer_state  # noqa: E402
 from utils.utils import set_seed, write_json  # noqa: E402
 from utils.voc import image_path, read_split  # noqa: E402
@@ -90,11 +91,18 @@ def parse_args(argv=None):
     p.add_argument("--logs-dir", default="logs", help="parent of the run folder (default logs/)")
     p.add_argument("--growth-camera", help="camera for the growth curves (default: first test camera)")
     p.add_argument("--seed", type=int, default=11, help="random seed for every step (default 11)")
-    for step in ("select", "pairs", "pretrain", "unet", "growth"):
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="compute precision of every training step (default: the profile's, "
+                        "auto in every profile but the demo's PDE pretraining: bfloat16 only "
+                        "where the CPU computes it natively and a start-up probe shows it "
+                        "faster, float16 on a GPU with tensor cores, else float32)")
+    examples = {"select": "--workers 1", "pairs": "--per-class 500",
+                "pretrain": "--epochs 6", "unet": "--precision float32",
+                "growth": "--no-overlays"}
+    for step, example in examples.items():
         p.add_argument(f"--{step}-args", default="", metavar="'OPTS'",
                        help=f"extra options passed to the {step} step's script "
-                            f"(override the profile's); a lone flag needs '=', as in "
-                            f"--{step}-args=--mixed-precision")
+                            f"(override the profile's), as in --{step}-args='{example}'")
     args = p.parse_args(argv)
     args.steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     if args.init == "random":
@@ -120,6 +128,7 @@ REQUIRES = {"priors": ("orchard",), "select": ("orchard",), "pairs": ("select",)
 # no step from there on has finished, and refused after.
 OPTION_STEPS = {"profile": "orchard", "seed": "orchard", "archive": "orchard",
                 "phenology": "orchard", "voc": "orchard", "data_dir": "orchard",
+                "precision": "pretrain",
                 "select_args": "select", "pairs_args": "pairs", "method": "pretrain",
                 "init": "pretrain", "pretrain_args": "pretrain", "unet_args": "unet_frozen",
                 "growth_camera": "growth", "growth_args": "growth"}
@@ -601,7 +610,7 @@ def main(argv=None):
                                "give the folder it printed as 'Run folder:'")
         applied = resume_options(args, sys.argv[1:] if argv is None else argv, run)
     set_seed(args.seed)
-    profile = PROFILES[args.profile]
+    profile = with_precision(PROFILES[args.profile], args.precision)
     planned = [s for s in STEPS if args.baseline or s not in BASELINE_STEPS]
     steps = [s for s in planned if s in args.steps]
     validate_inputs(args, profile, steps, run)

@@ -22,11 +22,12 @@ import numpy as np  # noqa: E402
 from nets.encoders import BACKBONES  # noqa: E402
 from nets.unet_training import LOSSES, get_loss  # noqa: E402
 from utils.errors import MissingInput, UserError, user_errors  # noqa: E402
+from utils.precision import set_precision  # noqa: E402
 from utils.run import (Run, checkpoint_epoch, fresh_path, has_optimizer_state, logged,  # noqa: E402
                        progress_verbose, read_log, resume_args)
 from utils.utils import (AUGMENTATIONS, NAME_CLASSES, add_common_training_args,  # noqa: E402
                          describe_augmentation, get_strategy, jit_compile_default,
-                         set_mixed_precision, set_seed)
+                         set_seed)
 
 # Options a resumed run may change: when it stops, what it evaluates, how it reports.
 RESUME_MAY_CHANGE = ("unfreeze_epoch", "early_stopping_patience", "save_period", "val_period",
@@ -271,7 +272,10 @@ def main(argv=None):
     from utils.utils_metrics import f_score
 
     set_seed(args.seed)
-    policy = set_mixed_precision(args.mixed_precision)
+    # Decided at the size and batch the steps train on (windows where --train-crop).
+    args.precision_decision = set_precision(args.precision, args.train_crop or args.input_shape,
+                                            args.freeze_batch_size)
+    policy = args.precision_decision["policy"]
     strategy = get_strategy(args.strategy)
     h, w = args.input_shape
     # Trained on smaller windows, the U-Net takes any size (a multiple of the stride):
@@ -466,7 +470,8 @@ def main(argv=None):
         "eval_split": args.eval_split, "eval_checkpoint": args.eval_checkpoint,
         "test_metrics": test_metrics, "train_steps_s": round(steps_s, 2),
         "epoch_overhead_s": round(other_s, 2),
-        "graph_build_s": {k: round(v, 2) for k, v in build.items()}})
+        "graph_build_s": {k: round(v, 2) for k, v in build.items()},
+        "precision": args.precision_decision})
     return {"run_dir": run_dir, "initial_epoch": args.init_epoch,
             "model_path": run_dir / "last_epoch.keras", "evaluated_model_path": evaluated,
             "best_model_path": best_path, "history": history, "test_metrics": test_metrics}

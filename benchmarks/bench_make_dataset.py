@@ -86,6 +86,9 @@ def main(argv=None):
         _child(args.child, args.per_class, args.out_dir, args.seed)
         return {}
     rows = [run_one(n, args.per_class, args.seed) for n in args.sizes]
+    from benchmarks.timing import machine_line
+
+    print(machine_line())
     print("command: python benchmarks/bench_make_dataset.py --sizes "
           + " ".join(map(str, args.sizes)) + f" --per-class {args.per_class}")
     print(f"{'names':>7} {'possible pairs':>15} {'sampled':>9} {'main() s':>9} "

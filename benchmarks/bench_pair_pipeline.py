@@ -119,6 +119,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from benchmarks.timing import machine_line
+
+    print(machine_line(), flush=True)
     with tempfile.TemporaryDirectory() as folder:
         names = make_images(folder, args.images, seed=args.seed)
         rng = np.random.default_rng(args.seed)

@@ -4,8 +4,8 @@ The model of step 5 (ResNet50 towers, Adam) on in-memory random pairs, so only t
 step is timed. Every configuration asked for (precision x batch-norm kernel, and
 optionally a plain ``keras.applications.ResNet50`` Siamese of the same shape) is built
 first, then timed one step each in turn for ``--steps`` rounds (``benchmarks/timing.py``),
-so the ratios hold on a shared machine. ``--mixed-precision`` in the training scripts
-is the "mixed" precision: bfloat16 on a CPU, float16 on a GPU. "keras" BN is Keras 3's
+so the ratios hold on a shared machine. Precisions are the trainers' names (``auto``:
+what ``--precision auto`` picks here) or ``mixed`` (bfloat16 on a CPU, float16 on a GPU). "keras" BN is Keras 3's
 unfused ``BatchNormalization``, "fused" the fused kernel the encoder uses
 (``nets/layers.py``). GFLOP/s counts 3x the forward pass's FLOPs (TensorFlow's profiler).
 
@@ -26,9 +26,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from benchmarks.timing import forward_flops, interleaved, peak_report  # noqa: E402
+from benchmarks.timing import (BENCH_PRECISIONS, bench_precisions, forward_flops,  # noqa: E402
+                               interleaved, machine_line, peak_report, set_bench_precision)
 
-PRECISIONS = ("float32", "mixed")
 BN_KINDS = ("fused", "keras")
 ADAM_KINDS = ("fused", "keras")
 
@@ -66,10 +66,10 @@ def build_step(args, precision, bn, adam="fused", freeze_bn=False):
     from pde_self_supervised.con_resnet_class import self_sup_resnet
     from pde_self_supervised.train_common import build_training_state
     from utils.optimizers import FusedAdam
-    from utils.utils import jit_compile_default, set_mixed_precision, set_seed
+    from utils.utils import jit_compile_default, set_seed
 
     set_seed(args.seed)
-    set_mixed_precision(precision == "mixed")
+    set_bench_precision(precision, args.input_shape, args.batch_size)
     shape = (*args.input_shape, 3)
     if bn == "keras-app":
         model = keras_app_siamese(shape, args.pool, args.shared_towers)
@@ -86,7 +86,7 @@ def build_step(args, precision, bn, adam="fused", freeze_bn=False):
     model.compile(optimizer=optimizer, loss="categorical_crossentropy",
                   metrics=["acc"], jit_compile=jit_compile_default())
     # Layers keep the policy they were built with; the next model starts from float32.
-    set_mixed_precision(False)
+    keras.mixed_precision.set_global_policy("float32")
     rng = np.random.default_rng(args.seed)
     batch = (args.batch_size, *args.input_shape, 3)
     x = {"self_input1": rng.uniform(-1, 1, batch).astype("float32"),
@@ -105,8 +105,8 @@ def parse_args(argv=None):
     p.add_argument("--pool", choices=("flatten", "gap"), default="flatten")
     p.add_argument("--shared-towers", action="store_true",
                    help="one tower for both images (the demo profile's setting)")
-    p.add_argument("--precision", nargs="+", choices=("both",) + PRECISIONS, default=["both"],
-                   help="float32, mixed or both (default both)")
+    p.add_argument("--precision", nargs="+", choices=BENCH_PRECISIONS, default=["both"],
+                   help="precisions to time side by side: float32, bfloat16, float16, auto (what --precision auto picks here), mixed (bfloat16 on a CPU, float16 on a GPU), both (float32 and mixed; the default)")
     p.add_argument("--bn", nargs="+", choices=BN_KINDS, default=["fused"],
                    help="batch-norm kernel(s) of the port's encoder: fused (the default, "
                         "what training uses), keras (Keras 3's unfused layer)")
@@ -133,7 +133,8 @@ def main(argv=None):
     args = parse_args(argv)
     import tensorflow as tf
 
-    precisions = PRECISIONS if "both" in args.precision else tuple(args.precision)
+    precisions = bench_precisions(args.precision)
+    print(machine_line(), flush=True)
     kinds = list(args.bn) + (["keras-app"] if args.keras_resnet50 else [])
     device = "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({os.cpu_count()} cores)"
     h, w = args.input_shape
@@ -171,9 +172,10 @@ def main(argv=None):
             ratio = results[f"{precision}/keras"]["s"] / results[f"{precision}/fused"]["s"]
             print(f"  fused / keras BN, {precision}: {ratio:.2f}x")
     for bn in kinds:
-        if all(f"{p}/{bn}" in results for p in PRECISIONS):
-            ratio = results[f"float32/{bn}"]["s"] / results[f"mixed/{bn}"]["s"]
-            print(f"  mixed / float32, {bn}: {ratio:.2f}x")
+        for precision in precisions:
+            if precision != "float32" and f"float32/{bn}" in results:
+                ratio = results[f"float32/{bn}"]["s"] / results[f"{precision}/{bn}"]["s"]
+                print(f"  {precision} / float32, {bn}: {ratio:.2f}x")
     for precision in precisions:
         for bn in kinds:
             if f"{precision}/{bn}/keras-adam" in results and f"{precision}/{bn}" in results:

@@ -36,6 +36,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from benchmarks.timing import machine_line
+
+    print(machine_line(), flush=True)
     rows = []
     for workers in args.workers:
         with tempfile.TemporaryDirectory() as tmp:

@@ -24,10 +24,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from benchmarks.timing import forward_flops, interleaved, peak_report  # noqa: E402
+from benchmarks.timing import (BENCH_PRECISIONS, bench_precisions, forward_flops,  # noqa: E402
+                               interleaved, machine_line, peak_report, set_bench_precision)
 
 MODES = ("frozen", "decoder", "unfrozen")
-PRECISIONS = ("float32", "mixed")
 BN_KINDS = ("fused", "keras")
 ADAM_KINDS = ("fused", "keras")
 
@@ -40,10 +40,10 @@ def build_step(args, mode, precision, bn, adam="fused"):
     from nets.unet import build_unet, get_encoder, unet_decoder
     from nets.unet_training import get_loss
     from utils.optimizers import FusedAdam
-    from utils.utils import jit_compile_default, set_mixed_precision, set_seed
+    from utils.utils import jit_compile_default, set_seed
 
     set_seed(args.seed)
-    set_mixed_precision(precision == "mixed")
+    set_bench_precision(precision, args.input_shape, args.batch_size)
     if bn == "keras":
         with keras_batch_norm():
             unet = build_unet((*args.input_shape, 3), 5, "resnet50")
@@ -64,7 +64,7 @@ def build_step(args, mode, precision, bn, adam="fused"):
     model.compile(optimizer=optimizer, loss=get_loss("dice_focal", np.ones(5)),
                   jit_compile=jit_compile_default())
     # Layers keep the policy they were built with; the next model starts from float32.
-    set_mixed_precision(False)
+    keras.mixed_precision.set_global_policy("float32")
     return (lambda: model.train_on_batch(x, y)), model, x
 
 
@@ -75,8 +75,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=10, help="timed rounds (default 10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed first steps (tracing)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    p.add_argument("--precision", nargs="+", choices=("both",) + PRECISIONS, default=["both"],
-                   help="float32, mixed or both (default both)")
+    p.add_argument("--precision", nargs="+", choices=BENCH_PRECISIONS, default=["both"],
+                   help="precisions to time side by side: float32, bfloat16, float16, auto (what --precision auto picks here), mixed (bfloat16 on a CPU, float16 on a GPU), both (float32 and mixed; the default)")
     p.add_argument("--bn", nargs="+", choices=BN_KINDS, default=["fused"],
                    help="batch-norm kernel(s) of the encoder: fused (the default, what "
                         "training uses), keras (Keras 3's unfused layer)")
@@ -92,7 +92,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    precisions = PRECISIONS if "both" in args.precision else tuple(args.precision)
+    precisions = bench_precisions(args.precision)
+    print(machine_line(), flush=True)
     h, w = args.input_shape
     print(f"U-Net ResNet50 train step, {h}x{w}, batch {args.batch_size}; median of "
           f"{args.steps} interleaved rounds after {args.warmup} warm-up steps", flush=True)
@@ -126,10 +127,11 @@ def main(argv=None):
                     print(f"  {mode:9s} fused / Keras Adam, {precision}, {bn} BN: "
                           f"{results[pair[0]]['s'] / results[pair[1]]['s']:.2f}x")
         for bn in args.bn:
-            pair = [f"{mode}/{p}/{bn}" for p in PRECISIONS]
-            if all(name in results for name in pair):
-                print(f"  {mode:9s} mixed / float32, {bn} BN: "
-                      f"{results[pair[0]]['s'] / results[pair[1]]['s']:.2f}x")
+            for precision in precisions:
+                pair = [f"{mode}/float32/{bn}", f"{mode}/{precision}/{bn}"]
+                if precision != "float32" and all(name in results for name in pair):
+                    print(f"  {mode:9s} {precision} / float32, {bn} BN: "
+                          f"{results[pair[0]]['s'] / results[pair[1]]['s']:.2f}x")
     return results
 
 

@@ -142,6 +142,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from benchmarks.timing import machine_line
+
+    print(machine_line(), flush=True)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         if args.generate:

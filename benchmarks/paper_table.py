@@ -141,6 +141,9 @@ def render(summary, data_label):
 
 def main(argv=None):
     args = parse_args(argv)
+    from benchmarks.timing import machine_line
+
+    print(machine_line(), flush=True)
     set_seed(args.seed)
     run = open_run(args.resume, f"paper_table_{args.profile}", args, args.logs_dir)
     profile = PROFILES[args.profile]

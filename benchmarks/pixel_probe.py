@@ -128,6 +128,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from benchmarks.timing import machine_line
+
+    print(machine_line(), flush=True)
     results = {}
     for name, path in args.models:
         t0 = time.perf_counter()

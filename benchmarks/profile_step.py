@@ -7,7 +7,7 @@ Ops on the two inter-op threads may overlap, so the shares are of summed op time
 of the wall time, which is printed beside them.
 
     python benchmarks/profile_step.py pde --input-shape 64 128 --batch-size 16 --pool gap
-    python benchmarks/profile_step.py unet --mode unfrozen --precision mixed
+    python benchmarks/profile_step.py unet --mode unfrozen --precision bfloat16
 """
 import argparse
 import collections
@@ -23,6 +23,7 @@ if __package__ in (None, ""):
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import bench_pde_step, bench_unet_step  # noqa: E402
+from benchmarks.timing import BENCH_PRECISIONS, machine_line  # noqa: E402
 
 
 def op_times(logdir):
@@ -52,10 +53,14 @@ def parse_args(argv=None):
                    help="default 64 128")
     p.add_argument("--batch-size", type=int, default=None,
                    help="default 16 (pde), 8 (unet)")
-    p.add_argument("--precision", choices=("float32", "mixed"), default="float32")
+    p.add_argument("--precision", choices=[p for p in BENCH_PRECISIONS if p != "both"],
+                   default="float32", help="as bench_pde_step.py's (default float32)")
     p.add_argument("--bn", choices=("fused", "keras"), default="fused")
     p.add_argument("--pool", choices=("flatten", "gap"), default="gap")
     p.add_argument("--shared-towers", action="store_true")
+    p.add_argument("--freeze-stages", nargs="+", default=[], metavar="STAGE",
+                   help="PDE only: ResNet50 stages whose kernels stay fixed (the demo: conv1 "
+                        "res2 res3)")
     p.add_argument("--mode", choices=bench_unet_step.MODES, default="unfrozen",
                    help="U-Net only (default unfrozen)")
     p.add_argument("--steps", type=int, default=3, help="profiled steps (default 3)")
@@ -69,6 +74,7 @@ def main(argv=None):
     args = parse_args(argv)
     import tensorflow as tf
 
+    print(machine_line(), flush=True)
     args.input_shape = args.input_shape or [64, 128]
     args.batch_size = args.batch_size or (16 if args.model == "pde" else 8)
     if args.model == "pde":

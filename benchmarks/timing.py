@@ -5,11 +5,64 @@ minute and then B for a minute lets a neighbour's load land on one of them only.
 Running one step of each in turn, for several rounds, exposes both to the same load,
 so their ratio holds even when the absolute times do not.
 """
+import os
 import statistics
 import time
 
 # Side of the square matrices whose product measures the machine's rate.
 GEMM_SIZE = 2048
+# What a benchmark's --precision takes: the trainers' names, "mixed" (bfloat16 on a CPU,
+# float16 on a GPU, whatever the probe says) and "both" (float32 and mixed).
+BENCH_PRECISIONS = ("float32", "bfloat16", "float16", "auto", "mixed", "both")
+
+
+def machine_line():
+    """The first line every benchmark prints: the CPU model, the flags that decide its
+    fast paths, the cores, TensorFlow, and any oneDNN cap."""
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    from utils.precision import cpu_info
+
+    cpu = cpu_info()
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
+              "asimd", "sve", "bf16")
+    flags = " ".join(f for f in wanted if f in cpu["flags"]) or "none of avx2/avx512/amx"
+    try:
+        tf_version = version("tensorflow")
+    except PackageNotFoundError:
+        tf_version = "not installed"
+    # GPUs are counted only where TensorFlow is loaded already (its import takes seconds).
+    tf = sys.modules.get("tensorflow")
+    gpus = len(tf.config.list_physical_devices("GPU")) if tf else None
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return (f"Machine: {cpu['model']}; flags {flags}; {os.cpu_count()} cores"
+            + ("" if gpus is None else f"; {gpus} GPU(s)")
+            + f"; TensorFlow {tf_version}" + (f"; ONEDNN_MAX_CPU_ISA={cap}" if cap else ""))
+
+
+def bench_precisions(asked):
+    """The precisions a benchmark's ``--precision`` list names ("both" = float32, mixed)."""
+    names = []
+    for name in asked:
+        for one in (("float32", "mixed") if name == "both" else (name,)):
+            if one not in names:
+                names.append(one)
+    return tuple(names)
+
+
+def set_bench_precision(name, input_shape=None, batch_size=None):
+    """Set the Keras policy for a benchmark's precision name; returns the policy."""
+    import keras
+    import tensorflow as tf
+
+    from utils.precision import POLICIES, set_precision
+
+    if name == "mixed":
+        policy = POLICIES["float16" if tf.config.list_physical_devices("GPU") else "bfloat16"]
+        keras.mixed_precision.set_global_policy(policy)
+        return policy
+    return set_precision(name, input_shape, batch_size)["policy"]
 
 
 def interleaved(steps, rounds, warmup=2, progress=True):
@@ -76,10 +129,17 @@ def gemm_gflops(dtype="float32", n=GEMM_SIZE, rounds=10):
 def peak_report(peak_gflops=None):
     """(fp32 peak used for "% of peak", text line): the measured fp32 and bfloat16
     matrix-product rates, or ``peak_gflops`` when given."""
-    f32, bf16 = gemm_gflops("float32"), gemm_gflops("bfloat16")
-    line = (f"  matrix product {GEMM_SIZE}x{GEMM_SIZE} on this machine: float32 {f32:.0f} GFLOP/s, "
-            f"bfloat16 {bf16:.0f} GFLOP/s ({bf16 / f32:.2f}x: the most --mixed-precision "
-            f"can gain where the step is all products)")
+    from utils.precision import cpu_info, native_bf16
+
+    f32 = gemm_gflops("float32")
+    line = f"  matrix product {GEMM_SIZE}x{GEMM_SIZE} on this machine: float32 {f32:.0f} GFLOP/s"
+    # Under a oneDNN cap below bfloat16 the product has no kernel and aborts the process.
+    if native_bf16(cpu_info()["flags"]):
+        bf16 = gemm_gflops("bfloat16")
+        line += (f", bfloat16 {bf16:.0f} GFLOP/s ({bf16 / f32:.2f}x: the most bfloat16 can "
+                 f"gain where the step is all products)")
+    else:
+        line += " (no native bfloat16 here: not timed)"
     if peak_gflops:
         return peak_gflops, line + f"; % of peak below is of the given {peak_gflops:.0f} GFLOP/s"
     return f32, line + "; % of peak below is of the float32 product's rate"

@@ -37,8 +37,9 @@ from utils.callbacks import Checkpoint, LearningRateLog  # noqa: E402
 from utils.optimizers import FusedAdam  # noqa: E402
 from utils.dataloader import build_dataset, check_split, split_path  # noqa: E402
 from utils.run import Run, fresh_path, progress_verbose, resume_args  # noqa: E402
+from utils.precision import set_precision  # noqa: E402
 from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,  # noqa: E402
-                         set_mixed_precision, set_seed)
+                         set_seed)
 from utils.weights import save_encoder  # noqa: E402
 
 
@@ -97,7 +98,7 @@ def main(argv=None):
     steps = epoch_steps(len(train_names), args.batch_size, args.steps_per_epoch)[0]
 
     set_seed(args.seed)
-    set_mixed_precision(args.mixed_precision)
+    args.precision_decision = set_precision(args.precision, input_shape[:2], args.batch_size)
     workers = args.num_workers or None
     train_ds = build_dataset(args.voc_path, "train", input_shape[:2], args.batch_size, nc,
                              train=True, names=train_names, num_workers=workers, seed=args.seed)

@@ -33,9 +33,10 @@ from other_ssl.training import CHECKPOINT, OPTIMIZERS, epoch_steps, make_optimiz
 from utils.callbacks import Checkpoint  # noqa: E402
 from utils.run import Run, fresh_path, progress_verbose, resume_args  # noqa: E402
 from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,  # noqa: E402
-                         set_mixed_precision, set_seed)
+                         set_seed)
 from utils.precise_bn import add_precise_bn_arg, recalibrate_batchnorm  # noqa: E402
 from utils.errors import UserError, user_errors  # noqa: E402
+from utils.precision import set_precision  # noqa: E402
 from utils.weights import save_encoder  # noqa: E402
 
 
@@ -137,7 +138,7 @@ def main(argv=None):
     steps, capped = epoch_steps(len(train_idx), args.batch_size, args.steps_per_epoch)
 
     set_seed(args.seed)
-    set_mixed_precision(args.mixed_precision)
+    args.precision_decision = set_precision(args.precision, input_shape[:2], args.batch_size)
     train_paths, train_labels = [paths[i] for i in train_idx], [labels[i] for i in train_idx]
     train_ds = make_image_dataset(train_paths, input_shape, args.batch_size,
                                   labels=train_labels, seed=args.seed, repeat=capped,

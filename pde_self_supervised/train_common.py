@@ -22,11 +22,12 @@ from pde_self_supervised.dataloader_2img import (PairDataError, bad_images_messa
                                                  load_pair_index, pair_dataset,
                                                  split_by_fractions)
 from utils.errors import UserError, user_errors
+from utils.precision import set_precision
 from utils.precise_bn import add_precise_bn_arg, recalibrate_batchnorm
 from utils.run import (Run, fresh_path, logged, newest_checkpoint, progress_verbose,
                        resume_args)
 from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,
-                         set_mixed_precision, set_seed)
+                         set_seed)
 
 # The file names the original's make_dataset.py gave the pair index.
 DEFAULT_PAIRS_X = "x_out_inx200000.npy"
@@ -374,7 +375,8 @@ def run(spec, args):
         resume_from, initial_epoch = last_checkpoint(args.resume)
     splits, cache = prepare_data(args)
 
-    policy = set_mixed_precision(args.mixed_precision)
+    args.precision_decision = set_precision(args.precision, args.input_shape, args.batch_size)
+    policy = args.precision_decision["policy"]
     strategy = get_strategy(args.strategy)
     run = Run.start(spec.run_name, args, root=args.logs_dir)
     run_dir = run.dir

@@ -6,7 +6,7 @@ Options are typed values keyed by the step script's option name (``batch_size`` 
 arguments. ``True`` is a flag, a tuple is several values. Options a profile leaves
 out keep the script's default, the original's value.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,15 @@ class Profile:
         """(frozen-phase epochs, total epochs) of the frozen-only or fine-tuned U-Net."""
         freeze, total = self.unet_epochs
         return freeze, (self.frozen_row_epochs or total) if frozen_only else total
+
+
+def with_precision(profile, precision=None):
+    """``profile`` with every training step's ``--precision`` set to ``precision``
+    (``run_pipeline.py --precision``); unchanged when it is None."""
+    if precision is None:
+        return profile
+    return replace(profile, **{step: dict(getattr(profile, step), precision=precision)
+                               for step in ("pretrain", "images_pretrain", "unet")})
 
 
 def to_argv(options):
@@ -52,15 +61,16 @@ PROFILES = {
                      n_train=4, n_val=2, n_test=2),
         pairs=dict(per_class=24, drop_empty_classes=True),
         pretrain=dict(input_shape=(64, 64), load_size=(72, 72), batch_size=4, test_batch_size=4,
-                      epochs=1, steps_per_epoch=2, run_eagerly=True, precise_bn=1),
+                      epochs=1, steps_per_epoch=2, run_eagerly=True, precise_bn=1,
+                      precision="auto"),
         images_pretrain=dict(input_shape=(64, 64), batch_size=4, epochs=1, steps_per_epoch=2,
-                             pool="gap"),
+                             pool="gap", precision="auto"),
         # Eager steps: at this size tracing a ResNet50 graph costs more than the steps.
         # On windows as the demo, so the tests run the demo's any-size U-Net through
         # evaluation, predictions and growth curves.
         unet=dict(input_shape=(64, 64), train_crop=(32, 64), augment="light",
                   freeze_batch_size=2, unfreeze_batch_size=2,
-                  steps_per_epoch=2, run_eagerly=True, encoder_bn_batches=1),
+                  steps_per_epoch=2, run_eagerly=True, encoder_bn_batches=1, precision="auto"),
         unet_epochs=(1, 2),
         frozen_row_epochs=1,
         predict_images=2,
@@ -105,10 +115,13 @@ PROFILES = {
                       test_batch_size=64, epochs=3, steps_per_epoch=100, pool="gap",
                       shared_towers=True, no_augment=True, learning_rate=1e-3,
                       precise_bn=20, validation_steps=5, keep_checkpoints=1,
-                      resume_period_min=10, freeze_stages=("conv1", "res2", "res3")),
+                      resume_period_min=10, freeze_stages=("conv1", "res2", "res3"),
+                      # float32, as the five-seed table was measured (docs/pipeline.md,
+                      # "Precision"); --precision auto runs it in bfloat16 where that pays.
+                      precision="float32"),
         # The PDE demo's input, batch, steps, learning rate and precise BN.
         images_pretrain=dict(input_shape=(32, 64), batch_size=32, epochs=3, steps_per_epoch=100,
-                             pool="gap", learning_rate=1e-3, precise_bn=20),
+                             pool="gap", learning_rate=1e-3, precise_bn=20, precision="auto"),
         # The frozen decoder learns slowly from 60 photos: background and leaf after ~40
         # steps at 10x the original's rate, trunk only after ~200 (at 15 epochs both rows
         # stopped at background and leaf). Before the first phase the encoder's batch-norm
@@ -116,7 +129,8 @@ PROFILES = {
         # normalised the original's frozen encoder with batch statistics, while here it
         # reads its moving averages, which for the random row are the initial mean 0 /
         # variance 1 (frozen random U-Net 0.276 without, 0.354 with; PDE 0.315 / 0.320).
-        # bfloat16 (the decoder has no batch norm, so AMX pays), validation and val_mIoU
+        # The fastest precision this machine runs natively (--precision auto: bfloat16 on
+        # AMX / AVX-512 BF16 CPUs, where the decoder pays; docs/pipeline.md), validation and val_mIoU
         # every 15 epochs (a validated epoch took 9 s against 4 s at 64x128, most of the
         # difference the two checkpoints it writes, 1.1-2.1 s each; on whole 128x224
         # photos the validation pass itself costs 3.5x; validation does not change the
@@ -151,7 +165,7 @@ PROFILES = {
         # 0.3622 (colour classifier 0.5318).
         unet=dict(input_shape=(128, 224), train_crop=(64, 128), augment="light",
                   freeze_batch_size=8, unfreeze_batch_size=8,
-                  freeze_lr=1e-3, warmup_steps=7, mixed_precision=True, encoder_bn_batches=7,
+                  freeze_lr=1e-3, warmup_steps=7, precision="auto", encoder_bn_batches=7,
                   val_period=15, resume_period_min=10),
         # 45 frozen epochs: after 30 the decoder was still learning (training mIoU up
         # from 0.52 to 0.56 over the last five epochs, seed 11). Frozen-only U-Nets of
@@ -171,7 +185,8 @@ PROFILES = {
     "paper": Profile(
         orchard=dict(cameras=4, presets=(1, 2, 3, 4, 5), times=("09", "12", "15"),
                      image_size=(576, 1024), n_train=60, n_val=20, n_test=40),
-        pairs={}, pretrain={}, images_pretrain={}, unet={},
+        pairs={}, pretrain=dict(precision="auto"), images_pretrain=dict(precision="auto"),
+        unet=dict(precision="auto"),
         unet_epochs=(60, 120),
         predict_images=8,
     ),

@@ -22,19 +22,20 @@ def test_to_argv_flags_tuples_and_left_out_values():
 @pytest.mark.parametrize("name, field, old", [
     ("tiny", "pretrain", "--input-shape 64 64 --load-size 72 72 --batch-size 4 "
                          "--test-batch-size 4 --epochs 1 --steps-per-epoch 2 --run-eagerly "
-                         "--precise-bn 1"),
+                         "--precise-bn 1 --precision auto"),
     ("demo", "pretrain", "--input-shape 32 64 --load-size 32 64 --batch-size 32 "
                          "--test-batch-size 64 --epochs 3 --steps-per-epoch 100 --pool gap "
                          "--shared-towers --no-augment --learning-rate 1e-3 --precise-bn 20 "
                          "--validation-steps 5 --keep-checkpoints 1 "
-                         "--resume-period-min 10 --freeze-stages conv1 res2 res3"),
+                         "--resume-period-min 10 --freeze-stages conv1 res2 res3 "
+                         "--precision float32"),
     ("demo", "unet", "--input-shape 128 224 --train-crop 64 128 --augment light "
                      "--freeze-batch-size 8 --unfreeze-batch-size 8 "
-                     "--freeze-lr 1e-3 --warmup-steps 7 --mixed-precision --encoder-bn-batches 7 "
+                     "--freeze-lr 1e-3 --warmup-steps 7 --precision auto --encoder-bn-batches 7 "
                      "--val-period 15 --resume-period-min 10"),
     ("demo", "images_pretrain", "--input-shape 32 64 --batch-size 32 --epochs 3 "
                                 "--steps-per-epoch 100 --pool gap --learning-rate 1e-3 "
-                                "--precise-bn 20"),
+                                "--precise-bn 20 --precision auto"),
     ("tiny", "pairs", "--per-class 24 --drop-empty-classes"),
 ])
 def test_profiles_become_the_scripts_option_strings(name, field, old):
@@ -43,6 +44,26 @@ def test_profiles_become_the_scripts_option_strings(name, field, old):
         return [float(t) if t.replace(".", "").replace("e-", "").isdigit() else t for t in tokens]
 
     assert parsed(to_argv(getattr(PROFILES[name], field))) == parsed(shlex.split(old))
+
+
+@pytest.mark.parametrize("precision", ["auto", "float32", "bfloat16", "float16"])
+def test_every_precision_reaches_every_training_step(precision):
+    import run_pipeline
+    import train
+    from pde_self_supervised import con_train_resnet_class
+    from pipeline.profiles import with_precision
+
+    args = run_pipeline.parse_args(["--profile", "demo", "--precision", precision])
+    profile = with_precision(PROFILES[args.profile], args.precision)
+    assert train.parse_args(["--voc-path", "v"] + to_argv(profile.unet)).precision == precision
+    pde = con_train_resnet_class.parse_args(to_argv(profile.pretrain))
+    assert pde.precision == precision
+    assert with_precision(PROFILES["demo"], None) is PROFILES["demo"]
+    # --unet-args overrides the profile's, as the pipeline passes them last.
+    unet_argv = ["--voc-path", "v"] + to_argv(PROFILES["demo"].unet) + ["--precision", precision]
+    assert train.parse_args(unet_argv).precision == precision
+    # --mixed-precision stays, as the same as --precision auto.
+    assert train.parse_args(["--voc-path", "v", "--mixed-precision"]).precision == "auto"
 
 
 def test_an_ssl_pretrainer_runs_its_method_with_the_profile_and_the_overrides(monkeypatch):

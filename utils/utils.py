@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from utils.precision import PRECISIONS
 from utils.run import json_text, make_run_dir, write_atomic  # noqa: F401  (make_run_dir: one place)
 
 # The five classes of the cherry data set, in label order (pixel value = index).
@@ -93,19 +94,6 @@ def jit_compile_default():
     return "auto" if tf.config.list_physical_devices("GPU") else False
 
 
-def set_mixed_precision(enabled):
-    """bfloat16 compute on a CPU, float16 on a GPU; float32 when not enabled."""
-    import keras
-    import tensorflow as tf
-
-    if not enabled:
-        keras.mixed_precision.set_global_policy("float32")
-        return "float32"
-    policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
-    keras.mixed_precision.set_global_policy(policy)
-    return policy
-
-
 STRATEGIES = ("default", "mirrored", "multiworker")
 
 
@@ -182,8 +170,13 @@ def add_common_training_args(parser, seed=11):
     parser.add_argument("--seed", type=int, default=seed, help=f"random seed (default {seed})")
     parser.add_argument("--logs-dir", default="logs",
                         help="parent folder of the new run folder (default logs/)")
-    parser.add_argument("--mixed-precision", action="store_true",
-                        help="bfloat16 on a CPU, float16 on a GPU (default off: float32)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="compute precision: auto = bfloat16 only on a CPU that computes "
+                             "it natively and where a start-up probe shows it faster, float16 "
+                             "on a GPU with tensor cores, float32 otherwise (default float32, "
+                             "the original's)")
+    parser.add_argument("--mixed-precision", dest="precision", action="store_const",
+                        const="auto", help="the same as --precision auto")
     parser.add_argument("--strategy", choices=STRATEGIES, default="default",
                         help="tf.distribute strategy: mirrored = all local GPUs, "
                              "multiworker = machines in TF_CONFIG (default: one device)")

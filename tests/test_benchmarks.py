@@ -1,0 +1,49 @@
+"""Every benchmark script runs its smallest setting (one step, 32x32), so none rots
+unnoticed when the code it times changes; the scripts that other tests already run end
+to end are named with the test that does."""
+import importlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALLEST = {
+    "bench_make_dataset": ["--sizes", "200", "--per-class", "5"],    # two views
+    "bench_pair_pipeline": ["--images", "4", "--batch-size", "2", "--batches", "1",
+                            "--repeats", "1"],
+    "bench_synthetic_orchard": ["--image-size", "32", "32", "--cameras", "1", "--presets", "1",
+                                "--times", "12", "--workers", "1"],
+    "bench_pde_step": ["--input-shape", "32", "32", "--batch-size", "2", "--steps", "1",
+                       "--warmup", "1", "--pool", "gap", "--shared-towers", "--precision",
+                       "float32", "--peak-gflops", "100"],
+    "bench_unet_step": ["--input-shape", "32", "32", "--batch-size", "2", "--steps", "1",
+                        "--warmup", "1", "--modes", "frozen", "--precision", "float32",
+                        "--peak-gflops", "100"],
+    "profile_step": ["pde", "--input-shape", "32", "32", "--batch-size", "2", "--steps", "1",
+                     "--warmup", "1", "--freeze-stages", "conv1", "res2"],
+}
+# Run end to end elsewhere: script -> the test file that runs its main().
+ELSEWHERE = {
+    "colour_baseline": "test_synthetic_orchard.py",
+    "pixel_probe": "test_get_miou.py",
+    "paper_table": "test_run_pipeline.py",
+    "few_shot_table": "test_few_shot.py",
+    "pde_vs_random": "test_pipeline.py",
+}
+NOT_SCRIPTS = {"__init__", "timing"}
+
+
+def test_every_benchmark_script_is_run_by_a_test():
+    scripts = {p.stem for p in (ROOT / "benchmarks").glob("*.py")} - NOT_SCRIPTS
+    assert scripts == set(SMALLEST) | set(ELSEWHERE)
+    for script, test_file in ELSEWHERE.items():
+        assert f"{script}.main(" in (ROOT / "tests" / test_file).read_text(), (script, test_file)
+
+
+@pytest.mark.parametrize("script", sorted(SMALLEST))
+def test_benchmark_runs_its_smallest_setting(script, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    module = importlib.import_module(f"benchmarks.{script}")
+    module.main(SMALLEST[script])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("Machine: ") and "cores" in first
