@@ -51,9 +51,8 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", choices=sorted(PROFILES), default="demo",
                    help="sizes and epochs (pipeline/profiles.py): tiny (a wiring check of "
-                        "every step), demo (default: CPU-sized, both rows: 9 min 10 s measured "
-                        "on a 2-core CPU; the runs before 45 frozen epochs took 7-9 min), "
-                        "paper (the original's sizes and epochs, for a GPU)")
+                        "every step), demo (default: CPU-sized, both rows; its time per CPU is "
+                        "in docs/pipeline.md), paper (the original's sizes and epochs, for a GPU)")
     p.add_argument("--method", choices=[n.removeprefix("pde_") for n in PAIR_PRETRAINERS],
                    default="class",
                    help="PDE distance: class = step 5 (classification, the published row), "
@@ -90,11 +89,14 @@ def parse_args(argv=None):
     p.add_argument("--logs-dir", default="logs", help="parent of the run folder (default logs/)")
     p.add_argument("--growth-camera", help="camera for the growth curves (default: first test camera)")
     p.add_argument("--seed", type=int, default=11, help="random seed for every step (default 11)")
+    # A lone flag each step's script accepts, for the help's example.
+    flags = {"select": "--allow-empty", "pairs": "--drop-empty-classes",
+             "pretrain": "--shuffle-labels", "unet": "--skip-bad-images", "growth": "--no-overlays"}
     for step in ("select", "pairs", "pretrain", "unet", "growth"):
         p.add_argument(f"--{step}-args", default="", metavar="'OPTS'",
                        help=f"extra options passed to the {step} step's script "
                             f"(override the profile's); a lone flag needs '=', as in "
-                            f"--{step}-args=--mixed-precision")
+                            f"--{step}-args={flags[step]}")
     args = p.parse_args(argv)
     args.steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     if args.init == "random":
@@ -652,7 +654,11 @@ def main(argv=None):
     both = " (the two rows in parallel)" if background is not None else ""
     print(f"Steps took {total:.0f} s in all, {time.time() - began:.0f} s wall{both}. "
           f"Everything is in {run.dir}")
-    return {"run_dir": run.dir, "table": table, "steps": run.record}
+    from pipeline.report import write_report
+
+    report = write_report(run, table, NAME_CLASSES)
+    print(f"Report (table, curves, confusion matrices, overlays, growth): {report}")
+    return {"run_dir": run.dir, "table": table, "steps": run.record, "report": report}
 
 
 if __name__ == "__main__":
