@@ -100,3 +100,28 @@ def test_step_args_examples_name_options_of_that_step():
         example = re.search(rf"--{step}-args=(--[a-z-]+)", text)
         assert example, f"no example in --{step}-args's help"
         assert re.search(rf"{example.group(1)}\b", help_text(script)), (step, example.group(1))
+
+
+def all_scripts():
+    """Every script with a command line: a parse_args and a __main__ block."""
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith(("tests/", ".")) or "/." in rel:
+            continue
+        text = path.read_text()
+        if "def parse_args" in text and '__name__ == "__main__"' in text:
+            found.append(rel)
+    return found
+
+
+# One name per concept across scripts; an older spelling stays only as an alias of it.
+SHARED_NAMES = {"--voc": "--voc-path", "--dir-save-path": "--out-dir", "--out": "--out-dir",
+                "--log-dir": "--logs-dir", "--random-seed": "--seed"}
+
+
+@pytest.mark.parametrize("script", all_scripts())
+def test_shared_concepts_use_shared_names(script):
+    options = set(re.findall(r"(--[a-z][a-z0-9-]*)", help_text(script)))
+    wrong = {old: new for old, new in SHARED_NAMES.items() if old in options and new not in options}
+    assert not wrong, f"{script}: give these options their shared name (old one as an alias): {wrong}"
