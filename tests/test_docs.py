@@ -16,6 +16,19 @@ COMMAND = re.compile(r"\bpython3? (?!-)(\S+\.py)\b(.*)")
 OPTION = re.compile(r"^\[?(--[a-z][a-z0-9-]*)")
 
 
+def all_scripts():
+    """Every script with a command line: a parse_args and a __main__ block."""
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith(("tests/", ".")) or "/." in rel:
+            continue
+        text = path.read_text()
+        if "def parse_args" in text and '__name__ == "__main__"' in text:
+            found.append(rel)
+    return found
+
+
 def _command_lines(text):
     """Command lines of fenced blocks (continuations joined) and of inline code spans."""
     lines, fenced, current = [], False, ""
@@ -33,11 +46,29 @@ def _command_lines(text):
     return lines
 
 
+def _docstring_lines(path):
+    """Command lines in a script's module docstring (its usage examples)."""
+    import ast
+
+    text = ast.get_docstring(ast.parse(path.read_text())) or ""
+    lines, current = [], ""
+    for raw in text.splitlines():
+        if current or re.match(r"\s*python3? ", raw):
+            current += raw.strip().removesuffix("\\") + " "
+            if not raw.rstrip().endswith("\\"):
+                lines.append(current)
+                current = ""
+    return lines
+
+
 def quoted_commands():
-    """{script path: {options quoted for it}} over the README and docs."""
+    """{script path: {options quoted for it}} over the README, the docs and the usage
+    examples in the scripts' docstrings."""
     found = {}
-    for doc in DOCS:
-        for line in _command_lines(doc.read_text()):
+    sources = [(doc.name, _command_lines(doc.read_text())) for doc in DOCS]
+    sources += [(script, _docstring_lines(ROOT / script)) for script in all_scripts()]
+    for name, lines in sources:
+        for line in lines:
             for part in re.split(r"&&|;|\|", line):
                 match = COMMAND.search(part)
                 if not match:
@@ -52,7 +83,7 @@ def quoted_commands():
                     # Options inside a quoted --<step>-args value belong to another script.
                     option = OPTION.match(token.split("=")[0] if "=" in token else token)
                     if option and " " not in token:
-                        options.setdefault(option.group(1), doc.name)
+                        options.setdefault(option.group(1), name)
     return found
 
 
@@ -100,19 +131,6 @@ def test_step_args_examples_name_options_of_that_step():
         example = re.search(rf"--{step}-args=(--[a-z-]+)", text)
         assert example, f"no example in --{step}-args's help"
         assert re.search(rf"{example.group(1)}\b", help_text(script)), (step, example.group(1))
-
-
-def all_scripts():
-    """Every script with a command line: a parse_args and a __main__ block."""
-    found = []
-    for path in sorted(ROOT.rglob("*.py")):
-        rel = path.relative_to(ROOT).as_posix()
-        if rel.startswith(("tests/", ".")) or "/." in rel:
-            continue
-        text = path.read_text()
-        if "def parse_args" in text and '__name__ == "__main__"' in text:
-            found.append(rel)
-    return found
 
 
 # One name per concept across scripts; an older spelling stays only as an alias of it.
