@@ -30,7 +30,9 @@ def disk_bytes(path):
 
 
 def _size(n_bytes):
-    return f"{n_bytes / 2**20:.1f} MB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:.0f} KB"
+    if n_bytes >= 2**20:
+        return f"{n_bytes / 2**20:.1f} MB"
+    return f"{n_bytes / 2**10:.0f} KB" if n_bytes >= 2**10 else f"{n_bytes} B"
 
 
 def _link(path, base):
@@ -85,8 +87,11 @@ def per_class_table(run, names):
             rows.append(f"| {STEP_TITLES[step]} | " + " | ".join(f"{v:.3f}" for v in iou) + " |")
     if not rows:
         return "No U-Net was evaluated in this run."
-    width = max(len(run.result(s).get("test_metrics", {}).get("IoU") or []) for s in UNET_STEPS)
-    names = list(names)[:width] + [f"class_{i}" for i in range(len(names), width)]
+    metrics = [run.result(s).get("test_metrics", {}) for s in UNET_STEPS]
+    width = max(len(m.get("IoU") or []) for m in metrics)
+    # The evaluation's own class names where it recorded them (a user's classes).
+    names = next((m["classes"] for m in metrics if len(m.get("classes") or []) == width),
+                 list(names)[:width] + [f"class_{i}" for i in range(len(names), width)])
     return "\n".join(["| U-Net | " + " | ".join(names) + " |", "|---|" + "---|" * width, *rows])
 
 

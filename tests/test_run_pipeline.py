@@ -102,7 +102,7 @@ def test_report_shows_every_plot_of_the_run_and_links_only_files_that_exist(tiny
     assert any(link.endswith("growth_smoothed.png") for link in links)
     assert result["table"] in text and "held-out pair accuracy" in text.lower()
     for step in run_pipeline.STEPS:
-        assert re.search(rf"^\| {step} \| \d+ \| [0-9.]+ [KM]B \|", text, re.M), step
+        assert re.search(rf"^\| {step} \| \d+ \| [0-9.]+ [KM]?B \|", text, re.M), step
 
 
 def test_resume_skips_finished_steps(tiny_run, capsys):
