@@ -143,3 +143,21 @@ def test_shared_concepts_use_shared_names(script):
     options = set(re.findall(r"(--[a-z][a-z0-9-]*)", help_text(script)))
     wrong = {old: new for old, new in SHARED_NAMES.items() if old in options and new not in options}
     assert not wrong, f"{script}: give these options their shared name (old one as an alias): {wrong}"
+
+
+def _anchors(markdown):
+    """GitHub's anchors of a page's headings."""
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.+)$", markdown, re.M)}
+
+
+@pytest.mark.parametrize("doc", DOCS + [ROOT / "CHANGELOG.md"], ids=lambda p: p.name)
+def test_every_link_reaches_a_file_and_heading(doc):
+    broken = []
+    for target, anchor in re.findall(r"\]\((?!https?:)([^)#\s]*)(?:#([^)\s]+))?\)", doc.read_text()):
+        path = (doc.parent / target).resolve() if target else doc
+        if not path.exists():
+            broken.append(target)
+        elif anchor and path.suffix == ".md" and anchor not in _anchors(path.read_text()):
+            broken.append(f"{target}#{anchor}")
+    assert not broken, f"{doc.name}: broken links {broken}"
