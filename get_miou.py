@@ -125,7 +125,7 @@ def parse_args(argv=None):
                    help="class-index PNGs (default: <out-dir>/detection-results); needed by "
                         "mode 2 to point at an earlier run's predictions")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass "
-                                                             "(original: 1)")
+                                                             "(default: 8; original: 1)")
     p.add_argument("--logs-dir", default="logs", help="parent of the new run folder (default logs)")
     p.add_argument("--seed", type=int, default=11, help="random seed (default 11)")
     return p.parse_args(argv)

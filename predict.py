@@ -162,10 +162,10 @@ def parse_args(argv=None):
                    help="save the bare colour map instead of the overlay (original: blend on)")
     p.add_argument("--count", action="store_true", help="print each class's pixel share")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass "
-                                                             "(original: 1)")
+                                                             "(default: 8; original: 1)")
     p.add_argument("--dir-origin-path", default="img", help="input folder of dir_predict "
                                                             "(original: img)")
-    p.add_argument("--dir-save-path", default="img_out",
+    p.add_argument("--out-dir", "--dir-save-path", dest="dir_save_path", default="img_out",
                    help="output folder of predict and dir_predict (original: img_out)")
     p.add_argument("--video-path", default="a001.mp4",
                    help="video file, or a camera index such as 0 (original: a001.mp4)")

@@ -50,59 +50,64 @@ OTHER_PRETRAINERS = [n for n in PRETRAINERS if n not in PAIR_PRETRAINERS]
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--profile", choices=sorted(PROFILES), default="demo",
+    data = p.add_argument_group("data (default: the built-in synthetic orchard)")
+    model = p.add_argument_group("model: which encoder the U-Nets start from")
+    run = p.add_argument_group("run: profile, steps, seed, resume")
+    output = p.add_argument_group("output")
+    per_step = p.add_argument_group("per-step options, passed to each step's script")
+    run.add_argument("--profile", choices=sorted(PROFILES), default="demo",
                    help="sizes and epochs (pipeline/profiles.py): tiny (a wiring check of "
-                        "every step), demo (default: CPU-sized, both rows: 9 min 10 s measured "
-                        "on a 2-core CPU; the runs before 45 frozen epochs took 7-9 min), "
-                        "paper (the original's sizes and epochs, for a GPU)")
-    p.add_argument("--method", choices=[n.removeprefix("pde_") for n in PAIR_PRETRAINERS],
+                        "every step), demo (default: CPU-sized, both rows; its time per CPU is "
+                        "in docs/pipeline.md), paper (the original's sizes and epochs, for a GPU)")
+    model.add_argument("--method", choices=[n.removeprefix("pde_") for n in PAIR_PRETRAINERS],
                    default="class",
                    help="PDE distance: class = step 5 (classification, the published row), "
                         "grading = step 4")
-    p.add_argument("--init", default="pde",
+    model.add_argument("--init", default="pde",
                    help="encoder initialisation for the U-Net: pde (pretrain here with "
                         "--method, default), random (Glorot uniform, the baseline row), "
                         f"another pretrainer ({', '.join(OTHER_PRETRAINERS)}), or a weights file")
-    p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+    model.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                    help="also train the same two U-Nets (same settings and seeds) from a "
                         "random encoder, and print both rows (default on; off with --init "
                         "random, which is that row already)")
-    p.add_argument("--parallel-rows", action=argparse.BooleanOptionalAction, default=None,
+    run.add_argument("--parallel-rows", action=argparse.BooleanOptionalAction, default=None,
                    help="train the random row in a second process while this one pretrains "
                         "and trains the PDE row; its messages go to random_row.log in the "
                         "run folder (default: on where no GPU is visible and there are 2+ "
                         "cores, since one process leaves part of the CPU idle)")
-    p.add_argument("--row-worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--keep-checkpoints", action="store_true",
+    run.add_argument("--row-worker", action="store_true", help=argparse.SUPPRESS)
+    output.add_argument("--keep-checkpoints", action="store_true",
                    help="keep every checkpoint the steps write (default: at the end keep "
                         "the encoder and the U-Net used for the predictions, and delete the "
                         "other .keras files, about 180-300 MB each)")
-    p.add_argument("--archive", help="your camera archive <root>/<camera>/<preset>_<date>_<HH>.jpg "
+    data.add_argument("--archive", help="your camera archive <root>/<camera>/<preset>_<date>_<HH>.jpg "
                                      "(default: the synthetic orchard)")
-    p.add_argument("--phenology", help="phenology priors TOML for --archive")
-    p.add_argument("--voc", help="your labelled set (a VOCdevkit folder)")
-    p.add_argument("--data-dir", default=None,
+    data.add_argument("--phenology", help="phenology priors TOML for --archive")
+    data.add_argument("--voc-path", "--voc", dest="voc", help="your labelled set (a VOCdevkit folder)")
+    data.add_argument("--data-dir", default=None,
                    help="where the synthetic orchard is generated or found "
                         "(default demo_data/<profile>)")
-    p.add_argument("--steps", default=",".join(STEPS),
+    run.add_argument("--steps", default=",".join(STEPS),
                    help=f"comma-separated subset of: {','.join(STEPS)} (default all)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder, skipping "
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder, skipping "
                                                        "the steps it has finished")
-    p.add_argument("--logs-dir", default="logs", help="parent of the run folder (default logs/)")
-    p.add_argument("--growth-camera", help="camera for the growth curves (default: first test camera)")
-    p.add_argument("--seed", type=int, default=11, help="random seed for every step (default 11)")
-    p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="compute precision of every training step (default: the profile's, "
-                        "auto in every profile but the demo's PDE pretraining: bfloat16 only "
-                        "where the CPU computes it natively and a start-up probe shows it "
-                        "faster, float16 on a GPU with tensor cores, else float32)")
-    examples = {"select": "--workers 1", "pairs": "--per-class 500",
-                "pretrain": "--epochs 6", "unet": "--precision float32",
-                "growth": "--no-overlays"}
-    for step, example in examples.items():
-        p.add_argument(f"--{step}-args", default="", metavar="'OPTS'",
+    output.add_argument("--logs-dir", default="logs", help="parent of the run folder (default logs/)")
+    output.add_argument("--growth-camera", help="camera for the growth curves (default: first test camera)")
+    run.add_argument("--seed", type=int, default=11, help="random seed for every step (default 11)")
+    run.add_argument("--precision", choices=PRECISIONS, default=None,
+                     help="compute precision of every training step (default: the profile's, "
+                          "auto in every profile but the demo's PDE pretraining: bfloat16 only "
+                          "where the CPU computes it natively and a start-up probe shows it "
+                          "faster, float16 on a GPU with tensor cores, else float32)")
+    # A lone flag each step's script accepts, for the help's example.
+    flags = {"select": "--allow-empty", "pairs": "--drop-empty-classes",
+             "pretrain": "--shuffle-labels", "unet": "--skip-bad-images", "growth": "--no-overlays"}
+    for step in ("select", "pairs", "pretrain", "unet", "growth"):
+        per_step.add_argument(f"--{step}-args", default="", metavar="'OPTS'",
                        help=f"extra options passed to the {step} step's script "
-                            f"(override the profile's), as in --{step}-args='{example}'")
+                            f"(override the profile's); a lone flag needs '=', as in "
+                            f"--{step}-args={flags[step]}")
     args = p.parse_args(argv)
     args.steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     if args.init == "random":
@@ -124,6 +129,8 @@ REQUIRES = {"priors": ("orchard",), "select": ("orchard",), "pairs": ("select",)
             "unet_finetune": ("orchard", "pretrain"), "random_frozen": ("orchard",),
             "random_finetune": ("orchard",), "predict": ("orchard", "unet_frozen|unet_finetune"),
             "growth": ("orchard", "unet_frozen|unet_finetune")}
+# Old spellings of options (their dest names): --voc-path is also --voc.
+OPTION_ALIASES = {"voc_path": "voc"}
 # The first step that reads each option: on --resume a changed option is applied while
 # no step from there on has finished, and refused after.
 OPTION_STEPS = {"profile": "orchard", "seed": "orchard", "archive": "orchard",
@@ -238,7 +245,7 @@ def given_options(argv):
         if token.startswith("--") and " " not in token:
             name = token[2:].split("=", 1)[0]
             given.add((name[3:] if name.startswith("no-") else name).replace("-", "_"))
-    return given
+    return {OPTION_ALIASES.get(name, name) for name in given}
 
 
 def resume_options(args, argv, run):
@@ -661,7 +668,11 @@ def main(argv=None):
     both = " (the two rows in parallel)" if background is not None else ""
     print(f"Steps took {total:.0f} s in all, {time.time() - began:.0f} s wall{both}. "
           f"Everything is in {run.dir}")
-    return {"run_dir": run.dir, "table": table, "steps": run.record}
+    from pipeline.report import write_report
+
+    report = write_report(run, table, NAME_CLASSES)
+    print(f"Report (table, curves, confusion matrices, overlays, growth): {report}")
+    return {"run_dir": run.dir, "table": table, "steps": run.record, "report": report}
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ def report(hist, names=NAME_CLASSES):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--voc", default=None,
+    p.add_argument("--voc-path", "--voc", dest="voc", default=None,
                    help="VOCdevkit (or its VOC2007) folder with train and test lists")
     p.add_argument("--generate", action="store_true",
                    help="generate a labelled-only synthetic orchard in a temporary folder")

@@ -54,7 +54,7 @@ def parse_args(argv=None):
                    help="a legacy Keras ResNet50 'notop' .h5 file for the imagenet row")
     p.add_argument("--archive", help="your camera archive (default: the synthetic orchard)")
     p.add_argument("--phenology", help="phenology priors TOML for --archive")
-    p.add_argument("--voc", help="your labelled VOCdevkit folder")
+    p.add_argument("--voc-path", "--voc", dest="voc", help="your labelled VOCdevkit folder")
     p.add_argument("--data-dir", help="where the synthetic orchard is generated or found "
                                       "(default demo_data/<profile>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a table run row by row")

@@ -95,7 +95,7 @@ def parse_args(argv=None):
     p.add_argument("models", nargs="+", metavar="NAME=CHECKPOINT",
                    help="U-Net checkpoints (.keras) whose encoders to probe, each with a name "
                         "for the table, e.g. pde=.../last_epoch.keras")
-    p.add_argument("--voc", required=True,
+    p.add_argument("--voc-path", "--voc", dest="voc", required=True,
                    help="VOCdevkit (or its VOC2007) folder with train and test lists; photos "
                         "at the size the U-Net was evaluated at")
     p.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet50",

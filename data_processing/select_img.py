@@ -192,8 +192,8 @@ def parse_args(argv=None):
                         help="preset points (original: 1 2 3 4 5)")
     parser.add_argument("--times", nargs="+", default=list(DEFAULT_TIMES),
                         help="times of day (original: 09 12 15)")
-    parser.add_argument("--out", default="out",
-                        help="output folder (original: /mnt/hdd/cherry2021/out)")
+    parser.add_argument("--out-dir", "--out", dest="out", default="out",
+                        help="output folder (default: out; the original wrote to a fixed folder)")
     parser.add_argument("--link", nargs="?", const="hard", choices=["hard", "sym"], default=None,
                         help="link instead of copying: --link or --link hard for hard links, "
                              "--link sym for symbolic links (original: copy)")

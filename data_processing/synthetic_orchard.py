@@ -1152,7 +1152,7 @@ def render_photo(camera, preset, date, hour, cameras=4, start="2021-01-01", end=
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default="demo_data", help="output folder (must be new or empty)")
+    p.add_argument("--out-dir", "--out", dest="out", default="demo_data", help="output folder (must be new or empty)")
     p.add_argument("--cameras", type=int, default=4, help="archive cameras, one tree each")
     p.add_argument("--test-cameras", type=int, default=2,
                    help="extra trees seen only by the labelled test split")

@@ -85,12 +85,33 @@ def test_table_has_this_runs_numbers_beside_the_published_row(tiny_run):
     assert "PDE (classification distance), published | 600,000 pairs from 3,100 images | 0.5502" in table
 
 
+def test_report_shows_every_plot_of_the_run_and_links_only_files_that_exist(tiny_run):
+    _, result = tiny_run
+    report = Path(result["report"])
+    assert report == Path(result["run_dir"]) / "report.md"
+    text = report.read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    missing = [link for link in links if not (report.parent / link).is_file()]
+    assert links and not missing, missing
+    # The pretraining's and all four U-Nets' curves, each U-Net's confusion matrix, every
+    # overlay and the growth plots.
+    assert sum(link.endswith("epoch_loss.png") for link in links) == 5
+    assert sum(link.endswith("miou_test/confusion_matrix.png") for link in links) == 4
+    assert sum(link.startswith("predictions/") for link in links) == \
+        run_pipeline.PROFILES["tiny"].predict_images
+    assert any(link.endswith("growth_smoothed.png") for link in links)
+    assert result["table"] in text and "held-out pair accuracy" in text.lower()
+    for step in run_pipeline.STEPS:
+        assert re.search(rf"^\| {step} \| \d+ \| [0-9.]+ [KM]?B \|", text, re.M), step
+
+
 def test_resume_skips_finished_steps(tiny_run, capsys):
     root, result = tiny_run
     again = run_pipeline.main(["--profile", "tiny", "--resume", str(result["run_dir"]),
                                "--data-dir", str(root / "data")])
     out = capsys.readouterr().out
     assert out.count("done earlier, skipped") == len(run_pipeline.STEPS)
+    assert out.strip().splitlines()[-1].endswith(str(Path(result["run_dir"]) / "report.md"))
     assert again["table"] == result["table"]
 
 
