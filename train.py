@@ -414,6 +414,7 @@ def main(argv=None):
             model.compile(optimizer=FusedAdam(phase.lr), loss=loss,
                           metrics=[f_score(), miou], run_eagerly=args.run_eagerly,
                           jit_compile=False if args.run_eagerly else jit_compile_default())
+            optimizer = model.optimizer     # (a checkpoint written beside unsets it a while)
         n_frozen = sum(int(np.prod(v.shape)) for v in model.non_trainable_weights)
         print(f"{phase.name[0].upper() + phase.name[1:]} phase: epochs {start + 1}-{phase.end}, batch "
               f"{phase.batch_size}, lr {phase.lr:g}, encoder {'frozen' if phase.frozen else 'trained'} "
@@ -446,7 +447,7 @@ def main(argv=None):
                   validation_data=val_ds,
                   validation_freq=validation_epochs(start, phase.end, args.val_period),
                   callbacks=callbacks, shuffle=False, verbose=progress_verbose())
-        updates += int(model.optimizer.iterations)
+        updates += int(optimizer.iterations)
 
     checkpoint.write_best()     # (a resume after the last epoch runs no fit to do it)
     history = run.log()
