@@ -65,6 +65,10 @@ def test_resume_trains_only_the_missing_cell(bench):
     assert len(set((out / "seed11").glob("unet_*")) - before) == 1
     assert "unet random 4" in json.loads(record_path.read_text())
     assert len(resumed["rows"]) == len(result["rows"])
+    # A resume with other U-Net options is refused (only seeds, budgets, encoders,
+    # --fine-tuned and --workers may change).
+    with pytest.raises(SystemExit):
+        label_efficiency.main(_argv(root, "--resume", str(out), "--unet-args=--freeze-lr 1"))
 
 
 @pytest.mark.parametrize("more, message", [
