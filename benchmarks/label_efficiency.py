@@ -147,12 +147,12 @@ def seed_data_dir(args, seed):
 
 
 def default_workers():
-    if (os.cpu_count() or 1) < 2:
-        return 1
-    import tensorflow as tf
+    """2 where run_pipeline.py trains its two rows side by side (no GPU visible, 2+
+    cores), else 1."""
+    import run_pipeline
 
-    # Two processes on one GPU would each reserve all of its memory.
-    return 1 if tf.config.list_physical_devices("GPU") else 2
+    return 2 if run_pipeline._parallel_rows(SimpleNamespace(row_worker=False,
+                                                            parallel_rows=None)) else 1
 
 
 class InlineExecutor:
@@ -334,8 +334,9 @@ def summarise(args, rows, runs):
             if seeds:
                 lines.append(f"- N = {count}: " + gap_verdict(
                     "test mIoU", [a[s] for s in seeds], [b[s] for s in seeds], (first, second)))
-    lines += ["", "Time per stage, mean over seeds (s; the work of a worker process, two "
-                  "of which ran side by side where --workers was 2):", "",
+    lines += ["", "Time per stage, mean over seeds, in seconds (with --workers 2 two "
+                  "trainings run at once, so the stages add up to more than the wall time):",
+              "",
               "| Stage | Seconds |", "|---|---|"]
     stages = {}
     for run in runs.values():
