@@ -265,7 +265,8 @@ def label_budget(args, train_names):
 
     args.train_photos = draw_labelled(args.voc_path, train_names, args.train_count,
                                       args.num_classes, args.seed)
-    print(f"--train-count {args.train_count}: training on {', '.join(args.train_photos)}")
+    shown = ", ".join(args.train_photos[:8]) + (", ..." if args.train_count > 8 else "")
+    print(f"--train-count {args.train_count}: training on {shown} (all in args.json)")
     return args.train_photos
 
 
