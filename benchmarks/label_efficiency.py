@@ -378,7 +378,8 @@ def plot(args, rows, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for encoder, column in [(e, "frozen") for e in args.encoders] + [("colour", "colour classifier")]:
+    curves = [(e, "frozen") for e in args.encoders] + [("colour", "colour classifier")]
+    for encoder, column in curves:
         stats = [(n, *mean_std(list(_values(rows, encoder, n, column).values())))
                  for n in args.labels]
         stats = [s for s in stats if s[1] is not None]
@@ -394,8 +395,9 @@ def plot(args, rows, path):
     ax.minorticks_off()
     ax.set_xlabel("labelled training photos")
     ax.set_ylabel("test mIoU (frozen encoder)")
-    ax.set_title(f"Label efficiency, {args.profile} profile, seeds "
-                 f"{', '.join(map(str, args.seeds))} (mean ± std)")
+    ax.set_title(f"Label efficiency, {args.profile} profile, seed"
+                 f"{'s' if len(args.seeds) > 1 else ''} {', '.join(map(str, args.seeds))} "
+                 f"(mean ± std)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
