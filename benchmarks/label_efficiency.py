@@ -4,9 +4,10 @@ For every seed: the data (the synthetic orchard of that seed, or your own archiv
 labelled set), the stage images and pair index, each encoder's pretraining once, then a
 frozen U-Net for every label budget N of ``--labels`` and every encoder (``train.py
 --train-count N``: the seed's nested draw of N train photos, the same number of
-optimizer steps at every N), and the per-pixel colour classifier on the same photos
-(``benchmarks/colour_baseline.py --train-count N``). Every U-Net is evaluated on the
-whole test split; the validation split is unchanged.
+optimizer steps at every N; N = the whole split trains as ``run_pipeline.py`` does), and
+the per-pixel colour classifier on the same photos (``benchmarks/colour_baseline.py
+--train-count N``). Every U-Net is evaluated on the whole test split; the validation
+split is unchanged.
 
     python benchmarks/label_efficiency.py                       # demo, seeds 11 12 13
     python benchmarks/label_efficiency.py --seeds 11 --labels 4 16 60 --encoders pde random
@@ -43,6 +44,7 @@ from pipeline.steps import (Run, gap_verdict, join_argv, make_data, make_pairs, 
 from utils.errors import UserError  # noqa: E402
 from utils.run import make_run_dir, resume_args  # noqa: E402
 from utils.utils import NAME_CLASSES, set_seed, write_json  # noqa: E402
+from utils.voc import read_split  # noqa: E402
 
 # Encoder name -> (PRETRAINERS entry or None for a random encoder, its extra options).
 ENCODERS = {"pde": ("pde_class", []),
@@ -130,8 +132,6 @@ def check_inputs(args):
         if args.archive:
             break                   # the same data for every seed
     if args.voc:
-        from utils.voc import read_split
-
         split = len(read_split(args.voc, "train"))
     else:
         split = profile.orchard["n_train"]
@@ -191,7 +191,7 @@ def unet_job(argv, keep, drop):
     return plain({"run_dir": result["run_dir"], "test_metrics": result["test_metrics"]})
 
 
-def colour_job(voc, seed, count):
+def colour_job(voc, seed, budget):
     from threadpoolctl import threadpool_limits
 
     from benchmarks import colour_baseline
@@ -199,8 +199,7 @@ def colour_job(voc, seed, count):
     # One OpenMP thread, as colour_baseline.py sets before its imports (too late here,
     # after TensorFlow's): with two, the fit crawled beside the trainings (74 s, not 5).
     with threadpool_limits(1):
-        result = colour_baseline.main(["--voc", str(voc), "--seed", str(seed),
-                                       "--train-count", str(count)])
+        result = colour_baseline.main(["--voc", str(voc), "--seed", str(seed), *budget])
     return {"test_metrics": {"mIoU": result["mIoU"], "mPA": result["mPA"],
                              "IoU": [result["iou"][c] for c in NAME_CLASSES],
                              "classes": list(NAME_CLASSES)},
@@ -226,6 +225,13 @@ def run_seed(args, seed, run, pool):
     if names & set(PAIR_PRETRAINERS):
         local("pairs", make_pairs, run, profile, seed)
     voc = run.result("orchard")["voc"]
+    split = len(read_split(voc, "train"))
+
+    def budget(count):
+        # The whole split trains exactly as run_pipeline.py does (no draw, the split's
+        # order), so that column is the pipeline's and pde_vs_random.py's row.
+        return [] if count == split else ["--train-count", str(count)]
+
     freeze, total = profile.epochs(True)
     unet = join_argv(to_argv(profile.unet), args.unet_args)
 
@@ -243,7 +249,7 @@ def run_seed(args, seed, run, pool):
         for count in args.labels:
             step = f"unet {encoder} {count}"
             argv = unet_argv(voc, run.dir, seed, *profile.epochs(True), path, True, unet)
-            argv += ["--train-count", str(count)]
+            argv += budget(count)
             if not args.fine_tuned:
                 argv += ["--save-period", "0"]
             submit(step, (lambda p=path, c=count: tuned_cell(encoder, p, c))
@@ -254,7 +260,7 @@ def run_seed(args, seed, run, pool):
         # both phases from the encoder file.
         frozen_dir = run.result(f"unet {encoder} {count}")["run_dir"]
         argv = unet_argv(voc, run.dir, seed, *profile.epochs(False), path, False, unet,
-                         frozen_run=frozen_dir) + ["--train-count", str(count)]
+                         frozen_run=frozen_dir) + budget(count)
         submit(f"fine-tuned {encoder} {count}", lambda: None, unet_job, argv, False,
                [frozen_dir])
 
@@ -270,7 +276,7 @@ def run_seed(args, seed, run, pool):
                    args.profile, seed, extra)
     # The colour classifier is cheap: it runs here while the pool trains.
     for count in args.labels:
-        local(f"colour {count}", colour_job, voc, seed, count)
+        local(f"colour {count}", colour_job, voc, seed, budget(count))
     while pending:
         done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
         for future in done:
