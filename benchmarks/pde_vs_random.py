@@ -15,7 +15,9 @@ standard deviation.
     python benchmarks/pde_vs_random.py --seeds 11 12 13 14 15 --pipeline-args "--unet-args '--freeze-lr 3e-4'"
 
 Everything lands in a new run folder (``seeds.json``, ``summary.md``); ``--resume RUN_DIR``
-skips the seeds already finished.
+skips the seeds already finished. The same rows at fewer labelled photos, and other
+encoders, are ``benchmarks/label_efficiency.py``'s (the same verdict rule); this script
+keeps the k-NN and per-pixel read-outs.
 """
 import argparse
 import json
