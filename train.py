@@ -128,6 +128,12 @@ def parse_args(argv=None):
     p.add_argument("--steps-per-epoch", type=int, default=None,
                    help="cap on training (and validation) batches per epoch, for quick runs "
                         "(default: the whole split, len(train) // batch size)")
+    p.add_argument("--train-count", type=int, default=None, metavar="N",
+                   help="train on N photos of the train split: a seeded, nested draw (the 4 "
+                        "are among the 8; the first photos hold every class of the split), "
+                        "listed in args.json, with the same steps per epoch as the whole "
+                        "split, so every N gets the same number of updates (default: the "
+                        "whole split)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last complete "
                         "last_epoch.keras with the options of its args.json; of the others "
@@ -249,6 +255,22 @@ def load_pretrained(model, path):
     return report
 
 
+def label_budget(args, train_names):
+    """The photos ``--train-count`` trains on (all ``train_names`` without it), recorded
+    in ``args.train_photos`` (args.json). The epoch keeps the whole split's steps, so a
+    budget of N photos gets as many updates as the whole split, each photo seen more
+    often."""
+    if args.train_count is None:
+        return train_names
+    from utils.voc import draw_labelled
+
+    args.train_photos = draw_labelled(args.voc_path, train_names, args.train_count,
+                                      args.num_classes, args.seed)
+    shown = ", ".join(args.train_photos[:8]) + (", ..." if args.train_count > 8 else "")
+    print(f"--train-count {args.train_count}: training on {shown} (all in args.json)")
+    return args.train_photos
+
+
 def _logged_best(log):
     """(best val_mIoU, its 1-based epoch) of a training log, or (None, None)."""
     values = logged(log, "val_mIoU")
@@ -292,10 +314,11 @@ def main(argv=None):
         # Found missing before hours of training, not after.
         check_split(args.voc_path, args.eval_split, nc)
     phases = plan_phases(args)
+    train_names, split_size = label_budget(args, train_names), len(train_names)
     for phase in phases:
-        if len(train_names) < phase.batch_size:
+        if split_size < phase.batch_size:
             raise UserError(split_path(args.voc_path, "train"),
-                            f"the train split has {len(train_names)} images, fewer than the "
+                            f"the train split has {split_size} images, fewer than the "
                             f"{phase.name} phase's batch size {phase.batch_size}",
                             "lower --freeze-batch-size / --unfreeze-batch-size")
 
@@ -363,11 +386,13 @@ def main(argv=None):
         checkpoint.keep_best(model, best_epoch)
     record = run.callbacks()
     timer = EpochTimer()
+    updates = 0         # optimizer steps of this process (a label budget's equal footing)
     for phase in phases:
         start = max(phase.start, args.init_epoch)
         if start >= phase.end:
             continue
-        steps, val_steps = len(train_names) // phase.batch_size, None
+        # A label budget repeats its photos for a whole split's steps (label_budget).
+        steps, val_steps = split_size // phase.batch_size, None
         if args.steps_per_epoch:
             steps = min(steps, args.steps_per_epoch)
             val_steps = args.steps_per_epoch
@@ -394,6 +419,7 @@ def main(argv=None):
             model.compile(optimizer=FusedAdam(phase.lr), loss=loss,
                           metrics=[f_score(), miou], run_eagerly=args.run_eagerly,
                           jit_compile=False if args.run_eagerly else jit_compile_default())
+            optimizer = model.optimizer     # (a checkpoint written beside unsets it a while)
         n_frozen = sum(int(np.prod(v.shape)) for v in model.non_trainable_weights)
         print(f"{phase.name[0].upper() + phase.name[1:]} phase: epochs {start + 1}-{phase.end}, batch "
               f"{phase.batch_size}, lr {phase.lr:g}, encoder {'frozen' if phase.frozen else 'trained'} "
@@ -426,6 +452,7 @@ def main(argv=None):
                   validation_data=val_ds,
                   validation_freq=validation_epochs(start, phase.end, args.val_period),
                   callbacks=callbacks, shuffle=False, verbose=progress_verbose())
+        updates += int(optimizer.iterations)
 
     checkpoint.write_best()     # (a resume after the last epoch runs no fit to do it)
     history = run.log()
@@ -468,7 +495,8 @@ def main(argv=None):
     run.write_json("results.json", {
         "best_epoch": best_epoch, "best_val_mIoU": best_value,
         "eval_split": args.eval_split, "eval_checkpoint": args.eval_checkpoint,
-        "test_metrics": test_metrics, "train_steps_s": round(steps_s, 2),
+        "test_metrics": test_metrics, "train_photos": train_names, "optimizer_steps": updates,
+        "train_steps_s": round(steps_s, 2),
         "epoch_overhead_s": round(other_s, 2),
         "graph_build_s": {k: round(v, 2) for k, v in build.items()},
         "precision": args.precision_decision})

@@ -42,9 +42,10 @@ def colour_features(rgb):
     return feats.reshape(rgb.shape[:-1] + (7,))
 
 
-def read_pairs(voc, split):
-    """Photos (RGB uint8) and masks (class index) of one split of a VOC folder."""
-    for i in read_split(voc, split):
+def read_pairs(voc, split, ids=None):
+    """Photos (RGB uint8) and masks (class index) of one split of a VOC folder (or of
+    its photos ``ids``)."""
+    for i in ids or read_split(voc, split):
         with Image.open(image_path(voc, i)) as im:
             rgb = np.asarray(im.convert("RGB"))
         with Image.open(label_path(voc, i)) as m:
@@ -60,11 +61,11 @@ def colour_at(rgb, idx):
     return colour_features(rgb.reshape(-1, 3)[idx])
 
 
-def sample_pixels(voc, split, per_image, rng, n_classes, features=colour_at):
+def sample_pixels(voc, split, per_image, rng, n_classes, features=colour_at, ids=None):
     """``features(rgb, flat_indices)`` and the classes of ``per_image`` random labelled
-    pixels of each photo of ``split``."""
+    pixels of each photo of ``split`` (or of its photos ``ids``)."""
     xs, ys = [], []
-    for _, rgb, mask in read_pairs(voc, split):
+    for _, rgb, mask in read_pairs(voc, split, ids):
         flat = mask.reshape(-1)
         idx = rng.choice(flat.size, size=min(per_image, flat.size), replace=False)
         idx = idx[flat[idx] < n_classes]
@@ -136,6 +137,9 @@ def parse_args(argv=None):
                    help="training pixels sampled from each train photo")
     p.add_argument("--stride", type=int, default=2,
                    help="evaluate every stride-th pixel in both directions")
+    p.add_argument("--train-count", type=int, default=None, metavar="N",
+                   help="train on N photos of the train split, the ones train.py "
+                        "--train-count N --seed S draws (default: the whole split)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     return p.parse_args(argv)
 
@@ -160,11 +164,16 @@ def main(argv=None):
             raise ValueError("give --voc <VOCdevkit folder> or --generate")
         n = len(NAME_CLASSES)
         rng = np.random.default_rng(args.seed)
-        x, y = sample_pixels(voc, "train", args.pixels_per_image, rng, n)
+        photos = None
+        if args.train_count is not None:
+            from utils.voc import draw_labelled
+
+            photos = draw_labelled(voc, read_split(voc, "train"), args.train_count, n, args.seed)
+        x, y = sample_pixels(voc, "train", args.pixels_per_image, rng, n, ids=photos)
         model = make_model(args.model, args.seed, args.balanced).fit(x, y)
         hist = evaluate(model, voc, "test", args.stride, n)
     result = {"model": args.model + (" balanced" if args.balanced else ""),
-              "train_pixels": int(len(y)), **report(hist),
+              "train_pixels": int(len(y)), "train_photos": photos, **report(hist),
               "seconds": round(time.perf_counter() - t0, 1)}
     print("command: python benchmarks/colour_baseline.py " + " ".join(sys.argv[1:] if argv is None else argv))
     print(f"colour-only {result['model']} on {result['train_pixels']} train pixels; test split:")

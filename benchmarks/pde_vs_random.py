@@ -15,7 +15,9 @@ standard deviation.
     python benchmarks/pde_vs_random.py --seeds 11 12 13 14 15 --pipeline-args "--unet-args '--freeze-lr 3e-4'"
 
 Everything lands in a new run folder (``seeds.json``, ``summary.md``); ``--resume RUN_DIR``
-skips the seeds already finished.
+skips the seeds already finished. The same rows at fewer labelled photos, and other
+encoders, are ``benchmarks/label_efficiency.py``'s (the same verdict rule); this script
+keeps the k-NN and per-pixel read-outs.
 """
 import argparse
 import json
@@ -30,7 +32,7 @@ if __package__ in (None, ""):
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline.steps import mean_std  # noqa: E402
+from pipeline.steps import gap_verdict, mean_std, pm as _pm  # noqa: E402
 from utils.utils import NAME_CLASSES, make_run_dir, write_json  # noqa: E402
 
 # The pipeline steps that make the two rows; predictions and growth add nothing here.
@@ -131,21 +133,10 @@ def run_seed(args, seed, out_dir):
     return result
 
 
-def _pm(stat, digits=4):
-    mean, std = stat
-    return "—" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
 def _verdict(what, runs, column):
     """``what``'s gap PDE - random against twice the larger std, and the paired gaps."""
-    (pde_m, pde_s), (rnd_m, rnd_s) = (mean_std([r[f"{row} {column}"]["mIoU"] for r in runs])
-                                      for row in ("pde", "random"))
-    gaps = [r[f"pde {column}"]["mIoU"] - r[f"random {column}"]["mIoU"] for r in runs]
-    gap, bar = pde_m - rnd_m, 2 * max(pde_s, rnd_s)
-    verdict = "above" if gap > bar else "NOT above"
-    return (f"{what} gap PDE - random: {gap:+.4f}; twice the larger std: {bar:.4f}: the gap "
-            f"is {verdict} it. Paired by seed: {_pm(mean_std(gaps))}, PDE above on "
-            f"{sum(g > 0 for g in gaps)} of {len(gaps)} seeds.")
+    return gap_verdict(what, *([r[f"{row} {column}"]["mIoU"] for r in runs]
+                               for row in ("pde", "random")))
 
 
 def summarise(results):

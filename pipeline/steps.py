@@ -238,3 +238,21 @@ def mean_std(values):
     if values.size == 0:
         return None, None
     return values.mean(axis=0).tolist(), values.std(axis=0).tolist()
+
+
+def pm(stat, digits=4):
+    """``(mean, std)`` as ``mean ± std``; a dash for ``(None, None)``."""
+    mean, std = stat
+    return "—" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def gap_verdict(what, first, second, names=("PDE", "random")):
+    """Whether ``first``'s mean is above ``second``'s by more than twice the larger std
+    (both lists by seed, paired), as one sentence with the paired gaps."""
+    (m1, s1), (m2, s2) = mean_std(first), mean_std(second)
+    gaps = [a - b for a, b in zip(first, second)]
+    gap, bar = m1 - m2, 2 * max(s1, s2)
+    verdict = "above" if gap > bar else "NOT above"
+    return (f"{what} gap {names[0]} - {names[1]}: {gap:+.4f}; twice the larger std: "
+            f"{bar:.4f}: the gap is {verdict} it. Paired by seed: {pm(mean_std(gaps))}, "
+            f"{names[0]} above on {sum(g > 0 for g in gaps)} of {len(gaps)} seeds.")

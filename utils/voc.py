@@ -103,3 +103,43 @@ def check_images(voc_path, image_ids, skip_bad=False, where="the split"):
     if not kept:
         raise UserError(where, "no readable image left", "replace the unreadable images")
     return kept
+
+
+def mask_classes(voc_path, image_id, num_classes):
+    """The classes (< ``num_classes``) present in one photo's mask."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(label_path(voc_path, image_id)) as mask:
+        values = np.unique(np.asarray(mask))
+    return {int(v) for v in values if v < num_classes}
+
+
+def label_budget_order(voc_path, image_ids, num_classes, seed):
+    """``image_ids`` in the order label budgets take them: every budget of N photos is
+    the first N, so the 4 are among the 8 and the 8 among the 16.
+
+    One seeded permutation; then the fewest photos (greedily, the first in the
+    permutation of those that add the most) that hold every class present in the split
+    move to the front, so the smallest budget that can see every class does."""
+    import numpy as np
+
+    order = [image_ids[i] for i in np.random.default_rng(seed).permutation(len(image_ids))]
+    classes = {i: mask_classes(voc_path, i, num_classes) for i in order}
+    rank = {i: k for k, i in enumerate(order)}
+    missing = set().union(*classes.values())
+    cover = []
+    while missing:
+        best = max(order, key=lambda i: (len(classes[i] & missing), -rank[i]))
+        cover.append(best)
+        missing -= classes[best]
+    return cover + [i for i in order if i not in cover]
+
+
+def draw_labelled(voc_path, image_ids, count, num_classes, seed, where="--train-count"):
+    """The first ``count`` photos of :func:`label_budget_order`; a UserError naming
+    ``where`` when ``count`` is not between 1 and the split's size."""
+    if not 1 <= count <= len(image_ids):
+        raise UserError(where, f"{count} photos asked for, the train split has "
+                               f"{len(image_ids)}", f"give 1 to {len(image_ids)}")
+    return label_budget_order(voc_path, image_ids, num_classes, seed)[:count]
