@@ -83,8 +83,8 @@ def parse_args(argv=None):
                         "where no GPU is visible and there are 2+ cores, else 1)")
     p.add_argument("--archive", help="your camera archive (default: the synthetic orchard)")
     p.add_argument("--phenology", help="phenology priors TOML for --archive")
-    p.add_argument("--voc", help="your labelled set (a VOCdevkit folder with train, val and "
-                                 "test splits)")
+    p.add_argument("--voc-path", "--voc", dest="voc",
+                   help="your labelled set (a VOCdevkit folder with train, val and test splits)")
     p.add_argument("--data-dir", default=None,
                    help="where each seed's synthetic orchard is generated or found, in "
                         "seed<S>/ (default demo_data/label_efficiency_<profile>)")
@@ -116,7 +116,7 @@ def check_inputs(args):
     if bool(args.archive) != bool(args.phenology):
         raise UserError("--archive", "--archive and --phenology go together", "give both")
     if bool(args.archive) != bool(args.voc):
-        raise UserError("--voc" if args.archive else "--archive",
+        raise UserError("--voc-path" if args.archive else "--archive",
                         "your own data needs --archive, --phenology and --voc together",
                         "give all three (or none, for the synthetic orchard)")
     profile = PROFILES[args.profile]

@@ -28,7 +28,8 @@ ELSEWHERE = {
     "pixel_probe": "test_get_miou.py",
     "paper_table": "test_run_pipeline.py",
     "few_shot_table": "test_few_shot.py",
-    "pde_vs_random": "test_pipeline.py",
+    "pde_vs_random": "test_run_pipeline.py",
+    "label_efficiency": "test_label_efficiency.py",
 }
 NOT_SCRIPTS = {"__init__", "timing"}
 

@@ -297,3 +297,18 @@ def test_lower_priority_reaches_threads_already_running_and_later_ones():
     threads_before, most_before, threads_after, least_after, target = map(int, out[-5:])
     assert threads_before >= 4 and most_before < target
     assert threads_after == threads_before + 1 and least_after == target
+
+
+def test_pde_vs_random_reads_a_seeds_pipeline_record(tiny_run, tmp_path, monkeypatch):
+    # The pipeline itself is the fixture's tiny run; pde_vs_random's own work (k-NN
+    # stage accuracies, the colour classifier, the summary) runs for real on its files.
+    from benchmarks import pde_vs_random
+
+    _, result = tiny_run
+    monkeypatch.setattr(run_pipeline, "main", lambda argv: {"steps": result["steps"]})
+    out = pde_vs_random.main(["--profile", "tiny", "--seeds", "11", "--no-probe",
+                              "--logs-dir", str(tmp_path)])
+    seed = out["results"]["11"]
+    assert 0 <= seed["knn pde"] <= 1 and 0 <= seed["knn random"] <= 1
+    assert 0 <= seed["colour"]["mIoU"] <= 1
+    assert "Frozen mIoU" in out["summary"] and (out["out_dir"] / "summary.md").is_file()
