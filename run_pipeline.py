@@ -36,13 +36,15 @@ from pipeline.steps import (Run, check_orchard_spec, join_argv, make_data,  # no
                             make_pairs, open_run, plain, preset_args, pretrain_encoder,
                             select_images, unet_argv)
 from utils.errors import MissingInput, UserError  # noqa: E402
-from utils.run import checkpoint_epoch, fresh_path, has_optimizer_state  # noqa: E402
+from utils.run import (check_run_kind, checkpoint_epoch, fresh_path,  # noqa: E402
+                       has_optimizer_state)
 from utils.utils import set_seed, write_json  # noqa: E402
 from utils.voc import image_path, read_split  # noqa: E402
 
 STEPS = ("orchard", "priors", "select", "pairs", "pretrain", "unet_frozen",
          "unet_finetune", "random_frozen", "random_finetune", "predict", "growth")
 BASELINE_STEPS = ("random_frozen", "random_finetune")
+RUN_KIND = "pipeline"      # run.json's kind: --resume refuses other scripts' folders
 OTHER_PRETRAINERS = [n for n in PRETRAINERS if n not in PAIR_PRETRAINERS]
 
 
@@ -599,13 +601,14 @@ def main(argv=None):
         if not run.dir.is_dir():
             raise MissingInput(run.dir, "--resume: run folder not found",
                                "give the folder it printed as 'Run folder:'")
+        check_run_kind(run.dir, RUN_KIND)
         applied = resume_options(args, sys.argv[1:] if argv is None else argv, run)
     set_seed(args.seed)
     profile = PROFILES[args.profile]
     planned = [s for s in STEPS if args.baseline or s not in BASELINE_STEPS]
     steps = [s for s in planned if s in args.steps]
     validate_inputs(args, profile, steps, run)
-    run = open_run(args.resume, f"pipeline_{args.profile}", args, args.logs_dir)
+    run = open_run(args.resume, f"pipeline_{args.profile}", args, args.logs_dir, RUN_KIND)
     if applied and not args.row_worker:
         write_json(fresh_path(run.dir / "args_resume.json"), vars(args))
     began = time.time()

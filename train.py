@@ -153,7 +153,7 @@ def parse_args(argv=None):
                    help="run training steps eagerly: no graph tracing, slower steps "
                         "(for quick checks on tiny data; default off)")
     add_common_training_args(p)
-    return resume_args(p, argv, may_change=RESUME_MAY_CHANGE)
+    return resume_args(p, argv, may_change=RESUME_MAY_CHANGE, kind="unet")
 
 
 @dataclasses.dataclass

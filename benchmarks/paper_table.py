@@ -142,7 +142,8 @@ def render(summary, data_label):
 def main(argv=None):
     args = parse_args(argv)
     set_seed(args.seed)
-    run = open_run(args.resume, f"paper_table_{args.profile}", args, args.logs_dir)
+    run = open_run(args.resume, f"paper_table_{args.profile}", args, args.logs_dir,
+                   "paper_table")
     profile = PROFILES[args.profile]
     data_steps = {"orchard": lambda: make_data(args.profile, profile, args.seed, args.archive,
                                                args.phenology, args.voc, args.data_dir),

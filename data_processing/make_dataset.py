@@ -25,7 +25,9 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from data_processing.names import FileNameError, is_image_file, parse_stage_name  # noqa: E402
+from data_processing.names import (FileNameError, is_image_file, pair_class,  # noqa: E402
+                                   parse_stage_name)
+from data_processing.pair_index import write_record  # noqa: E402
 from utils.errors import MissingInput, OutputExists, UserError  # noqa: E402
 
 CLASSES = (0, 1, 2, 3)
@@ -41,17 +43,9 @@ def get_dir(path, kind=True):
 
 
 def get_label(X):
-    """Prior class (0..3) of a pair ``(a, b)`` of stage image names or paths.
-
-    The fields are parsed, so long camera ids and multi-digit presets or stages work;
-    on the original's names this equals its rule (view = first 11 characters, stage =
-    character 15).
-    """
-    a, b = parse_stage_name(X[0]), parse_stage_name(X[1])
-    same_stage = a.stage == b.stage
-    if a.view == b.view:
-        return 0 if same_stage else 1
-    return 2 if same_stage else 3
+    """Prior class (0..3) of a pair ``(a, b)`` of stage image names or paths
+    (:func:`data_processing.names.pair_class`), as the original's function."""
+    return pair_class(X[0], X[1])
 
 
 def _exclusive_cumsum(x):
@@ -414,6 +408,9 @@ def main(argv=None):
         x, y = np.concatenate(xs), np.concatenate(ys)
     outputs = {args.x_out: x, args.y_out: y, **outputs}
     save_outputs(outputs, overwrite=args.overwrite)
+    # What ties each X to its Y and its images, checked by the PDE loaders.
+    for xp, yp in [(args.x_out, args.y_out), *results["splits"].values()]:
+        write_record(xp, yp, outputs[xp], outputs[yp], None if args.names_file else args.path)
     counts = {int(c): int((y == c).sum()) for c in CLASSES}
     print("possible pairs per class:", results["available"])
     print("sampled pairs per class: ", counts)

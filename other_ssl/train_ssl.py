@@ -131,7 +131,8 @@ def parse_args(argv=None):
                    help="continue the run in RUN_DIR from its newest complete checkpoint "
                         "with the options of its args.json (--epochs may change)")
     add_common_training_args(p)
-    return resume_args(p, argv, may_change=("epochs", "save_period"))
+    return resume_args(p, argv, may_change=("epochs", "save_period"),
+                       kind=lambda a: f"ssl_{a.method}")
 
 
 def method_hyperparameters(args, cls):
@@ -191,7 +192,7 @@ def main(argv=None):
           f"{model.hyperparameters}; learning rate {schedule}; run folder {run_dir}")
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     monitor = CollapseMonitor(args.width, args.collapse_ratio)
-    callbacks = [keras.callbacks.TerminateOnNaN(), monitor, LearningRateLog(), *run.callbacks(),
+    callbacks = [monitor, LearningRateLog(), *run.callbacks(),
                  Checkpoint(run, CHECKPOINT, args.save_period)]
     model.fit(dataset, epochs=args.epochs, initial_epoch=initial_epoch,
               steps_per_epoch=steps if capped else None,

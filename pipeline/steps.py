@@ -13,6 +13,7 @@ except ImportError:            # Windows: the two rows' processes then write in 
 from pipeline.pretrainers import PRETRAINERS, PretrainInputs
 from pipeline.profiles import to_argv
 from utils.errors import MissingInput, UserError
+from utils.run import check_run_kind
 from utils.utils import make_run_dir, write_json
 
 
@@ -94,16 +95,17 @@ def missing_outputs(step, result):
     return [str(p) for p in step_outputs(step, result) if p is None or not Path(p).exists()]
 
 
-def open_run(resume, name, args, logs_dir):
-    """The run folder ``resume`` to continue, or a new ``<logs_dir>/<name>_<time>``
-    holding ``args.json``."""
+def open_run(resume, name, args, logs_dir, kind):
+    """The run folder ``resume`` to continue (made by the same ``kind`` of script), or a
+    new ``<logs_dir>/<name>_<time>`` of ``kind`` holding ``args.json``."""
     if resume:
         run = Run(resume)
         if not run.dir.is_dir():
             raise MissingInput(run.dir, "--resume: run folder not found",
                                "give the folder it printed as 'Run folder:'")
+        check_run_kind(run.dir, kind)
     else:
-        run = Run(make_run_dir(name, args, root=logs_dir))
+        run = Run(make_run_dir(name, args, root=logs_dir, kind=kind))
     print(f"Run folder: {run.dir}")
     return run
 

@@ -44,6 +44,10 @@ class OutputExists(UserError, FileExistsError):
     """The run would overwrite an earlier result."""
 
 
+class NonFiniteLoss(UserError):
+    """Training diverged: a loss or a weight became NaN or infinite."""
+
+
 @contextlib.contextmanager
 def user_errors(where, types=(ValueError,), fix=None):
     """Turn ``types`` raised inside the block (by ``nets/`` or a library, which know

@@ -12,7 +12,9 @@ logged exactly once.
 
 Files of a run folder (every trainer): ``args.json`` (``args_resume.json``,
 ``args_resume_2.json`` ... per resume), ``training_log.csv``, ``epoch_loss.txt``,
-``epoch_val_loss.txt``, ``epoch_loss.png``, ``tensorboard/``.
+``epoch_val_loss.txt``, ``epoch_loss.png``, ``tensorboard/``, and ``run.json`` (the
+``kind`` of run: which script made the folder; ``--resume`` of another script's folder
+is refused before anything is written, :func:`check_run_kind`).
 """
 import csv
 import datetime
@@ -20,6 +22,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import time
 import zipfile
@@ -28,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 LOG_CSV = "training_log.csv"
+RUN_RECORD = "run.json"     # {"kind": ...}: which script made the run folder
+_STAMP = re.compile(r"_\d{8}-\d{6}(_\d+)?$")
 EPOCH_KEY = "epoch.json"   # the zip entry (or HDF5 attribute) holding a checkpoint's epoch
 # Options a resumed run may change; every other option must match the run's args.json.
 RESUME_MAY_CHANGE = {"resume", "logs_dir", "run_eagerly", "num_workers", "debug"}
@@ -175,13 +180,46 @@ def newest_checkpoint(paths, legacy=lambda path: None):
     return Path(path), epochs
 
 
-def resume_args(parser, argv=None, may_change=()):
+def run_kind(run_dir):
+    """The kind of run (the name its script gives its folders, e.g. ``unet``,
+    ``pde_class``, ``pipeline``) recorded in ``run.json``; for a folder from before that
+    record, read from its name ``<kind>_<YYYYmmdd-HHMMSS>[_k]``; None when unknown."""
+    run_dir = Path(run_dir)
+    record = run_dir / RUN_RECORD
+    if record.is_file():
+        try:
+            return json.loads(record.read_text()).get("kind")
+        except (ValueError, AttributeError):
+            return None
+    stamp = _STAMP.search(run_dir.name)
+    return run_dir.name[:stamp.start()] if stamp else None
+
+
+def check_run_kind(run_dir, kind, option="--resume"):
+    """Refuse (one line, nothing written) a run folder another script made."""
+    found = run_kind(run_dir)
+    legacy = not (Path(run_dir) / RUN_RECORD).is_file()
+    if found is None or found == kind or (legacy and found.startswith(f"{kind}_")):
+        return
+    from utils.errors import UserError
+
+    raise UserError(f"{option} {run_dir}",
+                    f"a run folder of kind {found!r} ({RUN_RECORD}), not of this script's "
+                    f"kind {kind!r}; nothing was written",
+                    "give a run folder this script wrote, or start a new run without --resume")
+
+
+def resume_args(parser, argv=None, may_change=(), kind=None):
     """Parse ``argv``; with ``--resume RUN_DIR`` the run's ``args.json`` supplies every
     option not given, and a given option that differs from it is refused unless it is
-    in ``may_change`` (or :data:`RESUME_MAY_CHANGE`)."""
+    in ``may_change`` (or :data:`RESUME_MAY_CHANGE`). ``kind`` (a name, or a function of
+    the merged arguments giving it): the run kind the folder must be
+    (:func:`check_run_kind`)."""
     args = parser.parse_args(argv)
     if not getattr(args, "resume", None):
         return args
+    if isinstance(kind, str):
+        check_run_kind(args.resume, kind)
     saved_path = Path(args.resume) / "args.json"
     if not saved_path.is_file():
         parser.error(f"--resume {args.resume}: no args.json there; give a run folder this "
@@ -191,6 +229,8 @@ def resume_args(parser, argv=None, may_change=()):
     parser.set_defaults(**{k: v for k, v in saved.items()
                            if k in known and k not in RESUME_MAY_CHANGE})
     args = parser.parse_args(argv)
+    if callable(kind):
+        check_run_kind(args.resume, kind(args))
     allowed = RESUME_MAY_CHANGE | set(may_change)
     refused = [k for k, v in saved.items() if k in known and k not in allowed
                and json.loads(json.dumps(getattr(args, k), default=_json_default)) != v]
@@ -221,11 +261,14 @@ class Run:
 
     @classmethod
     def start(cls, name, args, root="logs"):
-        """A new run ``root/<name>_<YYYYmmdd-HHMMSS>[_k]`` with ``args.json``, or, with
-        ``args.resume``, that run folder again with ``args_resume[_k].json``; on a
-        worker that is not the chief, a scratch folder (see the class)."""
+        """A new run ``root/<name>_<YYYYmmdd-HHMMSS>[_k]`` of kind ``name`` with
+        ``args.json``, or, with ``args.resume``, that run folder again (when of kind
+        ``name``) with ``args_resume[_k].json``; on a worker that is not the chief, a
+        scratch folder (see the class)."""
         from utils.utils import is_chief
 
+        if getattr(args, "resume", None):
+            check_run_kind(args.resume, name)
         if not is_chief(getattr(args, "strategy", "default")):
             return cls._worker_scratch(name, args)
         if getattr(args, "resume", None):
@@ -272,7 +315,10 @@ class Run:
     def save_model(self, model, name, epoch, include_optimizer=False):
         """Save ``model`` (``.keras``: the whole model; ``.weights.h5``: weights) with
         ``epoch`` (epochs trained) inside it; the optimizer state only when asked, for
-        the one checkpoint a resume starts from."""
+        the one checkpoint a resume starts from. Weights that are not all finite are
+        refused (:func:`check_finite_weights`): no file of a run ever holds NaN."""
+        check_finite_weights(model, self.dir / name, epoch)
+
         def write(tmp):
             tmp = str(tmp)
             optimizer = getattr(model, "optimizer", None)
@@ -322,22 +368,38 @@ class Run:
         self.write_text(LOG_CSV, out.getvalue())
 
     def callbacks(self, tensorboard=True):
-        """The per-epoch record, in the order they must run after the metrics: CSV row,
-        curves, TensorBoard. Checkpoints go after them (the row is written first)."""
+        """The per-epoch record, in the order they must run after the metrics: the stop
+        at a non-finite loss, CSV row, curves, TensorBoard. Checkpoints go after them
+        (the row is written first, and nothing after a non-finite loss)."""
         import keras
 
-        from utils.callbacks import CurvePlot, EpochLog
+        from utils.callbacks import CurvePlot, EpochLog, StopOnNonFinite
 
-        callbacks = [EpochLog(self), CurvePlot(self)]
+        callbacks = [StopOnNonFinite(self.dir), EpochLog(self), CurvePlot(self)]
         if tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(str(self.dir / "tensorboard"),
                                                          write_graph=False))
         return callbacks
 
 
-def make_run_dir(name, args=None, root="logs"):
+def check_finite_weights(model, path, epoch):
+    """Raise a one-line error when a weight of ``model`` is NaN or infinite (a run that
+    diverged within its last step, before any loss showed it)."""
+    from utils.errors import NonFiniteLoss
+
+    bad = [w.path for w in model.weights
+           if np.asarray(w).dtype.kind == "f" and not np.isfinite(np.asarray(w)).all()]
+    if bad:
+        raise NonFiniteLoss(str(path), f"not written: after epoch {epoch} {len(bad)} weight "
+                                       f"array(s) hold NaN or inf, first {bad[0]} (the run "
+                                       f"diverged); the earlier checkpoints are kept",
+                            "start a new run with a lower learning rate")
+
+
+def make_run_dir(name, args=None, root="logs", kind=None):
     """Create a new folder ``root/<name>_<YYYYmmdd-HHMMSS>[_k]`` (an existing folder is
-    never reused) holding ``args`` (a Namespace or dict, if given) as ``args.json``."""
+    never reused) holding ``run.json`` (its ``kind``, default ``name``) and ``args`` (a
+    Namespace or dict, if given) as ``args.json``."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     base = root / f"{name}_{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -349,6 +411,7 @@ def make_run_dir(name, args=None, root="logs"):
         except FileExistsError:
             k += 1
             run_dir = Path(f"{base}_{k}")
+    Run(run_dir).write_json(RUN_RECORD, {"kind": kind or name})
     if args is not None:
         data = vars(args) if hasattr(args, "__dict__") else dict(args)
         Run(run_dir).write_json("args.json", data)
