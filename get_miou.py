@@ -20,6 +20,7 @@ if __package__ in (None, ""):
 
 from nets.encoders import BACKBONES  # noqa: E402
 from utils.errors import MissingInput, OutputExists, UserError  # noqa: E402
+from utils.image_check import rgb8  # noqa: E402
 from utils.run import fresh_path  # noqa: E402
 from utils.utils import NAME_CLASSES, make_run_dir, set_seed, write_json  # noqa: E402
 from utils.utils_metrics import (RESULT_FILES, compute_mIoU, confusion_of_files,  # noqa: E402
@@ -43,7 +44,7 @@ def predict_split(unet, voc_path, image_ids, pred_dir, batch_size=8):
             for i in ids:
                 with Image.open(image_path(voc_path, i)) as im:
                     im.load()
-                    images.append(im.convert("RGB") if im.mode != "RGB" else im.copy())
+                    images.append(rgb8(im).copy())
             for i, mask in zip(ids, unet.predict_masks(images, batch_size=batch_size)):
                 Image.fromarray(mask).save(pred_dir / f"{i}.png")
             bar.update(len(ids))

@@ -25,7 +25,7 @@ if __package__ in (None, ""):
 
 from nets.encoders import BACKBONES  # noqa: E402
 from utils.errors import MissingInput, UserError  # noqa: E402
-from utils.image_check import bad_images_error, find_bad_images  # noqa: E402
+from utils.image_check import bad_images_error, find_bad_images, rgb8  # noqa: E402
 from utils.run import fresh_path  # noqa: E402
 from utils.utils import set_seed  # noqa: E402
 
@@ -42,7 +42,7 @@ def open_image(path):
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB")
+            return rgb8(im).copy()
     except (OSError, ValueError) as exc:
         raise UserError(path, f"not a readable image ({exc})") from exc
 

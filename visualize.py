@@ -23,7 +23,7 @@ if __package__ in (None, ""):
 
 from nets.encoders import BACKBONES  # noqa: E402
 from utils.errors import MissingInput, OutputExists, UserError  # noqa: E402
-from utils.image_check import bad_images_error, find_bad_images  # noqa: E402
+from utils.image_check import bad_images_error, find_bad_images, rgb8  # noqa: E402
 from utils.utils import make_run_dir, set_seed, write_json  # noqa: E402
 
 FEATURE_NAMES = ("feat1", "feat2", "feat3", "feat4", "feat5")
@@ -176,7 +176,7 @@ def encode_images(encoder, paths, input_size, batch_size=16, scale="pde"):
         batch = []
         for p in paths[start:start + batch_size]:
             with Image.open(p) as im:
-                im = im.convert("RGB").resize((w, h), Image.BICUBIC)
+                im = rgb8(im).resize((w, h), Image.BICUBIC)
                 batch.append(np.asarray(im, dtype=np.float32))
         n = len(batch)
         # Pad the last batch to full size: one traced graph instead of two.

@@ -27,6 +27,7 @@ from PIL import Image
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.image_check import rgb8  # noqa: E402
 from utils.utils import NAME_CLASSES  # noqa: E402
 from utils.utils_metrics import (fast_hist, per_Accuracy, per_class_iu,  # noqa: E402
                                  per_class_PA_Recall)
@@ -46,7 +47,7 @@ def read_pairs(voc, split):
     """Photos (RGB uint8) and masks (class index) of one split of a VOC folder."""
     for i in read_split(voc, split):
         with Image.open(image_path(voc, i)) as im:
-            rgb = np.asarray(im.convert("RGB"))
+            rgb = np.asarray(rgb8(im))
         with Image.open(label_path(voc, i)) as m:
             mask = np.asarray(m)
         if mask.shape != rgb.shape[:2]:

@@ -29,6 +29,7 @@ from data_processing.names import (FileNameError, is_image_file, pair_class,  # 
                                    parse_stage_name)
 from data_processing.pair_index import write_record  # noqa: E402
 from utils.errors import MissingInput, OutputExists, UserError  # noqa: E402
+from utils.image_check import rgb8  # noqa: E402
 
 CLASSES = (0, 1, 2, 3)
 CLASS_NAMES = {0: "same view, same stage", 1: "same view, other stage",
@@ -282,7 +283,7 @@ def save_preview(path, image_dir, x, labels, per_class=3, overwrite=False):
                 if not file.is_file():
                     raise MissingInput(f"--preview needs the image files: {file} not found")
                 with Image.open(file) as im:
-                    im = im.convert("RGB")
+                    im = rgb8(im).copy()
                     im.thumbnail((256, 256))
                     tiles.append(np.asarray(im.resize((256, int(256 * im.height / im.width) or 1))))
             h = min(t.shape[0] for t in tiles)

@@ -59,10 +59,11 @@ def write_json(path, data):
 
 
 def cvtColor(image):
-    """Return an RGB PIL image; grayscale, palette and RGBA photos are converted."""
-    if image.mode == "RGB":
-        return image
-    return image.convert("RGB")
+    """Return an RGB PIL image; grayscale (16-bit scaled), palette and RGBA photos are
+    converted (:func:`utils.image_check.rgb8`)."""
+    from utils.image_check import rgb8
+
+    return rgb8(image)
 
 
 def preprocess_input(image):
