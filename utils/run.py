@@ -396,6 +396,69 @@ def check_finite_weights(model, path, epoch):
                             "start a new run with a lower learning rate")
 
 
+def die_with_parent(parent_pid):
+    """Make this process end when ``parent_pid`` (the process that started it) does,
+    also by ``kill -9``: Linux's parent-death signal (``prctl(PR_SET_PDEATHSIG)``), and
+    an exit at once if that parent is gone already (it may die before the call).
+    Elsewhere a no-op: :class:`ProcessLock` still keeps a second copy from starting."""
+    import ctypes
+    import signal
+
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)       # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+class ProcessLock:
+    """An exclusive lock on file ``path`` held by the living process named in it: a
+    killed holder releases it with its last descriptor, so a lock held is a process
+    alive. :meth:`acquire` takes it (False when held); :meth:`holder` reads the pid of
+    the process holding it (None when free); :meth:`wait` blocks until it is free."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._handle = None
+
+    def acquire(self):
+        import fcntl
+
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return False
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle       # held until this process ends
+        return True
+
+    def holder(self):
+        import fcntl
+
+        if not self.path.is_file():
+            return None
+        with open(self.path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                text = handle.read().strip()
+                return int(text) if text.isdigit() else -1
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
+
+    def wait(self):
+        import fcntl
+
+        with open(self.path, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def make_run_dir(name, args=None, root="logs", kind=None):
     """Create a new folder ``root/<name>_<YYYYmmdd-HHMMSS>[_k]`` (an existing folder is
     never reused) holding ``run.json`` (its ``kind``, default ``name``) and ``args`` (a
