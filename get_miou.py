@@ -19,7 +19,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nets.encoders import BACKBONES  # noqa: E402
-from utils.errors import MissingInput, OutputExists, UserError  # noqa: E402
+from utils.errors import MissingInput, OutputExists, UserError, writable_dir  # noqa: E402
 from utils.image_check import rgb8  # noqa: E402
 from utils.run import fresh_path  # noqa: E402
 from utils.utils import NAME_CLASSES, make_run_dir, set_seed, write_json  # noqa: E402
@@ -120,14 +120,15 @@ def parse_args(argv=None):
                    help="U-Net encoder when loading a weights file (original: resnet50)")
     p.add_argument("--input-shape", type=int, nargs=2, default=(576, 1024), metavar=("H", "W"),
                    help="network input when loading a weights file (original: 576 1024)")
-    p.add_argument("--out-dir", default=None,
+    p.add_argument("--out-dir", default=None, type=writable_dir,
                    help="results folder (default: a new <logs-dir>/miou_<time>; original: miou_out)")
     p.add_argument("--pred-dir", default=None,
                    help="class-index PNGs (default: <out-dir>/detection-results); needed by "
                         "mode 2 to point at an earlier run's predictions")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass "
                                                              "(original: 1)")
-    p.add_argument("--logs-dir", default="logs", help="parent of the new run folder (default logs)")
+    p.add_argument("--logs-dir", default="logs", type=writable_dir,
+                   help="parent of the new run folder (default logs)")
     p.add_argument("--seed", type=int, default=11, help="random seed (default 11)")
     return p.parse_args(argv)
 
@@ -141,9 +142,10 @@ def main(argv=None):
     if args.miou_mode == 2 and not args.pred_dir and not args.out_dir:
         raise UserError("--miou-mode 2", "needs --pred-dir (or --out-dir of an earlier run)")
     if args.model_path and args.miou_mode in (0, 1):
-        from utils.weights import check_weights_file
+        from utils.weights import check_class_count, check_weights_file
 
         check_weights_file(args.model_path, "--model-path")
+        check_class_count(args.model_path, args.num_classes)
     if args.miou_mode == 2:
         given = Path(args.pred_dir) if args.pred_dir else Path(args.out_dir) / "detection-results"
         if not given.is_dir():

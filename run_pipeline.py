@@ -36,7 +36,7 @@ from pipeline.published import PUBLISHED, markdown_table, row_label  # noqa: E40
 from pipeline.steps import (Run, check_orchard_spec, join_argv, make_data,  # noqa: E402
                             make_pairs, open_run, plain, preset_args, pretrain_encoder,
                             select_images, unet_argv)
-from utils.errors import MissingInput, UserError  # noqa: E402
+from utils.errors import MissingInput, UserError, writable_dir  # noqa: E402
 from utils.run import (ProcessLock, check_run_kind, checkpoint_epoch,  # noqa: E402
                        die_with_parent, fresh_path, has_optimizer_state)
 from utils.utils import set_seed, write_json  # noqa: E402
@@ -83,14 +83,15 @@ def parse_args(argv=None):
                                      "(default: the synthetic orchard)")
     p.add_argument("--phenology", help="phenology priors TOML for --archive")
     p.add_argument("--voc", help="your labelled set (a VOCdevkit folder)")
-    p.add_argument("--data-dir", default=None,
+    p.add_argument("--data-dir", default=None, type=writable_dir,
                    help="where the synthetic orchard is generated or found "
                         "(default demo_data/<profile>)")
     p.add_argument("--steps", default=",".join(STEPS),
                    help=f"comma-separated subset of: {','.join(STEPS)} (default all)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder, skipping "
                                                        "the steps it has finished")
-    p.add_argument("--logs-dir", default="logs", help="parent of the run folder (default logs/)")
+    p.add_argument("--logs-dir", default="logs", type=writable_dir,
+                   help="parent of the run folder (default logs/)")
     p.add_argument("--growth-camera", help="camera for the growth curves (default: first test camera)")
     p.add_argument("--seed", type=int, default=11, help="random seed for every step (default 11)")
     for step in ("select", "pairs", "pretrain", "unet", "growth"):
@@ -152,6 +153,8 @@ def validate_inputs(args, profile, steps, run=None):
         for need in REQUIRES.get(step, ()):
             if step == "pretrain" and args.init != "pde":
                 break
+            if need == "pretrain" and args.init == "random":
+                continue            # a random encoder: no pretraining to wait for
             options = need.split("|")
             if not any(n in todo or (run is not None and run.done(n)) for n in options):
                 raise UserError("--steps", f"step {step} needs step {' or '.join(options)}, "

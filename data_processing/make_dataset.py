@@ -28,8 +28,9 @@ import numpy as np  # noqa: E402
 from data_processing.names import (FileNameError, is_image_file, pair_class,  # noqa: E402
                                    parse_stage_name)
 from data_processing.pair_index import write_record  # noqa: E402
-from utils.errors import MissingInput, OutputExists, UserError  # noqa: E402
+from utils.errors import MissingInput, OutputExists, UserError, writable_file  # noqa: E402
 from utils.image_check import rgb8  # noqa: E402
+from utils.run import removed_on_error  # noqa: E402
 
 CLASSES = (0, 1, 2, 3)
 CLASS_NAMES = {0: "same view, same stage", 1: "same view, other stage",
@@ -250,9 +251,10 @@ def save_outputs(outputs, overwrite=False):
     for path, array in todo.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = f"{path}.part{os.getpid()}"
-        with open(tmp, "wb") as f:      # a file handle: np.save would append ".npy" to a name
-            np.save(f, array)
-        os.replace(tmp, path)
+        with removed_on_error(tmp, path):
+            with open(tmp, "wb") as f:      # a file handle: np.save would append ".npy" to a name
+                np.save(f, array)
+            os.replace(tmp, path)
 
 
 def split_path(path, split):
@@ -312,8 +314,10 @@ def parse_args(argv=None):
                         help="read the image names from this text file (one per line) instead "
                              "of listing --path")
     parser.add_argument("--x-out", "--out-x", dest="x_out", default="x_out_inx200000.npy",
+                        type=writable_file,
                         help="pairs of file names, shape (n, 2) (original: x_out_inx200000.npy)")
     parser.add_argument("--y-out", "--out-y", dest="y_out", default="y_out_inx200000.npy",
+                        type=writable_file,
                         help="classes 0..3, shape (n,) (original: y_out_inx200000.npy)")
     parser.add_argument("--per-class", type=int, default=200000,
                         help="pairs drawn per class, with replacement (original: 200000)")
@@ -328,7 +332,7 @@ def parse_args(argv=None):
                         help="skip and count image names that do not parse (default: error)")
     parser.add_argument("--drop-empty-classes", action="store_true",
                         help="leave out a class that has no possible pair (default: error)")
-    parser.add_argument("--preview", default=None,
+    parser.add_argument("--preview", default=None, type=writable_file,
                         help="also save a PNG grid of a few pairs of each class (needs the images in --path)")
     parser.add_argument("--preview-pairs", type=int, default=3, help="pairs per class in --preview")
     parser.add_argument("--overwrite", action="store_true",

@@ -39,7 +39,7 @@ from few_shot.evaluate import (classification_metrics, nearest_centroid_predict,
                                plot_confusion, plot_embeddings, write_report_csv)
 from few_shot.losses import LOSSES  # noqa: E402
 from utils.callbacks import EpochTimer, StopOnNonFinite  # noqa: E402
-from utils.errors import UserError  # noqa: E402
+from utils.errors import UserError, writable_dir  # noqa: E402
 from utils.optimizers import FusedAdam  # noqa: E402
 from utils.utils import make_run_dir, set_seed, write_json  # noqa: E402
 
@@ -115,7 +115,8 @@ def parse_args(argv=None):
     train.add_argument("--tsne-perplexity", type=float, default=30.0,
                        help="t-SNE perplexity, capped at the held-out images - 1 (default 30)")
     train.add_argument("--seed", type=int, default=11, help="random seed (default 11)")
-    train.add_argument("--logs-dir", default="logs", help="parent of the run folder (default logs/)")
+    train.add_argument("--logs-dir", default="logs", type=writable_dir,
+                       help="parent of the run folder (default logs/)")
     args = p.parse_args(argv)
     return args
 

@@ -3,6 +3,7 @@ the data (orchard, select, pairs), the pretraining, and the U-Net options."""
 import contextlib
 import json
 import shlex
+import sys
 from pathlib import Path
 
 try:
@@ -12,7 +13,7 @@ except ImportError:            # Windows: the two rows' processes then write in 
 
 from pipeline.pretrainers import PRETRAINERS, PretrainInputs
 from pipeline.profiles import to_argv
-from utils.errors import MissingInput, UserError
+from utils.errors import MissingInput, UserError, note_run
 from utils.run import check_run_kind
 from utils.utils import make_run_dir, write_json
 
@@ -106,6 +107,7 @@ def open_run(resume, name, args, logs_dir, kind):
         check_run_kind(run.dir, kind)
     else:
         run = Run(make_run_dir(name, args, root=logs_dir, kind=kind))
+    note_run(run.dir, f"python {sys.argv[0]} --resume {run.dir}")
     print(f"Run folder: {run.dir}")
     return run
 
@@ -155,7 +157,8 @@ def make_data(profile_name, profile, seed, archive=None, phenology=None, voc=Non
         return plain({"archive": str(data_dir / "archive"),
                       "phenology": str(data_dir / "phenology.toml"),
                       "voc": str(data_dir / "VOCdevkit"), "presets": spec["presets"]})
-    made = generate_orchard(data_dir, contact_sheet=data_dir / "contact_sheet.png", **spec)
+    made = generate_orchard(data_dir, contact_sheet=data_dir / "contact_sheet.png", **spec,
+                            exists_fix="give another --data-dir, or empty that folder")
     write_json(spec_path, spec)
     return plain({**{k: made[k] for k in ("archive", "phenology", "voc")},
                   "presets": spec["presets"]})

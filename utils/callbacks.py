@@ -10,7 +10,7 @@ import time
 import keras
 import numpy as np
 
-from utils.errors import NonFiniteLoss
+from utils.errors import NonFiniteLoss, note_progress
 from utils.run import Run, logged
 from utils.utils_metrics import per_class_iu
 
@@ -30,6 +30,7 @@ class StopOnNonFinite(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
+        note_progress(f"epoch {epoch + 1}")     # for the one line printed on Ctrl-C
 
     def on_train_batch_end(self, batch, logs=None):
         self._check(logs, f"epoch {self._epoch + 1}, step {batch + 1}")

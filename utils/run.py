@@ -16,6 +16,7 @@ Files of a run folder (every trainer): ``args.json`` (``args_resume.json``,
 ``kind`` of run: which script made the folder; ``--resume`` of another script's folder
 is refused before anything is written, :func:`check_run_kind`).
 """
+import contextlib
 import csv
 import datetime
 import io
@@ -29,6 +30,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from utils.errors import note_run
 
 LOG_CSV = "training_log.csv"
 RUN_RECORD = "run.json"     # {"kind": ...}: which script made the run folder
@@ -76,17 +79,34 @@ def json_text(data):
     return json.dumps(data, indent=2, default=_json_default) + "\n"
 
 
+@contextlib.contextmanager
+def removed_on_error(tmp, target=None):
+    """Delete the partial file ``tmp`` when the block fails (a full disk, Ctrl-C), and
+    name ``target`` (default ``tmp``) in an ``OSError`` that names no file, so the one
+    line printed for it says where."""
+    try:
+        yield tmp
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError) and not exc.filename:
+            exc.filename = str(target or tmp)
+        raise
+
+
 def write_atomic(path, write):
-    """``write(tmp)`` a temporary file beside ``path``, then rename it over ``path``.
+    """``write(tmp)`` a temporary file beside ``path``, then rename it over ``path``;
+    a failed write leaves no temporary file.
 
     The temporary name keeps the suffix (Keras checks it) and starts with ``tmp-``, so
     no reader's pattern (``ep*.keras``, ``last_epoch.keras``) ever picks it up.
     """
     path = Path(path)
     tmp = path.with_name(f"tmp-{os.getpid()}-{path.name}")
-    write(tmp)
-    _maybe_pause(path, tmp)
-    os.replace(tmp, path)
+    with removed_on_error(tmp, path):
+        write(tmp)
+        _maybe_pause(path, tmp)
+        os.replace(tmp, path)
     return path
 
 
@@ -274,8 +294,10 @@ class Run:
         if getattr(args, "resume", None):
             run = cls(args.resume)
             run.write_json(fresh_path(run.dir / "args_resume.json"), vars(args))
-            return run
-        return cls(make_run_dir(name, args, root=root))
+        else:
+            run = cls(make_run_dir(name, args, root=root))
+        note_run(run.dir, f"python {sys.argv[0]} --resume {run.dir}")
+        return run
 
     @classmethod
     def _worker_scratch(cls, name, args):

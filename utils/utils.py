@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from utils.errors import writable_dir
 from utils.run import json_text, make_run_dir, write_atomic  # noqa: F401  (make_run_dir: one place)
 
 # The five classes of the cherry data set, in label order (pixel value = index).
@@ -181,7 +182,7 @@ def is_chief(strategy=None):
 def add_common_training_args(parser, seed=11):
     """Options every training script shares: seed, logs, precision, strategy."""
     parser.add_argument("--seed", type=int, default=seed, help=f"random seed (default {seed})")
-    parser.add_argument("--logs-dir", default="logs",
+    parser.add_argument("--logs-dir", default="logs", type=writable_dir,
                         help="parent folder of the new run folder (default logs/)")
     parser.add_argument("--mixed-precision", action="store_true",
                         help="bfloat16 on a CPU, float16 on a GPU (default off: float32)")
