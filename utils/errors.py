@@ -129,7 +129,7 @@ def file_system_message(exc):
     """One line for a full disk or a folder that cannot be written, or None."""
     for e in _chain(exc):
         if isinstance(e, OSError) and e.errno in _FS_ERRORS:
-            code, filename = e.errno, e.filename
+            code, filename = e.errno, e.filename2 or e.filename   # a copy: the target
         elif "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
             code, filename = errno.ENOSPC, None
         else:

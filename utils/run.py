@@ -443,15 +443,21 @@ class ProcessLock:
         self.path = Path(path)
         self._handle = None
 
-    def acquire(self):
+    def acquire(self, patience_s=2.0):
         import fcntl
 
         handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            return False
+        # holder() takes the lock for an instant to test it: try again for a while.
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() >= deadline:
+                    handle.close()
+                    return False
+                time.sleep(0.02)
         handle.truncate(0)
         handle.write(str(os.getpid()))
         handle.flush()
