@@ -26,7 +26,8 @@ from utils.utils import NAME_CLASSES, make_run_dir, set_seed, write_json  # noqa
 from utils.utils_metrics import (RESULT_FILES, compute_mIoU, confusion_of_files,  # noqa: E402
                                  per_class_iu, per_class_PA_Recall, per_class_Precision,
                                  print_summary, show_results)
-from utils.voc import check_files, check_images, image_path, read_split, voc_dirs  # noqa: E402
+from utils.voc import (REPLACE_HINT, check_files, check_images, image_path,  # noqa: E402
+                       read_split, voc_dirs)
 
 
 def predict_split(unet, voc_path, image_ids, pred_dir, batch_size=8):
@@ -84,7 +85,7 @@ def evaluate_split(model, voc_path, split="test", num_classes=5, name_classes=No
     """
     image_ids = read_split(voc_path, split)
     check_files(voc_path, image_ids)
-    check_images(voc_path, image_ids, where=f"split {split!r}")
+    check_images(voc_path, image_ids, where=f"split {split!r}", fix=REPLACE_HINT)
     out_dir = Path(out_dir) if out_dir is not None else make_run_dir("miou")
     unet = _as_unet(model, num_classes, backbone, input_shape, name_classes)
     names = _class_names(unet.num_classes, name_classes)
@@ -155,7 +156,7 @@ def main(argv=None):
     image_ids = read_split(args.voc_path, args.split)
     check_files(args.voc_path, image_ids, need_images=args.miou_mode != 2)
     if args.miou_mode != 2:
-        check_images(args.voc_path, image_ids, where=f"split {args.split!r}")
+        check_images(args.voc_path, image_ids, where=f"split {args.split!r}", fix=REPLACE_HINT)
     if args.out_dir:
         out_dir = Path(args.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nets.encoders import BACKBONES  # noqa: E402
-from utils.errors import MissingInput, UserError, writable_dir, writable_file  # noqa: E402
+from utils.errors import MissingInput, UserError, writable_dir  # noqa: E402
 from utils.image_check import bad_images_error, find_bad_images, rgb8  # noqa: E402
 from utils.run import fresh_path  # noqa: E402
 from utils.utils import set_seed  # noqa: E402
@@ -184,7 +184,7 @@ def parse_args(argv=None):
                    help="output folder of predict and dir_predict (original: img_out)")
     p.add_argument("--video-path", default="a001.mp4",
                    help="video file, or a camera index such as 0 (original: a001.mp4)")
-    p.add_argument("--video-save-path", default="out001.mp4", type=writable_file,
+    p.add_argument("--video-save-path", default="out001.mp4",
                    help="write the overlaid video here; \"\" = do not save (original: out001.mp4)")
     p.add_argument("--video-fps", type=float, default=25.0, help="fps of the saved video "
                                                                 "(original: 25)")

@@ -36,7 +36,7 @@ from pipeline.published import PUBLISHED, markdown_table, row_label  # noqa: E40
 from pipeline.steps import (Run, check_orchard_spec, join_argv, make_data,  # noqa: E402
                             make_pairs, open_run, plain, preset_args, pretrain_encoder,
                             select_images, unet_argv)
-from utils.errors import MissingInput, UserError, writable_dir  # noqa: E402
+from utils.errors import MissingInput, UserError, output_checks_off, writable_dir  # noqa: E402
 from utils.run import (ProcessLock, check_run_kind, checkpoint_epoch,  # noqa: E402
                        die_with_parent, fresh_path, has_optimizer_state)
 from utils.utils import set_seed, write_json  # noqa: E402
@@ -134,7 +134,8 @@ def _check_step_options(step, parse, argv):
     run before step 1 rather than when that step starts."""
     buffer = io.StringIO()
     try:
-        with contextlib.redirect_stderr(buffer):
+        # Its output options are the pipeline's, checked with --logs-dir.
+        with contextlib.redirect_stderr(buffer), output_checks_off():
             parse(argv)
     except SystemExit:
         said = (buffer.getvalue().strip().splitlines() or ["rejected"])[-1].split("error: ", 1)[-1]

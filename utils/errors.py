@@ -91,11 +91,22 @@ def _continue_hint():
     return "run the same command again"
 
 
+@contextlib.contextmanager
+def output_checks_off():
+    """Parse options without :func:`writable_dir`'s check: a caller that only validates
+    a script's options and passes its own output folders later (run_pipeline's steps)."""
+    _RUN["unchecked"] = _RUN.get("unchecked", 0) + 1
+    try:
+        yield
+    finally:
+        _RUN["unchecked"] -= 1
+
+
 def writable_dir(path):
     """An ``argparse`` type for an output folder: ``path`` when it (or, for one not made
     yet, the nearest folder above it) takes a new file; else the ``OSError`` of the
     attempt, which :func:`run_cli` prints as one line, before any work."""
-    if not path:
+    if not path or _RUN.get("unchecked"):
         return path
     folder = os.path.abspath(path)
     while not os.path.isdir(folder):

@@ -409,8 +409,13 @@ def check_finite_weights(model, path, epoch):
     diverged within its last step, before any loss showed it)."""
     from utils.errors import NonFiniteLoss
 
-    bad = [w.path for w in model.weights
-           if np.asarray(w).dtype.kind == "f" and not np.isfinite(np.asarray(w)).all()]
+    floats = [(w.path, a) for w, a in zip(model.weights, model.get_weights())
+              if a.dtype.kind == "f"]
+    # A sum is NaN or inf when an element is (or, rarely, when it overflows: the exact
+    # test below then clears it); ten times faster than isfinite on every element.
+    if all(math.isfinite(float(np.sum(a))) for _, a in floats):
+        return
+    bad = [path for path, a in floats if not np.isfinite(a).all()]
     if bad:
         raise NonFiniteLoss(str(path), f"not written: after epoch {epoch} {len(bad)} weight "
                                        f"array(s) hold NaN or inf, first {bad[0]} (the run "
