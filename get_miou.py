@@ -19,13 +19,15 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nets.encoders import BACKBONES  # noqa: E402
-from utils.errors import MissingInput, OutputExists, UserError  # noqa: E402
+from utils.errors import MissingInput, OutputExists, UserError, writable_dir  # noqa: E402
+from utils.image_check import rgb8  # noqa: E402
 from utils.run import fresh_path  # noqa: E402
 from utils.utils import NAME_CLASSES, make_run_dir, set_seed, write_json  # noqa: E402
 from utils.utils_metrics import (RESULT_FILES, compute_mIoU, confusion_of_files,  # noqa: E402
                                  per_class_iu, per_class_PA_Recall, per_class_Precision,
                                  print_summary, show_results)
-from utils.voc import check_files, check_images, image_path, read_split, voc_dirs  # noqa: E402
+from utils.voc import (REPLACE_HINT, check_files, check_images, image_path,  # noqa: E402
+                       read_split, voc_dirs)
 
 
 def predict_split(unet, voc_path, image_ids, pred_dir, batch_size=8):
@@ -43,7 +45,7 @@ def predict_split(unet, voc_path, image_ids, pred_dir, batch_size=8):
             for i in ids:
                 with Image.open(image_path(voc_path, i)) as im:
                     im.load()
-                    images.append(im.convert("RGB") if im.mode != "RGB" else im.copy())
+                    images.append(rgb8(im).copy())
             for i, mask in zip(ids, unet.predict_masks(images, batch_size=batch_size)):
                 Image.fromarray(mask).save(pred_dir / f"{i}.png")
             bar.update(len(ids))
@@ -83,7 +85,7 @@ def evaluate_split(model, voc_path, split="test", num_classes=5, name_classes=No
     """
     image_ids = read_split(voc_path, split)
     check_files(voc_path, image_ids)
-    check_images(voc_path, image_ids, where=f"split {split!r}")
+    check_images(voc_path, image_ids, where=f"split {split!r}", fix=REPLACE_HINT)
     out_dir = Path(out_dir) if out_dir is not None else make_run_dir("miou")
     unet = _as_unet(model, num_classes, backbone, input_shape, name_classes)
     names = _class_names(unet.num_classes, name_classes)
@@ -119,14 +121,15 @@ def parse_args(argv=None):
                    help="U-Net encoder when loading a weights file (original: resnet50)")
     p.add_argument("--input-shape", type=int, nargs=2, default=(576, 1024), metavar=("H", "W"),
                    help="network input when loading a weights file (original: 576 1024)")
-    p.add_argument("--out-dir", default=None,
+    p.add_argument("--out-dir", default=None, type=writable_dir,
                    help="results folder (default: a new <logs-dir>/miou_<time>; original: miou_out)")
     p.add_argument("--pred-dir", default=None,
                    help="class-index PNGs (default: <out-dir>/detection-results); needed by "
                         "mode 2 to point at an earlier run's predictions")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass "
                                                              "(default: 8; original: 1)")
-    p.add_argument("--logs-dir", default="logs", help="parent of the new run folder (default logs)")
+    p.add_argument("--logs-dir", default="logs", type=writable_dir,
+                   help="parent of the new run folder (default logs)")
     p.add_argument("--seed", type=int, default=11, help="random seed (default 11)")
     return p.parse_args(argv)
 
@@ -140,9 +143,10 @@ def main(argv=None):
     if args.miou_mode == 2 and not args.pred_dir and not args.out_dir:
         raise UserError("--miou-mode 2", "needs --pred-dir (or --out-dir of an earlier run)")
     if args.model_path and args.miou_mode in (0, 1):
-        from utils.weights import check_weights_file
+        from utils.weights import check_class_count, check_weights_file
 
         check_weights_file(args.model_path, "--model-path")
+        check_class_count(args.model_path, args.num_classes)
     if args.miou_mode == 2:
         given = Path(args.pred_dir) if args.pred_dir else Path(args.out_dir) / "detection-results"
         if not given.is_dir():
@@ -152,7 +156,7 @@ def main(argv=None):
     image_ids = read_split(args.voc_path, args.split)
     check_files(args.voc_path, image_ids, need_images=args.miou_mode != 2)
     if args.miou_mode != 2:
-        check_images(args.voc_path, image_ids, where=f"split {args.split!r}")
+        check_images(args.voc_path, image_ids, where=f"split {args.split!r}", fix=REPLACE_HINT)
     if args.out_dir:
         out_dir = Path(args.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -24,8 +24,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nets.encoders import BACKBONES  # noqa: E402
-from utils.errors import MissingInput, UserError  # noqa: E402
-from utils.image_check import bad_images_error, find_bad_images  # noqa: E402
+from utils.errors import MissingInput, UserError, writable_dir  # noqa: E402
+from utils.image_check import bad_images_error, find_bad_images, rgb8  # noqa: E402
 from utils.run import fresh_path  # noqa: E402
 from utils.utils import set_seed  # noqa: E402
 
@@ -42,7 +42,7 @@ def open_image(path):
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB")
+            return rgb8(im).copy()
     except (OSError, ValueError) as exc:
         raise UserError(path, f"not a readable image ({exc})") from exc
 
@@ -93,19 +93,34 @@ def _video_source(video_path):
     return int(video_path) if str(video_path).isdigit() else str(video_path)
 
 
+def check_video(path):
+    """A video file OpenCV opens and reads a first frame of, before the model is loaded."""
+    import cv2
+
+    if not Path(path).is_file():
+        raise MissingInput(path, "video not found", "check --video-path")
+    capture = cv2.VideoCapture(str(path))
+    try:
+        ok = capture.isOpened() and capture.read()[0]
+    finally:
+        capture.release()
+    if not ok:
+        raise UserError(path, "not a video OpenCV can read", "check --video-path")
+
+
 def run_video(unet, video_path, video_save_path="", video_fps=25.0, max_frames=None):
     """Segment every frame of a video file or camera; optionally write the overlays."""
     import cv2
 
     source = _video_source(video_path)
     if isinstance(source, str) and not Path(source).is_file():
-        raise FileNotFoundError(f"video not found: {source}")
+        raise MissingInput(source, "video not found", "check --video-path")
     capture = cv2.VideoCapture(source)
     ok, frame = capture.read() if capture.isOpened() else (False, None)
     if not ok:
         capture.release()
-        raise ValueError(f"cannot read video {video_path!r}: not a video OpenCV can open, "
-                         f"or no camera at that index")
+        raise UserError(str(video_path), "not a video OpenCV can open, or no camera at that "
+                                         "index", "check --video-path")
     writer, out_path = None, None
     if video_save_path:
         out_path = fresh_path(video_save_path)
@@ -114,8 +129,8 @@ def run_video(unet, video_path, video_save_path="", video_fps=25.0, max_frames=N
         size = (frame.shape[1], frame.shape[0])
         writer = cv2.VideoWriter(str(out_path), fourcc, float(video_fps), size)
         if not writer.isOpened():
-            raise ValueError(f"cannot write video {out_path} (codec for {out_path.suffix!r} "
-                             f"unavailable; try .avi)")
+            raise UserError(out_path, f"cannot write a video (codec for {out_path.suffix!r} "
+                                      f"unavailable)", "give --video-save-path a .avi name")
     fps, frames = 0.0, 0
     bar = tqdm(desc="video", unit="frame")
     try:
@@ -166,6 +181,7 @@ def parse_args(argv=None):
     p.add_argument("--dir-origin-path", default="img", help="input folder of dir_predict "
                                                             "(original: img)")
     p.add_argument("--out-dir", "--dir-save-path", dest="dir_save_path", default="img_out",
+                   type=writable_dir,
                    help="output folder of predict and dir_predict (original: img_out)")
     p.add_argument("--video-path", default="a001.mp4",
                    help="video file, or a camera index such as 0 (original: a001.mp4)")
@@ -186,12 +202,13 @@ def check_inputs(args):
     """Everything a mode reads, before the model is loaded: the model file, the images
     (each decoded once, cached), the input folder, the video file. Returns the image
     paths of modes predict and dir_predict."""
-    from utils.weights import check_weights_file
+    from utils.weights import check_class_count, check_weights_file
 
     if args.images and args.mode != "predict":
         raise UserError("images", f"image arguments are only for --mode predict, not {args.mode}",
                         "drop them or use --mode predict")
     check_weights_file(args.model_path, "--model-path")
+    check_class_count(args.model_path, args.num_classes)
     paths = []
     if args.mode == "predict":
         paths = [Path(p) for p in args.images]
@@ -205,9 +222,8 @@ def check_inputs(args):
                             "check --dir-origin-path")
     elif args.mode == "fps":
         paths = [Path(args.fps_image_path)]
-    elif args.mode == "video" and not str(args.video_path).isdigit() \
-            and not Path(args.video_path).is_file():
-        raise MissingInput(args.video_path, "video not found", "check --video-path")
+    elif args.mode == "video" and not str(args.video_path).isdigit():
+        check_video(args.video_path)
     for p in paths:
         if not p.is_file():
             raise MissingInput(p, "image not found", "check the path")

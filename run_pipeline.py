@@ -22,6 +22,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -35,15 +36,17 @@ from pipeline.published import PUBLISHED, markdown_table, row_label  # noqa: E40
 from pipeline.steps import (Run, check_orchard_spec, join_argv, make_data,  # noqa: E402
                             make_pairs, open_run, plain, preset_args, pretrain_encoder,
                             select_images, unet_argv)
-from utils.errors import MissingInput, UserError  # noqa: E402
+from utils.errors import MissingInput, UserError, output_checks_off, writable_dir  # noqa: E402
 from utils.precision import PRECISIONS  # noqa: E402
-from utils.run import checkpoint_epoch, fresh_path, has_optimizer_state  # noqa: E402
+from utils.run import (ProcessLock, check_run_kind, checkpoint_epoch,  # noqa: E402
+                       die_with_parent, fresh_path, has_optimizer_state)
 from utils.utils import set_seed, write_json  # noqa: E402
 from utils.voc import image_path, read_split  # noqa: E402
 
 STEPS = ("orchard", "priors", "select", "pairs", "pretrain", "unet_frozen",
          "unet_finetune", "random_frozen", "random_finetune", "predict", "growth")
 BASELINE_STEPS = ("random_frozen", "random_finetune")
+RUN_KIND = "pipeline"      # run.json's kind: --resume refuses other scripts' folders
 OTHER_PRETRAINERS = [n for n in PRETRAINERS if n not in PAIR_PRETRAINERS]
 
 
@@ -85,14 +88,15 @@ def parse_args(argv=None):
                                      "(default: the synthetic orchard)")
     data.add_argument("--phenology", help="phenology priors TOML for --archive")
     data.add_argument("--voc-path", "--voc", dest="voc", help="your labelled set (a VOCdevkit folder)")
-    data.add_argument("--data-dir", default=None,
+    data.add_argument("--data-dir", default=None, type=writable_dir,
                    help="where the synthetic orchard is generated or found "
                         "(default demo_data/<profile>)")
     run.add_argument("--steps", default=",".join(STEPS),
                    help=f"comma-separated subset of: {','.join(STEPS)} (default all)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder, skipping "
                                                        "the steps it has finished")
-    output.add_argument("--logs-dir", default="logs", help="parent of the run folder (default logs/)")
+    output.add_argument("--logs-dir", default="logs", type=writable_dir,
+                        help="parent of the run folder (default logs/)")
     output.add_argument("--growth-camera", help="camera for the growth curves (default: first test camera)")
     run.add_argument("--seed", type=int, default=11, help="random seed for every step (default 11)")
     run.add_argument("--precision", choices=PRECISIONS, default=None,
@@ -146,7 +150,8 @@ def _check_step_options(step, parse, argv):
     run before step 1 rather than when that step starts."""
     buffer = io.StringIO()
     try:
-        with contextlib.redirect_stderr(buffer):
+        # Its output options are the pipeline's, checked with --logs-dir.
+        with contextlib.redirect_stderr(buffer), output_checks_off():
             parse(argv)
     except SystemExit:
         said = (buffer.getvalue().strip().splitlines() or ["rejected"])[-1].split("error: ", 1)[-1]
@@ -165,6 +170,8 @@ def validate_inputs(args, profile, steps, run=None):
         for need in REQUIRES.get(step, ()):
             if step == "pretrain" and args.init != "pde":
                 break
+            if need == "pretrain" and args.init == "random":
+                continue            # a random encoder: no pretraining to wait for
             options = need.split("|")
             if not any(n in todo or (run is not None and run.done(n)) for n in options):
                 raise UserError("--steps", f"step {step} needs step {' or '.join(options)}, "
@@ -562,29 +569,51 @@ def lower_priority(niceness):
                 os.setpriority(os.PRIO_PROCESS, tid, niceness)
 
 
+# The random-row worker holds this lock (its pid inside) while it runs, and dies with
+# the process that started it (utils.run.die_with_parent, given that pid in the env).
+ROW_LOCK = "random_row.pid"
+ROW_PARENT_ENV = "PDE_ROW_PARENT"
+
+
 class BackgroundRow:
     """The random row's U-Nets trained by a second ``run_pipeline.py --resume`` process.
 
     The two rows share nothing but the labelled set, and a single training process
     leaves part of a CPU idle (tracing, checkpoints, data loading, Python), so the
     second process fills those gaps at a lower priority (``ROW_WORKER_NICENESS``). It
-    records its steps in the same ``steps.json``.
+    records its steps in the same ``steps.json``. It dies with this process (also by
+    ``kill -9``); a worker still alive when a resume starts (where the parent-death
+    signal does not exist) is adopted, waited for, never started twice.
     """
 
     def __init__(self, run, steps):
         self.steps = steps
-        self.log = fresh_path(run.dir / "random_row.log")
         self.start = time.time()
+        self.lock = ProcessLock(run.dir / ROW_LOCK)
+        self.proc = None
+        holder = self.lock.holder()
+        if holder:
+            logs = sorted(run.dir.glob("random_row*.log"), key=lambda p: p.stat().st_mtime)
+            self.log = logs[-1] if logs else run.dir / "random_row.log"
+            print(f"The random row is already training in process {holder} (log {self.log}); "
+                  f"waiting for it instead of starting another", flush=True)
+            return
+        self.log = fresh_path(run.dir / "random_row.log")
         command = [sys.executable, str(Path(__file__).resolve()), "--resume", str(run.dir),
                    "--steps", ",".join(steps), "--row-worker"]
         with open(self.log, "w") as out:
-            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                         env={**os.environ, ROW_PARENT_ENV: str(os.getpid())})
 
     def wait(self, run):
         """Wait for the row; returns None, or the UserError saying why it failed."""
         print(f"Waiting for the random row ({', '.join(self.steps)}; log {self.log}) ...",
               flush=True)
-        code = self.proc.wait()
+        if self.proc is not None:
+            code = self.proc.wait()
+        else:
+            self.lock.wait()
+            code = 0
         run.reload()
         for step in self.steps:
             if run.done(step):
@@ -593,35 +622,55 @@ class BackgroundRow:
         if code == 0 and all(run.done(s) for s in self.steps):
             return None
         said = [line for line in self.log.read_text(errors="replace").splitlines()
-                if line.startswith("error:")]
+                if line.startswith("error:")] if self.log.is_file() else []
         return UserError(self.log, f"the random row stopped (exit status {code})"
                          + (f": {said[-1]}" if said else ""),
                          f"read the log, then 'python run_pipeline.py --resume {run.dir}' "
                          f"trains what is missing")
 
     def stop(self):
-        if self.proc.poll() is None:
+        if self.proc is None:
+            holder = self.lock.holder()
+            if holder and holder > 0:
+                with contextlib.suppress(OSError):
+                    os.kill(holder, signal.SIGTERM)
+        elif self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait()
+
+
+def row_worker_start(run_dir):
+    """In the worker: die with the pipeline that started it, and hold the row's lock
+    (a second worker of the same run is refused)."""
+    parent = os.environ.get(ROW_PARENT_ENV)
+    if parent:
+        die_with_parent(int(parent))
+    lock = ProcessLock(Path(run_dir) / ROW_LOCK)
+    if not lock.acquire():
+        raise UserError(lock.path, f"another random-row worker (process {lock.holder()}) "
+                                   f"trains this run", "wait for it to finish")
+    return lock
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.row_worker:
         lower_priority(ROW_WORKER_NICENESS)
+        row_lock = row_worker_start(args.resume)  # noqa: F841  (held until this process ends)
     run, applied = None, []
     if args.resume:
         run = Run(args.resume)
         if not run.dir.is_dir():
             raise MissingInput(run.dir, "--resume: run folder not found",
                                "give the folder it printed as 'Run folder:'")
+        check_run_kind(run.dir, RUN_KIND)
         applied = resume_options(args, sys.argv[1:] if argv is None else argv, run)
     set_seed(args.seed)
     profile = with_precision(PROFILES[args.profile], args.precision)
     planned = [s for s in STEPS if args.baseline or s not in BASELINE_STEPS]
     steps = [s for s in planned if s in args.steps]
     validate_inputs(args, profile, steps, run)
-    run = open_run(args.resume, f"pipeline_{args.profile}", args, args.logs_dir)
+    run = open_run(args.resume, f"pipeline_{args.profile}", args, args.logs_dir, RUN_KIND)
     if applied and not args.row_worker:
         write_json(fresh_path(run.dir / "args_resume.json"), vars(args))
     began = time.time()

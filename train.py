@@ -160,7 +160,7 @@ def parse_args(argv=None):
                    help="run training steps eagerly: no graph tracing, slower steps "
                         "(for quick checks on tiny data; default off)")
     add_common_training_args(p)
-    return resume_args(p, argv, may_change=RESUME_MAY_CHANGE)
+    return resume_args(p, argv, may_change=RESUME_MAY_CHANGE, kind="unet")
 
 
 @dataclasses.dataclass
@@ -192,7 +192,7 @@ def plan_phases(args):
 def check_args(args):
     """Options that contradict each other or name missing files: before any work."""
     from nets.encoders import check_input_shape
-    from utils.weights import check_weights_file
+    from utils.weights import check_class_count, check_weights_file
 
     with user_errors("--input-shape"):
         check_input_shape(args.input_shape, args.backbone)
@@ -224,6 +224,7 @@ def check_args(args):
     # A resumed run starts from its own last_epoch.keras, whatever it started from.
     if args.init_model and not args.resume:
         check_weights_file(args.init_model, "--init-model")
+        check_class_count(args.init_model, args.num_classes)
     if args.model_path:
         check_weights_file(args.model_path, "--model-path")
     if not Path(args.voc_path).is_dir():
@@ -352,8 +353,9 @@ def main(argv=None):
             try:
                 model.load_weights(str(args.init_model))
             except ValueError as exc:
-                raise ValueError(f"--init-model {args.init_model} does not fit this U-Net "
-                                 f"({args.backbone}, {h}x{w}, {nc} classes): {exc}") from exc
+                raise UserError("--init-model", f"{args.init_model} does not fit this U-Net "
+                                f"({args.backbone}, {nc} classes): {exc}",
+                                "give a U-Net of the same --backbone and --num-classes") from exc
             print(f"Loaded the whole U-Net from {args.init_model}; starting at epoch "
                   f"{args.init_epoch + 1}.")
         elif args.model_path:

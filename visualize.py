@@ -22,8 +22,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nets.encoders import BACKBONES  # noqa: E402
-from utils.errors import MissingInput, OutputExists, UserError  # noqa: E402
-from utils.image_check import bad_images_error, find_bad_images  # noqa: E402
+from utils.errors import MissingInput, OutputExists, UserError, writable_dir  # noqa: E402
+from utils.image_check import bad_images_error, find_bad_images, rgb8  # noqa: E402
 from utils.utils import make_run_dir, set_seed, write_json  # noqa: E402
 
 FEATURE_NAMES = ("feat1", "feat2", "feat3", "feat4", "feat5")
@@ -176,7 +176,7 @@ def encode_images(encoder, paths, input_size, batch_size=16, scale="pde"):
         batch = []
         for p in paths[start:start + batch_size]:
             with Image.open(p) as im:
-                im = im.convert("RGB").resize((w, h), Image.BICUBIC)
+                im = rgb8(im).resize((w, h), Image.BICUBIC)
                 batch.append(np.asarray(im, dtype=np.float32))
         n = len(batch)
         # Pad the last batch to full size: one traced graph instead of two.
@@ -278,9 +278,10 @@ def parse_args(argv=None):
                              "checkpoint or a legacy .h5, loaded by layer name")
     common.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet50",
                         help="(original: resnet50)")
-    common.add_argument("--out-dir", default=None,
+    common.add_argument("--out-dir", default=None, type=writable_dir,
                         help="output folder (default: a new <logs-dir>/visualize_<time>)")
-    common.add_argument("--logs-dir", default="logs", help="parent of the run folder")
+    common.add_argument("--logs-dir", default="logs", type=writable_dir,
+                        help="parent of the run folder")
     common.add_argument("--seed", type=int, default=11, help="random seed (default 11)")
 
     f = sub.add_parser("filters", parents=[common], help="gradient-ascent filter grid")

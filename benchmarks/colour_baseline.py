@@ -27,6 +27,7 @@ from PIL import Image
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.image_check import rgb8  # noqa: E402
 from utils.utils import NAME_CLASSES  # noqa: E402
 from utils.utils_metrics import (fast_hist, per_Accuracy, per_class_iu,  # noqa: E402
                                  per_class_PA_Recall)
@@ -47,7 +48,7 @@ def read_pairs(voc, split, ids=None):
     its photos ``ids``)."""
     for i in ids or read_split(voc, split):
         with Image.open(image_path(voc, i)) as im:
-            rgb = np.asarray(im.convert("RGB"))
+            rgb = np.asarray(rgb8(im))
         with Image.open(label_path(voc, i)) as m:
             mask = np.asarray(m)
         if mask.shape != rgb.shape[:2]:

@@ -34,6 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from few_shot.backbones import BACKBONES  # noqa: E402
 from few_shot.losses import LOSSES  # noqa: E402
+from utils.errors import writable_dir  # noqa: E402
 from utils.utils import make_run_dir, set_seed, write_json  # noqa: E402
 
 # The encoder rows: this project's ResNet50 encoder and where its weights come from.
@@ -86,7 +87,8 @@ def parse_args(argv=None):
                         "--no-plots': the heads on cached features are too small to repay "
                         "graph tracing, and the table needs the metrics only)")
     p.add_argument("--seed", type=int, default=11, help="(default 11)")
-    p.add_argument("--logs-dir", default="logs", help="parent of the run folder (default logs/)")
+    p.add_argument("--logs-dir", default="logs", type=writable_dir,
+                   help="parent of the run folder (default logs/)")
     args = p.parse_args(argv)
     args.backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
     args.losses = [x.strip() for x in args.losses.split(",") if x.strip()]

@@ -25,8 +25,12 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from data_processing.names import FileNameError, is_image_file, parse_stage_name  # noqa: E402
-from utils.errors import MissingInput, OutputExists, UserError  # noqa: E402
+from data_processing.names import (FileNameError, is_image_file, pair_class,  # noqa: E402
+                                   parse_stage_name)
+from data_processing.pair_index import write_record  # noqa: E402
+from utils.errors import MissingInput, OutputExists, UserError, writable_file  # noqa: E402
+from utils.image_check import rgb8  # noqa: E402
+from utils.run import removed_on_error  # noqa: E402
 
 CLASSES = (0, 1, 2, 3)
 CLASS_NAMES = {0: "same view, same stage", 1: "same view, other stage",
@@ -41,17 +45,9 @@ def get_dir(path, kind=True):
 
 
 def get_label(X):
-    """Prior class (0..3) of a pair ``(a, b)`` of stage image names or paths.
-
-    The fields are parsed, so long camera ids and multi-digit presets or stages work;
-    on the original's names this equals its rule (view = first 11 characters, stage =
-    character 15).
-    """
-    a, b = parse_stage_name(X[0]), parse_stage_name(X[1])
-    same_stage = a.stage == b.stage
-    if a.view == b.view:
-        return 0 if same_stage else 1
-    return 2 if same_stage else 3
+    """Prior class (0..3) of a pair ``(a, b)`` of stage image names or paths
+    (:func:`data_processing.names.pair_class`), as the original's function."""
+    return pair_class(X[0], X[1])
 
 
 def _exclusive_cumsum(x):
@@ -255,9 +251,10 @@ def save_outputs(outputs, overwrite=False):
     for path, array in todo.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = f"{path}.part{os.getpid()}"
-        with open(tmp, "wb") as f:      # a file handle: np.save would append ".npy" to a name
-            np.save(f, array)
-        os.replace(tmp, path)
+        with removed_on_error(tmp, path):
+            with open(tmp, "wb") as f:      # a file handle: np.save would append ".npy" to a name
+                np.save(f, array)
+            os.replace(tmp, path)
 
 
 def split_path(path, split):
@@ -288,7 +285,7 @@ def save_preview(path, image_dir, x, labels, per_class=3, overwrite=False):
                 if not file.is_file():
                     raise MissingInput(f"--preview needs the image files: {file} not found")
                 with Image.open(file) as im:
-                    im = im.convert("RGB")
+                    im = rgb8(im).copy()
                     im.thumbnail((256, 256))
                     tiles.append(np.asarray(im.resize((256, int(256 * im.height / im.width) or 1))))
             h = min(t.shape[0] for t in tiles)
@@ -317,8 +314,10 @@ def parse_args(argv=None):
                         help="read the image names from this text file (one per line) instead "
                              "of listing --path")
     parser.add_argument("--x-out", "--out-x", dest="x_out", default="x_out_inx200000.npy",
+                        type=writable_file,
                         help="pairs of file names, shape (n, 2) (original: x_out_inx200000.npy)")
     parser.add_argument("--y-out", "--out-y", dest="y_out", default="y_out_inx200000.npy",
+                        type=writable_file,
                         help="classes 0..3, shape (n,) (original: y_out_inx200000.npy)")
     parser.add_argument("--per-class", type=int, default=200000,
                         help="pairs drawn per class, with replacement (original: 200000)")
@@ -333,7 +332,7 @@ def parse_args(argv=None):
                         help="skip and count image names that do not parse (default: error)")
     parser.add_argument("--drop-empty-classes", action="store_true",
                         help="leave out a class that has no possible pair (default: error)")
-    parser.add_argument("--preview", default=None,
+    parser.add_argument("--preview", default=None, type=writable_file,
                         help="also save a PNG grid of a few pairs of each class (needs the images in --path)")
     parser.add_argument("--preview-pairs", type=int, default=3, help="pairs per class in --preview")
     parser.add_argument("--overwrite", action="store_true",
@@ -414,6 +413,9 @@ def main(argv=None):
         x, y = np.concatenate(xs), np.concatenate(ys)
     outputs = {args.x_out: x, args.y_out: y, **outputs}
     save_outputs(outputs, overwrite=args.overwrite)
+    # What ties each X to its Y and its images, checked by the PDE loaders.
+    for xp, yp in [(args.x_out, args.y_out), *results["splits"].values()]:
+        write_record(xp, yp, outputs[xp], outputs[yp], None if args.names_file else args.path)
     counts = {int(c): int((y == c).sum()) for c in CLASSES}
     print("possible pairs per class:", results["available"])
     print("sampled pairs per class: ", counts)

@@ -86,5 +86,24 @@ def parse_archive_name(path):
     return ArchiveImageName(path.parent.name, int(m["preset"]), m["date"], m["hour"])
 
 
+def pair_class(a, b):
+    """Prior class (0..3) of a pair of stage image names or paths::
+
+                     same stage   other stage
+        same view        0             1
+        other view       2             3
+
+    The fields are parsed, so long camera ids and multi-digit presets or stages work;
+    on the original's names this equals its rule (view = first 11 characters, stage =
+    character 15). Raises ``FileNameError`` for a name that does not parse."""
+    a, b = parse_stage_name(a), parse_stage_name(b)
+    return int(class_of(a.view == b.view, a.stage == b.stage))
+
+
+def class_of(same_view, same_stage):
+    """The pair class from its two facts; elementwise on NumPy boolean arrays too."""
+    return 2 * (same_view == 0) + (same_stage == 0)
+
+
 def is_image_file(path):
     return Path(path).suffix.lower() in IMAGE_SUFFIXES

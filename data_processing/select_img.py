@@ -31,7 +31,8 @@ from data_processing.date_pro import (DEFAULT_PHENOLOGY_FILE, DEFAULT_PRESETS,  
                                       DEFAULT_TIMES, _time_slot, archive_photos, camera_folder,
                                       format_table, get_date_list, load_phenology, stage_windows)
 from data_processing.names import StageImageName, is_image_file, parse_archive_name  # noqa: E402
-from utils.errors import OutputExists, UserError  # noqa: E402
+from utils.errors import OutputExists, UserError, writable_dir  # noqa: E402
+from utils.run import removed_on_error, write_atomic  # noqa: E402
 from utils.utils import write_json  # noqa: E402
 
 MANIFEST_FIELDS = ["file", "camera", "preset", "time", "stage", "date"]
@@ -145,7 +146,8 @@ def _place(src, dst, link):
         # Copy under a temporary name, then link it in place: an interrupted run leaves
         # no half-written photo under a real name, and os.link refuses to overwrite.
         tmp = f"{dst}.part{os.getpid()}"
-        shutil.copyfile(src, tmp)
+        with removed_on_error(tmp, dst):     # a full disk leaves no .part file
+            shutil.copyfile(src, tmp)
         try:
             os.link(tmp, dst)
         finally:
@@ -167,13 +169,12 @@ def write_manifest(path, rows):
     path = Path(path)
     merged = _read_manifest(path) if path.exists() else {}
     merged.update({row["file"]: row for row in rows})
-    tmp = path.with_name(path.name + f".part{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
-        writer.writeheader()
-        writer.writerows(merged[k] for k in sorted(merged))
-    os.replace(tmp, path)
-    return path
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+            writer.writeheader()
+            writer.writerows(merged[k] for k in sorted(merged))
+    return write_atomic(path, write)
 
 
 def parse_args(argv=None):
@@ -192,7 +193,7 @@ def parse_args(argv=None):
                         help="preset points (original: 1 2 3 4 5)")
     parser.add_argument("--times", nargs="+", default=list(DEFAULT_TIMES),
                         help="times of day (original: 09 12 15)")
-    parser.add_argument("--out-dir", "--out", dest="out", default="out",
+    parser.add_argument("--out-dir", "--out", dest="out", default="out", type=writable_dir,
                         help="output folder (default: out; the original wrote to a fixed folder)")
     parser.add_argument("--link", nargs="?", const="hard", choices=["hard", "sym"], default=None,
                         help="link instead of copying: --link or --link hard for hard links, "

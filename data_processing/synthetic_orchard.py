@@ -38,7 +38,7 @@ if __package__ in (None, ""):
 
 from data_processing.date_pro import Phenology, Stage, write_phenology  # noqa: E402
 from utils.utils import NAME_CLASSES  # noqa: E402
-from utils.errors import OutputExists, UserError  # noqa: E402
+from utils.errors import OutputExists, UserError, writable_dir  # noqa: E402
 
 BACKGROUND, FRUIT, LEAF, TRUNK, FLOWER = range(5)
 assert NAME_CLASSES == ["_background_", "fruit", "leaf", "trunk", "flower"]
@@ -881,23 +881,26 @@ def _check(cameras, presets, times, start, end, image_size, n_train, n_val, n_te
     return [f"{h:02d}" for h in hours]
 
 
-def _prepare_out(out, contact_sheet, overwrite):
-    """Refuse to write into a non-empty folder unless ``overwrite``; then only the
+OVERWRITE_FIX = "pass --overwrite (overwrite=True) to replace the generated orchard in it"
+
+
+def _prepare_out(out, contact_sheet, overwrite, fix=OVERWRITE_FIX):
+    """Refuse to write into a non-empty folder unless ``overwrite`` (``fix``: what the
+    caller's user can do instead, naming the caller's options); then only the
     generator's own outputs are removed, never anything else in the folder."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputExists(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise OutputExists(f"{out} exists and is not empty; pass --overwrite "
-                                  f"(overwrite=True) to replace the generated orchard in it")
+            raise OutputExists(out, "exists and is not empty", fix)
         for name in ("archive", "VOCdevkit"):
             if (out / name).is_dir():
                 shutil.rmtree(out / name)
         for name in ("phenology.toml", "orchard.json"):
             (out / name).unlink(missing_ok=True)
     if contact_sheet is not None and Path(contact_sheet).exists() and not overwrite:
-        raise OutputExists(f"contact sheet {contact_sheet} exists; pass --overwrite to replace it")
+        raise OutputExists(contact_sheet, "contact sheet exists", fix)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -1007,7 +1010,8 @@ def generate_orchard(out, cameras=4, presets=(1, 2, 3, 4, 5), times=("09", "12",
                      start="2021-01-01", end="2021-07-01", image_size=(576, 1024),
                      n_train=60, n_val=20, n_test=40, seed=0, missing_rate=0.03,
                      prior_noise_days=0, overwrite=False, progress=True, workers=1,
-                     contact_sheet=None, test_cameras=2, write_archive=True):
+                     contact_sheet=None, test_cameras=2, write_archive=True,
+                     exists_fix=OVERWRITE_FIX):
     """Generate the synthetic orchard under ``out``; see the module docstring.
 
     ``test_cameras``: extra trees that only the test split shows. ``write_archive=False``
@@ -1060,7 +1064,7 @@ def generate_orchard(out, cameras=4, presets=(1, 2, 3, 4, 5), times=("09", "12",
                           str(voc / "SegmentationClass" / f"{img_id}.png")))
         lists[name] = sorted(ids)
 
-    out = _prepare_out(out, contact_sheet, overwrite)
+    out = _prepare_out(out, contact_sheet, overwrite, exists_fix)
     for cam in cfg.cameras if write_archive else ():
         (archive / cam).mkdir(parents=True, exist_ok=True)
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
@@ -1152,7 +1156,8 @@ def render_photo(camera, preset, date, hour, cameras=4, start="2021-01-01", end=
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out-dir", "--out", dest="out", default="demo_data", help="output folder (must be new or empty)")
+    p.add_argument("--out-dir", "--out", dest="out", default="demo_data", type=writable_dir,
+                   help="output folder (must be new or empty)")
     p.add_argument("--cameras", type=int, default=4, help="archive cameras, one tree each")
     p.add_argument("--test-cameras", type=int, default=2,
                    help="extra trees seen only by the labelled test split")

@@ -18,6 +18,7 @@ from PIL import Image
 
 from data_processing.names import FileNameError, is_image_file, parse_stage_name
 from utils.errors import UserError
+from utils.image_check import rgb8
 
 # ImageNet's channel statistics on 0..1 pixels (torchvision's, used by the study).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -115,7 +116,7 @@ def load_images(paths, size, where=None):
     for i, path in enumerate(paths):
         try:
             with Image.open(path) as im:
-                out[i] = np.asarray(im.convert("RGB").resize((w, h), Image.BILINEAR))
+                out[i] = np.asarray(rgb8(im).resize((w, h), Image.BILINEAR))
         except (OSError, ValueError, SyntaxError) as exc:
             folder = where or Path(path).parent
             raise FewShotDataError(f"{folder}: unreadable image {Path(path).name} ({exc})") from exc

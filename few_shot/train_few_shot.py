@@ -38,8 +38,8 @@ from few_shot.data import (NORMALIZATIONS, FewShotDataError, PKSampler, load_ima
 from few_shot.evaluate import (classification_metrics, nearest_centroid_predict,  # noqa: E402
                                plot_confusion, plot_embeddings, write_report_csv)
 from few_shot.losses import LOSSES  # noqa: E402
-from utils.callbacks import EpochTimer  # noqa: E402
-from utils.errors import UserError  # noqa: E402
+from utils.callbacks import EpochTimer, StopOnNonFinite  # noqa: E402
+from utils.errors import UserError, writable_dir  # noqa: E402
 from utils.optimizers import FusedAdam  # noqa: E402
 from utils.utils import make_run_dir, set_seed, write_json  # noqa: E402
 
@@ -115,7 +115,8 @@ def parse_args(argv=None):
     train.add_argument("--tsne-perplexity", type=float, default=30.0,
                        help="t-SNE perplexity, capped at the held-out images - 1 (default 30)")
     train.add_argument("--seed", type=int, default=11, help="random seed (default 11)")
-    train.add_argument("--logs-dir", default="logs", help="parent of the run folder (default logs/)")
+    train.add_argument("--logs-dir", default="logs", type=writable_dir,
+                       help="parent of the run folder (default logs/)")
     args = p.parse_args(argv)
     return args
 
@@ -275,7 +276,8 @@ def run_transfer(args, run_dir, feats_train, y_train, feats_test, y_test, classe
     timer = EpochTimer()
     head.fit(feats_train, y_train, batch_size=args.batch_size, epochs=args.epochs[0],
              shuffle=True, verbose=_verbose(),
-             callbacks=[timer, keras.callbacks.CSVLogger(str(run_dir / "transfer_training_log.csv"))])
+             callbacks=[StopOnNonFinite(run_dir), timer,
+                        keras.callbacks.CSVLogger(str(run_dir / "transfer_training_log.csv"))])
     y_pred = apply_in_batches(head, feats_test, 256).argmax(1)
     emb = apply_in_batches(keras.Model(features, hidden), feats_test, 256)
     metrics = evaluate(args, run_dir, "transfer", y_test, y_pred, emb, classes,
@@ -296,8 +298,8 @@ def run_similarity(args, loss, run_dir, trunk, x_train, y_train, x_test, y_test,
     timer = EpochTimer()
     model.fit(pk_dataset(x_train, y_train.astype(np.int32), sampler), epochs=args.epochs[1],
               steps_per_epoch=steps, verbose=_verbose(), shuffle=False,
-              callbacks=[timer, keras.callbacks.CSVLogger(str(run_dir / f"{stage}_training_log.csv")),
-                         keras.callbacks.TerminateOnNaN()])
+              callbacks=[StopOnNonFinite(run_dir), timer,
+                         keras.callbacks.CSVLogger(str(run_dir / f"{stage}_training_log.csv"))])
     emb_train = apply_in_batches(model, x_train)
     emb_test = apply_in_batches(model, x_test)
     if model.spec.kind == "angular":

@@ -24,6 +24,7 @@ from data_processing.names import FileNameError, is_image_file, parse_archive_na
 from growth_modeling.smoothing import (OBSERVATION_COVARIANCE, TRANSITION_COVARIANCE,
                                        kalman_smooth)
 from utils.errors import MissingInput, UserError
+from utils.image_check import rgb8
 
 # The original subtracts the first day's fruit, leaf and flower shares (not trunk).
 FIRST_DAY_CLASSES = ("fruit", "leaf", "flower")
@@ -169,7 +170,7 @@ def growth_curves(images_by_date, segment, num_classes=5, plant_mask=None, batch
         for path in paths:
             try:
                 with Image.open(path) as im:
-                    images.append(im.convert("RGB"))
+                    images.append(rgb8(im).copy())
             except OSError as exc:
                 raise ValueError(f"cannot read image {path}: {exc}") from exc
         # Masks are checked before segmenting: a wrong size should fail fast.

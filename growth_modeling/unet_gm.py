@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from growth_modeling import growth  # noqa: E402
 from growth_modeling.smoothing import OBSERVATION_COVARIANCE, TRANSITION_COVARIANCE  # noqa: E402
 from nets.encoders import BACKBONES  # noqa: E402
-from utils.errors import MissingInput, OutputExists, UserError  # noqa: E402
+from utils.errors import MissingInput, OutputExists, UserError, writable_dir  # noqa: E402
 from utils.image_check import bad_images_error, find_bad_images  # noqa: E402
 from utils.utils import NAME_CLASSES, make_run_dir, write_json  # noqa: E402
 
@@ -92,9 +92,11 @@ def parse_args(argv=None):
     p.add_argument("--no-overlays", action="store_true",
                    help="do not save the blended class pictures (original: saved)")
     p.add_argument("--dpi", type=int, default=300, help="plot resolution (original: 300)")
-    p.add_argument("--out-dir", help="write here instead of a new run folder under --logs-dir "
-                                     "(existing files are never overwritten)")
-    p.add_argument("--logs-dir", default="logs", help="parent of the new run folder (default logs/)")
+    p.add_argument("--out-dir", type=writable_dir,
+                   help="write here instead of a new run folder under --logs-dir "
+                        "(existing files are never overwritten)")
+    p.add_argument("--logs-dir", default="logs", type=writable_dir,
+                   help="parent of the new run folder (default logs/)")
     p.add_argument("--seed", type=int, default=11,
                    help="random seed (default 11; nothing here is random, it is recorded)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

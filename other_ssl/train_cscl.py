@@ -27,8 +27,6 @@ from pathlib import Path  # noqa: E402
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import keras  # noqa: E402
-
 from nets import unet as unet_net  # noqa: E402
 from nets.encoders import BACKBONES, check_input_shape  # noqa: E402
 from other_ssl.cscl import CSCL  # noqa: E402
@@ -79,7 +77,7 @@ def parse_args(argv=None):
                    help="continue the run in RUN_DIR from its newest complete checkpoint "
                         "with the options of its args.json (--epochs may change)")
     add_common_training_args(p)
-    return resume_args(p, argv, may_change=("epochs", "save_period"))
+    return resume_args(p, argv, may_change=("epochs", "save_period"), kind="cscl")
 
 
 def main(argv=None):
@@ -121,7 +119,7 @@ def main(argv=None):
     print(f"CSCL: {len(train_names)} training / {len(val_names)} validation images from "
           f"{args.voc_path}, {steps} steps of {args.batch_size} per epoch, {args.epochs} "
           f"epochs; run folder {run_dir}")
-    callbacks = [keras.callbacks.TerminateOnNaN(), LearningRateLog(), *run.callbacks(),
+    callbacks = [LearningRateLog(), *run.callbacks(),
                  Checkpoint(run, CHECKPOINT, args.save_period)]
     model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, initial_epoch=initial_epoch,
               steps_per_epoch=steps, callbacks=callbacks, verbose=progress_verbose())

@@ -19,8 +19,6 @@ from pathlib import Path  # noqa: E402
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import keras  # noqa: E402
-
 from nets.encoders import BACKBONES, check_input_shape  # noqa: E402
 from other_ssl.base import POOLS, CollapseMonitor  # noqa: E402
 from other_ssl.dataset import (check_batch_size, check_images, list_images,  # noqa: E402
@@ -132,7 +130,8 @@ def parse_args(argv=None):
                    help="continue the run in RUN_DIR from its newest complete checkpoint "
                         "with the options of its args.json (--epochs may change)")
     add_common_training_args(p)
-    return resume_args(p, argv, may_change=("epochs", "save_period"))
+    return resume_args(p, argv, may_change=("epochs", "save_period"),
+                       kind=lambda a: f"ssl_{a.method}")
 
 
 def method_hyperparameters(args, cls):
@@ -192,7 +191,7 @@ def main(argv=None):
           f"{model.hyperparameters}; learning rate {schedule}; run folder {run_dir}")
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     monitor = CollapseMonitor(args.width, args.collapse_ratio)
-    callbacks = [keras.callbacks.TerminateOnNaN(), monitor, LearningRateLog(), *run.callbacks(),
+    callbacks = [monitor, LearningRateLog(), *run.callbacks(),
                  Checkpoint(run, CHECKPOINT, args.save_period)]
     model.fit(dataset, epochs=args.epochs, initial_epoch=initial_epoch,
               steps_per_epoch=steps if capped else None,

@@ -76,7 +76,8 @@ def parse_args(argv=None):
                         "with the options of its args.json (--epochs may change)")
     add_precise_bn_arg(p)
     add_common_training_args(p)
-    return resume_args(p, argv, may_change=("epochs", "save_period"))
+    return resume_args(p, argv, may_change=("epochs", "save_period"),
+                       kind="supervised_stage")
 
 
 def build_classifier(input_shape, num_stages, backbone="resnet50", pool="gap"):
@@ -163,7 +164,7 @@ def main(argv=None):
           f"from {args.image_dir}, images per stage {counts}; run folder {run_dir}")
     monitor = "val_accuracy" if val_ds is not None else "accuracy"
     (run_dir / "checkpoints").mkdir(exist_ok=True)
-    callbacks = [keras.callbacks.TerminateOnNaN(), *run.callbacks(),
+    callbacks = [*run.callbacks(),
                  Checkpoint(run, CHECKPOINT, args.save_period),
                  keras.callbacks.ModelCheckpoint(str(run_dir / "checkpoints" / "best.weights.h5"),
                                                  monitor=monitor, mode="max",

@@ -56,7 +56,8 @@ def parse_args(argv=None):
                              "same stage, neither) in [0, 1] (original: 1 1 0 0)")
     method.add_argument("--distance", choices=("cosine", "euclidean"), default="cosine",
                         help="merge of the two embeddings (original: cosine)")
-    args = train_common.resume_args(parser, argv, train_common.RESUME_MAY_CHANGE)
+    args = train_common.resume_args(parser, argv, train_common.RESUME_MAY_CHANGE,
+                                    kind=SPEC.run_name)
     if not all(0.0 <= g <= 1.0 for g in args.grades):
         parser.error(f"--grades must be in [0, 1], got {args.grades}")
     if args.temperature <= 0:

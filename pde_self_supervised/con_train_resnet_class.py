@@ -45,7 +45,8 @@ SPEC = train_common.MethodSpec(
 
 def parse_args(argv=None):
     parser = train_common.make_parser(SPEC, __doc__.splitlines()[0])
-    return train_common.resume_args(parser, argv, train_common.RESUME_MAY_CHANGE)
+    return train_common.resume_args(parser, argv, train_common.RESUME_MAY_CHANGE,
+                                    kind=SPEC.run_name)
 
 
 def main(argv=None):

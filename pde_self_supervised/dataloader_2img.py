@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from pde_self_supervised.preprocess_img import (INPUT_SIZE, LOAD_SIZE, decode_image, load_image,
                                                 one_cached_img, one_img)
+from data_processing.pair_index import check_pair_index, read_record
 from utils.errors import UserError
 from utils.image_check import check_image_file  # noqa: F401  (part of this module's API)
 from utils.image_check import find_bad_images as find_bad_image_files
@@ -50,11 +51,42 @@ def load_pair_index(x_path, y_path):
     if y.ndim != 1 or len(y) != len(x):
         raise PairDataError(f"{y_path}: expected {len(x)} pair classes (one per row of "
                             f"{x_path}), got shape {y.shape}")
+    check_pair_index(x_path, y_path, x, y)
     y = y.astype(np.int64)
     bad = (y < 0) | (y >= NUM_PAIR_CLASSES)
     if bad.any():
         raise PairDataError(f"{y_path}: pair classes must be 0..3; found {y[bad][:5].tolist()}")
     return x.astype(str), y
+
+
+def resolve_image_dir(names, image_dir, x_path):
+    """The folder the images of ``names`` (from the index ``x_path``) are read from,
+    said in one line: ``image_dir``, or "" for an index of absolute paths (then
+    ``--image-dir`` must be empty: it would be ignored). An empty ``--image-dir`` with
+    plain names is refused rather than read from the current folder."""
+    names = np.unique(np.asarray(names).reshape(-1))
+    absolute = np.array([os.path.isabs(n) for n in names])
+    if absolute.any():
+        if not absolute.all() or image_dir:
+            first = names[absolute][0]
+            raise PairDataError(f"{x_path}: names absolute paths (e.g. {first}), which "
+                                f"--image-dir {image_dir!r} would not apply to; give "
+                                f"--image-dir '' to use those paths as they are, or rebuild "
+                                f"the index with plain names (make_dataset.py)"
+                                if image_dir else
+                                f"{x_path}: mixes absolute paths ({first}) and plain names; "
+                                f"rebuild it with make_dataset.py")
+        print(f"Images: the absolute paths in {x_path} (--image-dir '')")
+        return ""
+    if not image_dir:
+        raise PairDataError(f"--image-dir: empty, and {x_path} names files without a folder; "
+                            f"give the folder of the stage images (select_img.py's output)")
+    record = read_record(x_path) or {}
+    made = record.get("image_dir")
+    used = os.path.abspath(image_dir)
+    note = f" (the index was made from {made})" if made and made != used else ""
+    print(f"Images: {used}{note}")
+    return image_dir
 
 
 def split_by_fractions(x, y, train, val):

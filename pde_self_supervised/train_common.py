@@ -20,6 +20,7 @@ from pde_self_supervised.dataloader_2img import (PairDataError, bad_images_messa
                                                  check_all_present, drop_pairs_with,
                                                  find_bad_images, find_undecodable,
                                                  load_pair_index, pair_dataset,
+                                                 resolve_image_dir,
                                                  split_by_fractions)
 from utils.errors import UserError, user_errors
 from utils.precision import set_precision
@@ -224,6 +225,7 @@ def prepare_data(args):
     build the image cache. Returns ``(splits, cache or None)``."""
     splits = load_splits(args)
     names = _all_names(splits)
+    args.image_dir = resolve_image_dir(names, args.image_dir, args.pairs_x)
     for split, source in split_sources(args).items():
         check_all_present(splits[split][0], args.image_dir, index_name=source)
     bad = find_bad_images(names, args.image_dir)

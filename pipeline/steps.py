@@ -3,6 +3,7 @@ the data (orchard, select, pairs), the pretraining, and the U-Net options."""
 import contextlib
 import json
 import shlex
+import sys
 from pathlib import Path
 
 try:
@@ -12,7 +13,8 @@ except ImportError:            # Windows: the two rows' processes then write in 
 
 from pipeline.pretrainers import PRETRAINERS, PretrainInputs
 from pipeline.profiles import to_argv
-from utils.errors import MissingInput, UserError
+from utils.errors import MissingInput, UserError, note_run
+from utils.run import check_run_kind
 from utils.utils import make_run_dir, write_json
 
 
@@ -94,16 +96,18 @@ def missing_outputs(step, result):
     return [str(p) for p in step_outputs(step, result) if p is None or not Path(p).exists()]
 
 
-def open_run(resume, name, args, logs_dir):
-    """The run folder ``resume`` to continue, or a new ``<logs_dir>/<name>_<time>``
-    holding ``args.json``."""
+def open_run(resume, name, args, logs_dir, kind):
+    """The run folder ``resume`` to continue (made by the same ``kind`` of script), or a
+    new ``<logs_dir>/<name>_<time>`` of ``kind`` holding ``args.json``."""
     if resume:
         run = Run(resume)
         if not run.dir.is_dir():
             raise MissingInput(run.dir, "--resume: run folder not found",
                                "give the folder it printed as 'Run folder:'")
+        check_run_kind(run.dir, kind)
     else:
-        run = Run(make_run_dir(name, args, root=logs_dir))
+        run = Run(make_run_dir(name, args, root=logs_dir, kind=kind))
+    note_run(run.dir, f"python {sys.argv[0]} --resume {run.dir}")
     print(f"Run folder: {run.dir}")
     return run
 
@@ -153,7 +157,8 @@ def make_data(profile_name, profile, seed, archive=None, phenology=None, voc=Non
         return plain({"archive": str(data_dir / "archive"),
                       "phenology": str(data_dir / "phenology.toml"),
                       "voc": str(data_dir / "VOCdevkit"), "presets": spec["presets"]})
-    made = generate_orchard(data_dir, contact_sheet=data_dir / "contact_sheet.png", **spec)
+    made = generate_orchard(data_dir, contact_sheet=data_dir / "contact_sheet.png", **spec,
+                            exists_fix="give another --data-dir, or empty that folder")
     write_json(spec_path, spec)
     return plain({**{k: made[k] for k in ("archive", "phenology", "voc")},
                   "presets": spec["presets"]})

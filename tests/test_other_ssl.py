@@ -284,6 +284,9 @@ def test_train_supervised_main_end_to_end(tmp_path, stage_dir, unet_encoder, cap
     result = train_supervised.main(["--image-dir", str(stage_dir), "--input-shape", "32", "32",
                                     "--epochs", "1", "--batch-size", "2", "--val-split", "0.34",
                                     "--steps-per-epoch", "1", "--optimizer", "sgd",
+                                    # 1e-3 made the inference-mode output (moving BN
+                                    # statistics of one step) NaN: a non-finite val_loss.
+                                    "--learning-rate", "1e-5",
                                     "--run-eagerly", "--precise-bn", "1",
                                     "--logs-dir", str(tmp_path)])
     assert "Precise BN: statistics re-estimated from 1 training batches" in \

@@ -406,3 +406,381 @@ def test_pipeline_resume_applies_or_refuses_a_changed_option(odd_archive, tmp_pa
                                         r"'bad_archive', which finished step\(s\) orchard used"):
         run_pipeline.resume_options(args, argv[:2] + ["--archive", str(tmp_path)],
                                     run_pipeline.Run(run_dir))
+
+
+# --- issue 34: a diverging run stops and saves nothing non-finite ----------------------
+
+def _tiny_fit(run, epochs, nan_at_batch, steps=2):
+    """A 2-weight model fit through the run harness; batch ``nan_at_batch`` (0-based,
+    over all epochs) holds a NaN input, so its loss is NaN."""
+    import keras
+    import tensorflow as tf
+
+    from utils.callbacks import Checkpoint
+
+    x = np.ones((epochs * steps * 2, 1), np.float32)
+    x[nan_at_batch * 2] = np.nan
+    ds = tf.data.Dataset.from_tensor_slices((x, np.zeros_like(x))).batch(2)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    model.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=0,
+              callbacks=[*run.callbacks(tensorboard=False),
+                         Checkpoint(run, "ep{epoch:03d}.weights.h5")])
+    return model
+
+
+def test_nan_loss_stops_at_its_epoch_and_step_and_keeps_the_finite_checkpoint(tmp_path):
+    from utils.errors import NonFiniteLoss
+    from utils.run import Run, checkpoint_epoch, make_run_dir, read_log
+
+    run = Run(make_run_dir("unet", {"x": 1}, root=tmp_path))
+    with pytest.raises(NonFiniteLoss, match=r"training stopped at epoch 2, step 1: loss is nan"):
+        _tiny_fit(run, epochs=3, nan_at_batch=2)
+    files = sorted(p.name for p in run.dir.iterdir())
+    assert files == ["args.json", "ep001.weights.h5", "epoch_loss.txt", "run.json",
+                     "training_log.csv"]
+    assert checkpoint_epoch(run.dir / "ep001.weights.h5") == 1
+    log = read_log(run.dir)
+    assert log["epoch"] == [0] and np.isfinite(log["loss"]).all()
+    assert ",," not in (run.dir / "training_log.csv").read_text()
+
+
+def test_no_file_is_written_with_non_finite_weights(tmp_path):
+    import keras
+
+    from utils.errors import NonFiniteLoss
+    from utils.run import Run
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.layers[0].kernel.assign([[np.inf]])
+    with pytest.raises(NonFiniteLoss, match=r"not written: after epoch 4 1 weight array"):
+        Run(tmp_path).save_model(model, "last.weights.h5", 4)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_finite_loss_is_one_line_with_status_2(capsys):
+    from utils.errors import NonFiniteLoss
+
+    def main(argv):
+        raise NonFiniteLoss("logs/run", "training stopped at epoch 1, step 3: loss is nan",
+                            "start a new run with a lower learning rate")
+
+    with _exits(2):
+        run_cli(main, [])
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+# --- issue 34: a run folder is only ever continued by the script that made it ---------
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_resume_of_another_scripts_run_folder_is_refused_and_changes_nothing(tmp_path):
+    import run_pipeline
+    import train
+    from other_ssl import train_ssl
+    from pde_self_supervised import con_train_resnet, con_train_resnet_class
+    from utils.run import make_run_dir, run_kind
+
+    unet = make_run_dir("unet", train.parse_args(["--voc-path", str(tmp_path)]), root=tmp_path)
+    (unet / "training_log.csv").write_text("epoch,loss\n0,1.0\n")
+    (unet / "ep001-loss1.000-val_loss1.000.keras").write_bytes(b"not read")
+    pde = make_run_dir("pde_class", {"epochs": 1}, root=tmp_path)
+    (pde / "training_log.csv").write_text("epoch,loss\n0,1.0\n")
+    pipe = make_run_dir("pipeline_tiny", {"profile": "tiny"}, root=tmp_path, kind="pipeline")
+    assert (run_kind(unet), run_kind(pde), run_kind(pipe)) == ("unet", "pde_class", "pipeline")
+    before = {d: _snapshot(d) for d in (unet, pde, pipe)}
+    tries = [(con_train_resnet_class.main, unet, "unet"), (con_train_resnet.main, pde, "pde_class"),
+             (train.main, pde, "pde_class"), (train_ssl.main, unet, "unet"),
+             (run_pipeline.main, unet, "unet"), (train.main, pipe, "pipeline")]
+    for main, folder, kind in tries:
+        with pytest.raises(UserError, match=rf"^--resume {folder}: a run folder of kind "
+                                            rf"'{kind}'.*nothing was written"):
+            main(["--resume", str(folder)])
+    assert {d: _snapshot(d) for d in (unet, pde, pipe)} == before
+    # A folder from before run.json: its kind is read from its name.
+    legacy = tmp_path / "unet_20250101-120000"
+    legacy.mkdir()
+    with pytest.raises(UserError, match="kind 'unet'"):
+        con_train_resnet_class.main(["--resume", str(legacy)])
+
+
+# --- issue 34: a pair index proves that its X, Y and images belong together ------------
+
+def _make_index(folder, names_dir, seed, *extra):
+    from data_processing import make_dataset
+
+    return make_dataset.main(["--path", str(names_dir), "--x-out", str(folder / "X.npy"),
+                              "--y-out", str(folder / "Y.npy"), "--per-class", "6",
+                              "--seed", str(seed), "--drop-empty-classes", *extra])
+
+
+def test_x_and_y_of_different_make_dataset_runs_are_refused(tmp_path):
+    from data_processing.pair_index import PairIndexError, record_path
+    from pde_self_supervised.dataloader_2img import load_pair_index
+
+    names, _ = _pair_files(tmp_path)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    _make_index(a, tmp_path, 0)
+    _make_index(b, tmp_path, 1)
+    x, y = load_pair_index(a / "X.npy", a / "Y.npy")
+    assert len(x) == len(y) == 18       # classes 1, 2 and 3 (class 0 needs two dates)
+    record = json.loads(record_path(a / "X.npy").read_text())
+    assert record["image_dir"] == str(tmp_path) and record["pairs"] == 18
+    with pytest.raises(PairIndexError, match=r"Y\.npy: not the classes of X\.npy"):
+        load_pair_index(a / "X.npy", b / "Y.npy")
+    # Without the record (an index from elsewhere), the names still decide the classes.
+    record_path(a / "X.npy").unlink()
+    with pytest.raises(PairIndexError, match=r"Y\.npy: \d+ of 18 classes contradict the names"):
+        load_pair_index(a / "X.npy", b / "Y.npy")
+
+
+def test_the_image_folder_used_is_said_and_absolute_paths_need_an_empty_image_dir(
+        tmp_path, capsys):
+    from pde_self_supervised.dataloader_2img import PairDataError, resolve_image_dir
+
+    names = np.array([[str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")]])
+    assert resolve_image_dir(names, "", "X.npy") == ""
+    assert "Images: the absolute paths in X.npy" in capsys.readouterr().out
+    with pytest.raises(PairDataError, match=r"X\.npy: names absolute paths .*--image-dir ''"):
+        resolve_image_dir(names, "out", "X.npy")
+    with pytest.raises(PairDataError, match=r"^--image-dir: empty"):
+        resolve_image_dir(np.array([["a.jpg", "b.jpg"]]), "", "X.npy")
+    resolve_image_dir(np.array([["a.jpg", "b.jpg"]]), str(tmp_path), "X.npy")
+    assert f"Images: {tmp_path}" in capsys.readouterr().out
+
+
+# --- issue 34: 16-bit photos ------------------------------------------------------------
+
+def test_16_bit_grey_photos_are_scaled_to_8_bits_in_every_reader(tmp_path):
+    import cv2
+
+    import predict
+    from few_shot.data import load_images
+    from utils.image_check import rgb8
+    from utils.utils import cvtColor
+
+    grey16 = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    path = tmp_path / "grey16.png"
+    cv2.imwrite(str(path), grey16)
+    want = grey16.astype(float).mean() / 257
+    with Image.open(path) as im:
+        assert im.mode.startswith("I;16")
+        assert np.asarray(im.convert("RGB")).mean() > 250     # PIL's own conversion: white
+        assert abs(np.asarray(rgb8(im)).mean() - want) < 1
+        assert abs(np.asarray(cvtColor(im)).mean() - want) < 1
+    assert abs(np.asarray(predict.open_image(path)).mean() - want) < 1
+    assert abs(load_images([path], (32, 32)).mean() - want) < 1
+    colour16 = np.stack([grey16] * 3, -1)
+    cv2.imwrite(str(tmp_path / "rgb16.png"), colour16)
+    assert abs(np.asarray(predict.open_image(tmp_path / "rgb16.png")).mean() - want) < 1
+    Image.fromarray(np.ones((4, 4), np.float32)).save(tmp_path / "float.tif")
+    with Image.open(tmp_path / "float.tif") as im, \
+            pytest.raises(UserError, match=r"float\.tif: F image .*8-bit or 16-bit"):
+        rgb8(im)
+
+
+# --- issue 34: the random-row worker never outlives its pipeline ----------------------
+
+CHILD = ("import os, sys, time; sys.path.insert(0, {root!r}); "
+         "from utils.run import ProcessLock, die_with_parent; "
+         "die_with_parent(int(os.environ['PARENT'])); "
+         "held = ProcessLock({lock!r}); assert held.acquire(); time.sleep(60)")
+PARENT = ("import os, subprocess, sys, time; "
+          "p = subprocess.Popen([sys.executable, '-c', {child!r}], "
+          "env={{**os.environ, 'PARENT': str(os.getpid())}}); "
+          "print(p.pid, flush=True); time.sleep(60)")
+
+
+def test_worker_dies_with_its_parent_killed_and_its_lock_is_released(tmp_path):
+    import signal
+    import time
+
+    from utils.run import ProcessLock
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the parent-death signal is Linux's; elsewhere the lock alone holds")
+    lock = tmp_path / "random_row.pid"
+    child = CHILD.format(root=str(ROOT), lock=str(lock))
+    parent = subprocess.Popen([sys.executable, "-c", PARENT.format(child=child)],
+                              stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    deadline = time.time() + 30
+    while ProcessLock(lock).holder() != worker and time.time() < deadline:
+        time.sleep(0.05)
+    assert ProcessLock(lock).holder() == worker
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while ProcessLock(lock).holder() is not None and time.time() < deadline:
+        time.sleep(0.05)
+    assert ProcessLock(lock).holder() is None
+    assert not Path(f"/proc/{worker}").exists() or \
+        Path(f"/proc/{worker}/stat").read_text().split()[2] == "Z"
+
+
+def test_resume_adopts_a_running_row_worker_instead_of_starting_another(tmp_path):
+    import run_pipeline
+
+    holder = subprocess.Popen([sys.executable, "-c", CHILD.format(
+        root=str(ROOT), lock=str(tmp_path / run_pipeline.ROW_LOCK))],
+        env={**os.environ, "PARENT": str(os.getpid())})
+    try:
+        deadline = __import__("time").time() + 30
+        lock = run_pipeline.ProcessLock(tmp_path / run_pipeline.ROW_LOCK)
+        while lock.holder() != holder.pid and __import__("time").time() < deadline:
+            __import__("time").sleep(0.05)
+        (tmp_path / "random_row.log").write_text("earlier worker\n")
+        row = run_pipeline.BackgroundRow(run_pipeline.Run(tmp_path), ["random_frozen"])
+        assert row.proc is None and row.log == tmp_path / "random_row.log"
+        assert sorted(p.name for p in tmp_path.glob("random_row*.log")) == ["random_row.log"]
+        with pytest.raises(UserError, match=rf"another random-row worker \(process {holder.pid}\)"):
+            run_pipeline.row_worker_start(tmp_path)
+        row.stop()                              # an adopted worker is stopped by its pid
+        assert holder.wait(timeout=10) == -15
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# --- issue 34: full disk, read-only folder, Ctrl-C: one line --------------------------
+
+@pytest.fixture()
+def small_mounts(tmp_path):
+    """A 64 KiB tmpfs (full after one photo) and a read-only tmpfs; skipped where this
+    machine does not let the tests mount."""
+    full, ro = tmp_path / "full", tmp_path / "ro"
+    full.mkdir()
+    ro.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)],
+                              capture_output=True, text=True)
+    except FileNotFoundError:
+        pytest.skip("no mount command here; the full-disk and read-only tests need one")
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}); "
+                    f"the full-disk and read-only tests need root")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], check=True)
+    try:
+        yield full, ro
+    finally:
+        subprocess.run(["umount", str(full)])
+        subprocess.run(["umount", str(ro)])
+
+
+def test_full_disk_is_one_line_naming_the_folder_and_leaves_no_partial_file(
+        small_mounts, tmp_path, capsys):
+    from utils.run import write_atomic
+
+    full, _ = small_mounts
+    archive = tmp_path / "archive"
+    (archive / "CAM1").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for day in range(1, 9):     # noise compresses badly: about 30 KB each
+        Image.fromarray(rng.integers(0, 255, (96, 96, 3), np.uint8)).save(
+            archive / "CAM1" / f"1_2021-03-{day:02d}_12.png")
+    toml = tmp_path / "p.toml"
+    write_phenology(toml, Phenology("2021-03-01", "2021-04-30", 3,
+                                    (Stage("early", 0), Stage("late", 4),
+                                     Stage("harvested", last=True)), {"CAM1": "2021-03-01"}))
+    out = full / "out"
+    with _exits(2):
+        run_cli(select_img.main, ["--archive", str(archive), "--phenology", str(toml),
+                                  "--presets", "1", "--times", "12", "--out", str(out),
+                                  "--workers", "1", "--allow-empty"])
+    err = [line for line in capsys.readouterr().err.strip().splitlines()
+           if not line.startswith("select_img:")]       # the progress bar
+    assert len(err) == 1 and err[0].startswith(f"error: {out}: no space left on device")
+    assert not list(out.glob("*.part*"))
+    with pytest.raises(OSError):
+        write_atomic(full / "big.bin", lambda tmp: Path(tmp).write_bytes(bytes(1 << 20)))
+    assert not list(full.glob("tmp-*"))
+
+
+def test_read_only_output_folder_is_refused_before_any_work(small_mounts, tmp_path, capsys):
+    import train
+    from data_processing import make_dataset
+
+    _, ro = small_mounts
+    for main, argv in ((train.main, ["--voc-path", str(tmp_path / "none"),
+                                     "--logs-dir", str(ro / "logs")]),
+                       (make_dataset.main, ["--path", str(tmp_path / "none"),
+                                            "--x-out", str(ro / "X.npy")])):
+        with _exits(2):
+            run_cli(main, argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"error: {ro}: read-only file system; give a folder that can be written"]
+
+
+def test_ctrl_c_is_one_line_with_the_run_folder_and_the_resume_command(tmp_path, capsys,
+                                                                        monkeypatch):
+    import utils.errors as errors
+
+    monkeypatch.setattr(errors, "_RUN", {})
+
+    def main(argv):
+        errors.note_run(tmp_path, f"python train.py --resume {tmp_path}")
+        errors.note_progress("epoch 3")
+        raise KeyboardInterrupt
+
+    with _exits(130):
+        run_cli(main, [])
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {tmp_path}: interrupted (Ctrl-C) at epoch 3; the files completed before it "
+        f"are kept; continue with: python train.py --resume {tmp_path}"]
+
+
+# --- issue 34: more mistakes that were tracebacks ---------------------------------------
+
+def test_class_count_that_does_not_fit_the_model_is_refused_before_any_folder(tmp_path):
+    import get_miou
+    import predict
+    import train
+    from nets.unet import build_unet
+
+    model = tmp_path / "three.keras"
+    build_unet((32, 32, 3), 3).save(model)
+    voc = _voc(tmp_path)
+    logs = tmp_path / "logs"
+    with pytest.raises(UserError, match=rf"^--num-classes: 5 classes, but {model} predicts 3; "
+                                        rf"give --num-classes 3"):
+        get_miou.main(["--voc-path", str(voc), "--model-path", str(model),
+                       "--logs-dir", str(logs)])
+    with pytest.raises(UserError, match=r"^--num-classes: 5 classes, but .* predicts 3"):
+        predict.main(["--model-path", str(model), str(voc / "VOC2007/JPEGImages/t0.jpg")])
+    with pytest.raises(UserError, match=r"^--num-classes: 5 classes, but .* predicts 3"):
+        train.main(["--voc-path", str(voc), "--init-model", str(model), "--logs-dir", str(logs)])
+    assert not logs.exists()
+
+
+def test_predict_video_on_a_file_that_is_not_a_video(tmp_path):
+    import predict
+    from nets.unet import build_unet
+
+    model = tmp_path / "five.keras"
+    build_unet((32, 32, 3), 5).save(model)
+    (tmp_path / "notes.mp4").write_text("not a video")
+    with pytest.raises(UserError, match=r"notes\.mp4: not a video OpenCV can read; "
+                                        r"check --video-path"):
+        predict.main(["--model-path", str(model), "--mode", "video",
+                      "--video-path", str(tmp_path / "notes.mp4")])
+
+
+def test_pipeline_messages_name_the_missing_voc_and_its_own_options(odd_archive, tmp_path):
+    import run_pipeline
+    from pipeline.profiles import PROFILES
+    from pipeline.steps import make_data
+
+    root, toml = odd_archive
+    with pytest.raises(UserError, match=r"^--voc: needed by step\(s\) unet_frozen"):
+        run_pipeline.main(["--archive", str(root), "--phenology", str(toml), "--init", "random",
+                           "--steps", "orchard,unet_frozen", "--logs-dir", str(tmp_path / "l")])
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "mine.txt").write_text("a user's file")
+    with pytest.raises(UserError, match=r"exists and is not empty; give another --data-dir"):
+        make_data("tiny", PROFILES["tiny"], 11, data_dir=data)

@@ -10,8 +10,45 @@ import time
 import keras
 import numpy as np
 
+from utils.errors import NonFiniteLoss, note_progress
 from utils.run import Run, logged
 from utils.utils_metrics import per_class_iu
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stop training at the first non-finite loss by raising :class:`NonFiniteLoss`,
+    naming the epoch and step. Raised from the batch that showed it, so the epoch's log
+    row, curves and checkpoints (callbacks after this one) are never written with it:
+    the run folder keeps the checkpoints of the epochs before. (Keras's
+    ``TerminateOnNaN`` only sets ``stop_training``, and the epoch still ends and saves.)
+    ``where``: the run folder, for the message."""
+
+    def __init__(self, where):
+        super().__init__()
+        self.where = where
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        note_progress(f"epoch {epoch + 1}")     # for the one line printed on Ctrl-C
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check(logs, f"epoch {self._epoch + 1}, step {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs, f"the end of epoch {epoch + 1}")
+
+    def _check(self, logs, at):
+        for key, value in (logs or {}).items():
+            if "loss" not in key:
+                continue
+            value = float(np.asarray(value))
+            if not math.isfinite(value):
+                raise NonFiniteLoss(
+                    str(self.where),
+                    f"training stopped at {at}: {key} is {value} (the run diverged); nothing "
+                    f"of that epoch was saved, the checkpoints of the epochs before it are kept",
+                    "start a new run with a lower learning rate")
 
 
 def _get_lr(optimizer):

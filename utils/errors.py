@@ -7,19 +7,31 @@ Every script ends with ``run_cli(main)``, which prints such an error as::
 
     error: <file or option>: <problem>; <what to do>
 
-and exits with status 2. ``--debug`` on the command line, or ``PDE_DEBUG=1`` in the
-environment, lets the traceback through instead. Anything else (a bug) keeps its
-traceback. ``main(argv)`` called from Python raises as usual.
+and exits with status 2. A full disk, a read-only or forbidden folder (an ``OSError``
+anywhere in the exception's chain, or a library's "No space left on device") is such a
+line too, naming the folder; Ctrl-C is one line saying which run folder it stopped and
+the command that continues it (status 130). ``--debug`` on the command line, or
+``PDE_DEBUG=1`` in the environment, lets the traceback through instead. Anything else
+(a bug) keeps its traceback. ``main(argv)`` called from Python raises as usual.
 """
 import contextlib
+import errno
 import os
 import sys
+import tempfile
 import traceback
 
 # A tf.data pipeline cannot raise a Python exception from inside the graph: it fails an
 # assertion whose message carries this mark and the one-line error after it.
 BAD_RECORD_MARK = "PDE bad input record: "
 DEBUG_ENV = "PDE_DEBUG"
+# Errors of the file system a person fixes (space, permissions), and how they read.
+_FS_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+              errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+              errno.EPERM: "operation not permitted"}
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+# The run folder this process writes and the command that continues it (note_run).
+_RUN = {}
 
 
 class UserError(ValueError):
@@ -44,6 +56,10 @@ class OutputExists(UserError, FileExistsError):
     """The run would overwrite an earlier result."""
 
 
+class NonFiniteLoss(UserError):
+    """Training diverged: a loss or a weight became NaN or infinite."""
+
+
 @contextlib.contextmanager
 def user_errors(where, types=(ValueError,), fix=None):
     """Turn ``types`` raised inside the block (by ``nets/`` or a library, which know
@@ -54,6 +70,100 @@ def user_errors(where, types=(ValueError,), fix=None):
         raise
     except types as exc:
         raise UserError(where, str(exc).rstrip("."), fix) from exc
+
+
+def note_run(run_dir, resume=None):
+    """Remember the run folder this process writes (the first one noted: a pipeline's,
+    not its steps') and the command that continues it, for the messages on a full disk
+    and on Ctrl-C."""
+    if "dir" not in _RUN:
+        _RUN.update(dir=str(run_dir), resume=resume)
+
+
+def note_progress(text):
+    """Where the run is now (e.g. "epoch 3"), for the message on Ctrl-C."""
+    _RUN["progress"] = text
+
+
+def _continue_hint():
+    if _RUN.get("resume"):
+        return f"continue with: {_RUN['resume']}"
+    return "run the same command again"
+
+
+@contextlib.contextmanager
+def output_checks_off():
+    """Parse options without :func:`writable_dir`'s check: a caller that only validates
+    a script's options and passes its own output folders later (run_pipeline's steps)."""
+    _RUN["unchecked"] = _RUN.get("unchecked", 0) + 1
+    try:
+        yield
+    finally:
+        _RUN["unchecked"] -= 1
+
+
+def writable_dir(path):
+    """An ``argparse`` type for an output folder: ``path`` when it (or, for one not made
+    yet, the nearest folder above it) takes a new file; else the ``OSError`` of the
+    attempt, which :func:`run_cli` prints as one line, before any work."""
+    if not path or _RUN.get("unchecked"):
+        return path
+    folder = os.path.abspath(path)
+    while not os.path.isdir(folder):
+        if os.path.exists(folder):
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder", path)
+        folder = os.path.dirname(folder)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror, folder) from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
+def writable_file(path):
+    """An ``argparse`` type for an output file: its folder is :func:`writable_dir`."""
+    writable_dir(os.path.dirname(os.path.abspath(path)) if path else path)
+    return path
+
+
+def _chain(exc):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def file_system_message(exc):
+    """One line for a full disk or a folder that cannot be written, or None."""
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in _FS_ERRORS:
+            code, filename = e.errno, e.filename2 or e.filename   # a copy: the target
+        elif "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+            code, filename = errno.ENOSPC, None
+        else:
+            continue
+        if code in _FULL:
+            folder = (os.path.dirname(os.path.abspath(filename)) if filename
+                      else _RUN.get("dir", "the output folder"))
+            return (f"{folder}: {_FS_ERRORS[code]}; the files completed before it are kept "
+                    f"and partial ones removed; free space there, then {_continue_hint()}")
+        where = filename or _RUN.get("dir", "an output folder")
+        if code == errno.EROFS:
+            return f"{where}: {_FS_ERRORS[code]}; give a folder that can be written"
+        return f"{where}: {_FS_ERRORS[code]}; check its permissions, or give another folder"
+    return None
+
+
+def interrupt_message():
+    """The one line printed on Ctrl-C."""
+    if "dir" not in _RUN:
+        return "interrupted (Ctrl-C) before a run folder was made"
+    at = f" at {_RUN['progress']}" if _RUN.get("progress") else ""
+    return (f"{_RUN['dir']}: interrupted (Ctrl-C){at}; the files completed before it are "
+            f"kept; {_continue_hint()}")
 
 
 def bad_record_message(text):
@@ -69,7 +179,7 @@ def user_message(exc):
     """The one line to print for ``exc``, or None when it is not a user's mistake."""
     if isinstance(exc, UserError):
         return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return bad_record_message(str(exc))
+    return bad_record_message(str(exc)) or file_system_message(exc)
 
 
 def debug_requested(argv):
@@ -86,6 +196,11 @@ def run_cli(main, argv=None):
     argv = [a for a in argv if a != "--debug"]
     try:
         return main(argv)
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {interrupt_message()}", file=sys.stderr)
+        status = 130
     except Exception as exc:  # noqa: BLE001  (sorted into user errors and bugs below)
         message = None if debug else user_message(exc)
         if message is None:

@@ -18,8 +18,38 @@ from tqdm import tqdm
 from utils.errors import UserError
 
 CACHE_ENV = "PDE_CACHE_DIR"
+# PIL's modes of one-band images deeper than 8 bits; convert("RGB") clips them to 255.
+_DEEP_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 DECODERS = ("pil", "tf")
 _CACHE_VERSION = 1
+
+
+def rgb8(im, path=None):
+    """A PIL image as 8-bit RGB (``im`` itself when it is already).
+
+    16-bit greyscale (modes ``I;16*``, or ``I`` holding 16-bit values) is scaled to 8
+    bits (value / 257), where PIL's ``convert("RGB")`` clips it to white; 16-bit RGB is
+    read as 8-bit by PIL (and by TensorFlow and OpenCV) already. Other deep images
+    (float, 32-bit) are refused with a line naming the file."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in _DEEP_GREY:
+        import numpy as np
+        from PIL import Image
+
+        values = np.asarray(im).astype(np.int64)
+        if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
+            raise UserError(path or getattr(im, "filename", "image"),
+                            f"{im.mode} image with values outside 0..65535",
+                            "save it as an 8-bit or 16-bit photo")
+        if im.mode.startswith("I;16") or values.max(initial=0) > 255:
+            values = (values + 128) // 257
+        return Image.fromarray(values.astype(np.uint8), "L").convert("RGB")
+    if im.mode in ("F", "I;32", "I;32L", "I;32B"):
+        raise UserError(path or getattr(im, "filename", "image"),
+                        f"{im.mode} image (floating point or 32-bit) cannot be read as a photo",
+                        "save it as an 8-bit or 16-bit photo")
+    return im.convert("RGB")
 
 
 def check_image_file(path):

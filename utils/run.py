@@ -12,14 +12,18 @@ logged exactly once.
 
 Files of a run folder (every trainer): ``args.json`` (``args_resume.json``,
 ``args_resume_2.json`` ... per resume), ``training_log.csv``, ``epoch_loss.txt``,
-``epoch_val_loss.txt``, ``epoch_loss.png``, ``tensorboard/``.
+``epoch_val_loss.txt``, ``epoch_loss.png``, ``tensorboard/``, and ``run.json`` (the
+``kind`` of run: which script made the folder; ``--resume`` of another script's folder
+is refused before anything is written, :func:`check_run_kind`).
 """
+import contextlib
 import csv
 import datetime
 import io
 import json
 import math
 import os
+import re
 import sys
 import time
 import zipfile
@@ -27,7 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.errors import note_run
+
 LOG_CSV = "training_log.csv"
+RUN_RECORD = "run.json"     # {"kind": ...}: which script made the run folder
+_STAMP = re.compile(r"_\d{8}-\d{6}(_\d+)?$")
 EPOCH_KEY = "epoch.json"   # the zip entry (or HDF5 attribute) holding a checkpoint's epoch
 # Options a resumed run may change; every other option must match the run's args.json.
 RESUME_MAY_CHANGE = {"resume", "logs_dir", "run_eagerly", "num_workers", "debug"}
@@ -71,17 +79,34 @@ def json_text(data):
     return json.dumps(data, indent=2, default=_json_default) + "\n"
 
 
+@contextlib.contextmanager
+def removed_on_error(tmp, target=None):
+    """Delete the partial file ``tmp`` when the block fails (a full disk, Ctrl-C), and
+    name ``target`` (default ``tmp``) in an ``OSError`` that names no file, so the one
+    line printed for it says where."""
+    try:
+        yield tmp
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError) and not exc.filename:
+            exc.filename = str(target or tmp)
+        raise
+
+
 def write_atomic(path, write):
-    """``write(tmp)`` a temporary file beside ``path``, then rename it over ``path``.
+    """``write(tmp)`` a temporary file beside ``path``, then rename it over ``path``;
+    a failed write leaves no temporary file.
 
     The temporary name keeps the suffix (Keras checks it) and starts with ``tmp-``, so
     no reader's pattern (``ep*.keras``, ``last_epoch.keras``) ever picks it up.
     """
     path = Path(path)
     tmp = path.with_name(f"tmp-{os.getpid()}-{path.name}")
-    write(tmp)
-    _maybe_pause(path, tmp)
-    os.replace(tmp, path)
+    with removed_on_error(tmp, path):
+        write(tmp)
+        _maybe_pause(path, tmp)
+        os.replace(tmp, path)
     return path
 
 
@@ -175,13 +200,46 @@ def newest_checkpoint(paths, legacy=lambda path: None):
     return Path(path), epochs
 
 
-def resume_args(parser, argv=None, may_change=()):
+def run_kind(run_dir):
+    """The kind of run (the name its script gives its folders, e.g. ``unet``,
+    ``pde_class``, ``pipeline``) recorded in ``run.json``; for a folder from before that
+    record, read from its name ``<kind>_<YYYYmmdd-HHMMSS>[_k]``; None when unknown."""
+    run_dir = Path(run_dir)
+    record = run_dir / RUN_RECORD
+    if record.is_file():
+        try:
+            return json.loads(record.read_text()).get("kind")
+        except (ValueError, AttributeError):
+            return None
+    stamp = _STAMP.search(run_dir.name)
+    return run_dir.name[:stamp.start()] if stamp else None
+
+
+def check_run_kind(run_dir, kind, option="--resume"):
+    """Refuse (one line, nothing written) a run folder another script made."""
+    found = run_kind(run_dir)
+    legacy = not (Path(run_dir) / RUN_RECORD).is_file()
+    if found is None or found == kind or (legacy and found.startswith(f"{kind}_")):
+        return
+    from utils.errors import UserError
+
+    raise UserError(f"{option} {run_dir}",
+                    f"a run folder of kind {found!r} ({RUN_RECORD}), not of this script's "
+                    f"kind {kind!r}; nothing was written",
+                    "give a run folder this script wrote, or start a new run without --resume")
+
+
+def resume_args(parser, argv=None, may_change=(), kind=None):
     """Parse ``argv``; with ``--resume RUN_DIR`` the run's ``args.json`` supplies every
     option not given, and a given option that differs from it is refused unless it is
-    in ``may_change`` (or :data:`RESUME_MAY_CHANGE`)."""
+    in ``may_change`` (or :data:`RESUME_MAY_CHANGE`). ``kind`` (a name, or a function of
+    the merged arguments giving it): the run kind the folder must be
+    (:func:`check_run_kind`)."""
     args = parser.parse_args(argv)
     if not getattr(args, "resume", None):
         return args
+    if isinstance(kind, str):
+        check_run_kind(args.resume, kind)
     saved_path = Path(args.resume) / "args.json"
     if not saved_path.is_file():
         parser.error(f"--resume {args.resume}: no args.json there; give a run folder this "
@@ -191,6 +249,8 @@ def resume_args(parser, argv=None, may_change=()):
     parser.set_defaults(**{k: v for k, v in saved.items()
                            if k in known and k not in RESUME_MAY_CHANGE})
     args = parser.parse_args(argv)
+    if callable(kind):
+        check_run_kind(args.resume, kind(args))
     allowed = RESUME_MAY_CHANGE | set(may_change)
     refused = [k for k, v in saved.items() if k in known and k not in allowed
                and json.loads(json.dumps(getattr(args, k), default=_json_default)) != v]
@@ -221,18 +281,23 @@ class Run:
 
     @classmethod
     def start(cls, name, args, root="logs"):
-        """A new run ``root/<name>_<YYYYmmdd-HHMMSS>[_k]`` with ``args.json``, or, with
-        ``args.resume``, that run folder again with ``args_resume[_k].json``; on a
-        worker that is not the chief, a scratch folder (see the class)."""
+        """A new run ``root/<name>_<YYYYmmdd-HHMMSS>[_k]`` of kind ``name`` with
+        ``args.json``, or, with ``args.resume``, that run folder again (when of kind
+        ``name``) with ``args_resume[_k].json``; on a worker that is not the chief, a
+        scratch folder (see the class)."""
         from utils.utils import is_chief
 
+        if getattr(args, "resume", None):
+            check_run_kind(args.resume, name)
         if not is_chief(getattr(args, "strategy", "default")):
             return cls._worker_scratch(name, args)
         if getattr(args, "resume", None):
             run = cls(args.resume)
             run.write_json(fresh_path(run.dir / "args_resume.json"), vars(args))
-            return run
-        return cls(make_run_dir(name, args, root=root))
+        else:
+            run = cls(make_run_dir(name, args, root=root))
+        note_run(run.dir, f"python {sys.argv[0]} --resume {run.dir}")
+        return run
 
     @classmethod
     def _worker_scratch(cls, name, args):
@@ -272,7 +337,10 @@ class Run:
     def save_model(self, model, name, epoch, include_optimizer=False):
         """Save ``model`` (``.keras``: the whole model; ``.weights.h5``: weights) with
         ``epoch`` (epochs trained) inside it; the optimizer state only when asked, for
-        the one checkpoint a resume starts from."""
+        the one checkpoint a resume starts from. Weights that are not all finite are
+        refused (:func:`check_finite_weights`): no file of a run ever holds NaN."""
+        check_finite_weights(model, self.dir / name, epoch)
+
         def write(tmp):
             tmp = str(tmp)
             optimizer = getattr(model, "optimizer", None)
@@ -322,22 +390,112 @@ class Run:
         self.write_text(LOG_CSV, out.getvalue())
 
     def callbacks(self, tensorboard=True):
-        """The per-epoch record, in the order they must run after the metrics: CSV row,
-        curves, TensorBoard. Checkpoints go after them (the row is written first)."""
+        """The per-epoch record, in the order they must run after the metrics: the stop
+        at a non-finite loss, CSV row, curves, TensorBoard. Checkpoints go after them
+        (the row is written first, and nothing after a non-finite loss)."""
         import keras
 
-        from utils.callbacks import CurvePlot, EpochLog
+        from utils.callbacks import CurvePlot, EpochLog, StopOnNonFinite
 
-        callbacks = [EpochLog(self), CurvePlot(self)]
+        callbacks = [StopOnNonFinite(self.dir), EpochLog(self), CurvePlot(self)]
         if tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(str(self.dir / "tensorboard"),
                                                          write_graph=False))
         return callbacks
 
 
-def make_run_dir(name, args=None, root="logs"):
+def check_finite_weights(model, path, epoch):
+    """Raise a one-line error when a weight of ``model`` is NaN or infinite (a run that
+    diverged within its last step, before any loss showed it)."""
+    from utils.errors import NonFiniteLoss
+
+    floats = [(w.path, a) for w, a in zip(model.weights, model.get_weights())
+              if a.dtype.kind == "f"]
+    # A sum is NaN or inf when an element is (or, rarely, when it overflows: the exact
+    # test below then clears it); ten times faster than isfinite on every element.
+    if all(math.isfinite(float(np.sum(a))) for _, a in floats):
+        return
+    bad = [path for path, a in floats if not np.isfinite(a).all()]
+    if bad:
+        raise NonFiniteLoss(str(path), f"not written: after epoch {epoch} {len(bad)} weight "
+                                       f"array(s) hold NaN or inf, first {bad[0]} (the run "
+                                       f"diverged); the earlier checkpoints are kept",
+                            "start a new run with a lower learning rate")
+
+
+def die_with_parent(parent_pid):
+    """Make this process end when ``parent_pid`` (the process that started it) does,
+    also by ``kill -9``: Linux's parent-death signal (``prctl(PR_SET_PDEATHSIG)``), and
+    an exit at once if that parent is gone already (it may die before the call).
+    Elsewhere a no-op: :class:`ProcessLock` still keeps a second copy from starting."""
+    import ctypes
+    import signal
+
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)       # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+class ProcessLock:
+    """An exclusive lock on file ``path`` held by the living process named in it: a
+    killed holder releases it with its last descriptor, so a lock held is a process
+    alive. :meth:`acquire` takes it (False when held); :meth:`holder` reads the pid of
+    the process holding it (None when free); :meth:`wait` blocks until it is free."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._handle = None
+
+    def acquire(self, patience_s=2.0):
+        import fcntl
+
+        handle = open(self.path, "a+")
+        # holder() takes the lock for an instant to test it: try again for a while.
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() >= deadline:
+                    handle.close()
+                    return False
+                time.sleep(0.02)
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle       # held until this process ends
+        return True
+
+    def holder(self):
+        import fcntl
+
+        if not self.path.is_file():
+            return None
+        with open(self.path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                text = handle.read().strip()
+                return int(text) if text.isdigit() else -1
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
+
+    def wait(self):
+        import fcntl
+
+        with open(self.path, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def make_run_dir(name, args=None, root="logs", kind=None):
     """Create a new folder ``root/<name>_<YYYYmmdd-HHMMSS>[_k]`` (an existing folder is
-    never reused) holding ``args`` (a Namespace or dict, if given) as ``args.json``."""
+    never reused) holding ``run.json`` (its ``kind``, default ``name``) and ``args`` (a
+    Namespace or dict, if given) as ``args.json``."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     base = root / f"{name}_{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -349,6 +507,7 @@ def make_run_dir(name, args=None, root="logs"):
         except FileExistsError:
             k += 1
             run_dir = Path(f"{base}_{k}")
+    Run(run_dir).write_json(RUN_RECORD, {"kind": kind or name})
     if args is not None:
         data = vars(args) if hasattr(args, "__dict__") else dict(args)
         Run(run_dir).write_json("args.json", data)

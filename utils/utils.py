@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from utils.errors import writable_dir
 from utils.precision import PRECISIONS
 from utils.run import json_text, make_run_dir, write_atomic  # noqa: F401  (make_run_dir: one place)
 
@@ -60,10 +61,11 @@ def write_json(path, data):
 
 
 def cvtColor(image):
-    """Return an RGB PIL image; grayscale, palette and RGBA photos are converted."""
-    if image.mode == "RGB":
-        return image
-    return image.convert("RGB")
+    """Return an RGB PIL image; grayscale (16-bit scaled), palette and RGBA photos are
+    converted (:func:`utils.image_check.rgb8`)."""
+    from utils.image_check import rgb8
+
+    return rgb8(image)
 
 
 def preprocess_input(image):
@@ -168,7 +170,7 @@ def is_chief(strategy=None):
 def add_common_training_args(parser, seed=11):
     """Options every training script shares: seed, logs, precision, strategy."""
     parser.add_argument("--seed", type=int, default=seed, help=f"random seed (default {seed})")
-    parser.add_argument("--logs-dir", default="logs",
+    parser.add_argument("--logs-dir", default="logs", type=writable_dir,
                         help="parent folder of the new run folder (default logs/)")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                         help="compute precision: auto = bfloat16 only on a CPU that computes "

@@ -84,17 +84,19 @@ def check_files(voc_path, image_ids, need_images=True, where="the split"):
                            fix="add them or remove their lines")
 
 
-SKIP_HINT = "replace or delete it (and its line in the split list), or pass --skip-bad-images"
+REPLACE_HINT = "replace or delete it (and its line in the split list)"
+SKIP_HINT = f"{REPLACE_HINT}, or pass --skip-bad-images"
 
 
-def check_images(voc_path, image_ids, skip_bad=False, where="the split"):
+def check_images(voc_path, image_ids, skip_bad=False, where="the split", fix=SKIP_HINT):
     """Decode every listed photo once (the verdicts are cached, :mod:`utils.image_check`)
-    before any work. An unreadable one raises a UserError naming it; with ``skip_bad``
+    before any work. An unreadable one raises a UserError naming it and ``fix`` (a
+    script without ``--skip-bad-images`` gives :data:`REPLACE_HINT`); with ``skip_bad``
     it is left out by name, with a warning. Returns the ids kept."""
     paths = {str(image_path(voc_path, i)): i for i in image_ids}
     bad = find_bad_images(list(paths), "pil", desc=f"checking {Path(str(where)).stem} images")
     if bad and not skip_bad:
-        raise bad_images_error(bad, SKIP_HINT)
+        raise bad_images_error(bad, fix)
     if bad:
         warnings.warn(f"--skip-bad-images: {len(bad)} unreadable image(s) of {where} left "
                       f"out: " + "; ".join(f"{p}: {why}" for p, why in bad.items()),

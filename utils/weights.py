@@ -142,6 +142,45 @@ def check_weights_file(path, option="weights file"):
                     "give an encoder.weights.h5, a .keras checkpoint or a legacy .h5")
 
 
+SEG_OUTPUT = "seg_output"     # the U-Net's last layer (nets.unet), one filter per class
+
+
+def model_class_count(path):
+    """The number of classes a saved U-Net predicts (filters of its ``seg_output``
+    layer), read from the file without building the model; None when the file does not
+    say (an encoder, or a file of another layout)."""
+    import json
+
+    def from_h5(f):
+        found = []
+        f.visititems(lambda name, obj: found.append(obj.shape[-1])
+                     if SEG_OUTPUT in name and isinstance(obj, h5py.Dataset)
+                     and len(obj.shape) == 4 else None)
+        return int(found[0]) if found else None
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                config = json.loads(z.read("config.json"))
+            for layer in config.get("config", {}).get("layers", []):
+                if layer.get("name") == SEG_OUTPUT or \
+                        layer.get("config", {}).get("name") == SEG_OUTPUT:
+                    return int(layer["config"]["filters"])
+            return None
+        with h5py.File(path, "r") as f:
+            return from_h5(f)
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def check_class_count(path, num_classes, option="--num-classes"):
+    """Refuse a class count the model file ``path`` does not predict, before any work."""
+    found = model_class_count(path)
+    if found is not None and found != int(num_classes):
+        raise UserError(option, f"{num_classes} classes, but {path} predicts {found}",
+                        f"give {option} {found}, or another model")
+
+
 def load_weights_by_name(model, path, verbose=True):
     """Load every layer of ``model`` whose name and shapes match a layer in ``path``.
 
