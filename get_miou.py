@@ -21,8 +21,8 @@ if __package__ in (None, ""):
 from nets.encoders import BACKBONES  # noqa: E402
 from utils.errors import MissingInput, OutputExists, UserError, writable_dir  # noqa: E402
 from utils.image_check import rgb8  # noqa: E402
-from utils.run import fresh_path  # noqa: E402
-from utils.utils import NAME_CLASSES, make_run_dir, set_seed, write_json  # noqa: E402
+from utils.run import fresh_path, make_run_dir, write_json  # noqa: E402
+from utils.utils import NAME_CLASSES, set_seed  # noqa: E402
 from utils.utils_metrics import (RESULT_FILES, compute_mIoU, confusion_of_files,  # noqa: E402
                                  per_class_iu, per_class_PA_Recall, per_class_Precision,
                                  print_summary, show_results)

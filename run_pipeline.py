@@ -33,14 +33,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from pipeline.pretrainers import PAIR_PRETRAINERS, PRETRAINERS  # noqa: E402
 from pipeline.profiles import PROFILES, to_argv, with_precision  # noqa: E402
 from pipeline.published import PUBLISHED, markdown_table, row_label  # noqa: E402
-from pipeline.steps import (Run, check_orchard_spec, join_argv, make_data,  # noqa: E402
+from pipeline.steps import (StepRecord, check_orchard_spec, join_argv, make_data,  # noqa: E402
                             make_pairs, open_run, plain, preset_args, pretrain_encoder,
                             select_images, unet_argv)
 from utils.errors import MissingInput, UserError, output_checks_off, writable_dir  # noqa: E402
 from utils.precision import PRECISIONS  # noqa: E402
 from utils.run import (ProcessLock, check_run_kind, checkpoint_epoch,  # noqa: E402
-                       die_with_parent, fresh_path, has_optimizer_state)
-from utils.utils import set_seed, write_json  # noqa: E402
+                       die_with_parent, fresh_path, has_optimizer_state, write_json)
+from utils.utils import set_seed  # noqa: E402
 from utils.voc import image_path, read_split  # noqa: E402
 
 STEPS = ("orchard", "priors", "select", "pairs", "pretrain", "unet_frozen",
@@ -659,7 +659,7 @@ def main(argv=None):
         row_lock = row_worker_start(args.resume)  # noqa: F841  (held until this process ends)
     run, applied = None, []
     if args.resume:
-        run = Run(args.resume)
+        run = StepRecord(args.resume)
         if not run.dir.is_dir():
             raise MissingInput(run.dir, "--resume: run folder not found",
                                "give the folder it printed as 'Run folder:'")

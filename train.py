@@ -26,8 +26,8 @@ from utils.precision import set_precision  # noqa: E402
 from utils.run import (Run, checkpoint_epoch, fresh_path, has_optimizer_state, logged,  # noqa: E402
                        progress_verbose, read_log, resume_args)
 from utils.utils import (AUGMENTATIONS, NAME_CLASSES, add_common_training_args,  # noqa: E402
-                         describe_augmentation, get_strategy, jit_compile_default,
-                         set_seed)
+                         describe_augmentation, jit_compile_default, set_seed)
+from utils.distribute import get_strategy  # noqa: E402
 
 # Options a resumed run may change: when it stops, what it evaluates, how it reports.
 RESUME_MAY_CHANGE = ("unfreeze_epoch", "early_stopping_patience", "save_period", "val_period",
@@ -37,129 +37,136 @@ RESUME_MAY_CHANGE = ("unfreeze_epoch", "early_stopping_patience", "save_period",
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--num-classes", type=int, default=5,
-                   help="number of classes including the background (original: 5)")
-    p.add_argument("--name-classes", nargs="+", default=None,
-                   help="class names for the evaluation report (default: the five cherry "
-                        "classes when --num-classes is 5, else class_0 ...)")
-    p.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet50",
-                   help="encoder (original: resnet50)")
-    p.add_argument("--input-shape", type=int, nargs=2, default=[576, 1024], metavar=("H", "W"),
-                   help="network input height and width (original: 576 1024)")
-    p.add_argument("--train-crop", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="train on random HxW windows of the augmented photos, sized as for "
-                        "--input-shape (default: the whole --input-shape, as the original): "
-                        "a step costs what an HxW input costs, while validation, the test "
-                        "evaluation and predictions see whole photos at --input-shape, so "
-                        "small objects keep that resolution")
-    p.add_argument("--augment", choices=sorted(AUGMENTATIONS), default="original",
-                   help="training augmentation: " + " or ".join(
-                       f"'{name}' ({describe_augmentation(name)})".replace("%", "%%")
-                       for name in AUGMENTATIONS)
-                   + ", the light one for a short training on few photos (default: original)")
-    p.add_argument("--voc-path", default="VOCdevkit", help="VOCdevkit folder (original: VOCdevkit)")
-    p.add_argument("--model-path", "--backbone-weights", dest="model_path", default="",
-                   help="pretrained encoder weights: an encoder.weights.h5 from steps 4-5 or "
-                        "other_ssl, a whole Siamese/U-Net .keras checkpoint, or a legacy .h5 "
-                        "matched by layer name (e.g. ImageNet 'notop'); empty = random "
-                        "(Glorot uniform) encoder")
-    p.add_argument("--init-model", default=None, metavar="KERAS",
-                   help="start from a whole U-Net checkpoint, decoder included (e.g. the "
-                        "epNNN-....keras a frozen-only run saved at the end of its frozen "
-                        "phase, with --init-epoch NNN: the fine-tuned run then skips the "
-                        "frozen phase both runs share)")
-    p.add_argument("--init-epoch", type=int, default=0, help="first epoch (original: 0)")
-    p.add_argument("--freeze-epoch", type=int, default=60,
-                   help="end of the frozen phase (original: 60)")
-    p.add_argument("--unfreeze-epoch", type=int, default=120,
-                   help="end of the unfrozen phase, the last epoch (original: 120)")
-    p.add_argument("--freeze-batch-size", type=int, default=18,
-                   help="batch size of the frozen phase (original: 18)")
-    p.add_argument("--unfreeze-batch-size", type=int, default=8,
-                   help="batch size of the unfrozen phase (original: 8)")
-    p.add_argument("--freeze-lr", type=float, default=1e-4,
-                   help="Adam learning rate of the frozen phase (original: 1e-4)")
-    p.add_argument("--unfreeze-lr", type=float, default=1e-5,
-                   help="Adam learning rate of the unfrozen phase (original: 1e-5)")
-    p.add_argument("--warmup-steps", type=int, default=0, metavar="N",
-                   help="raise the learning rate of the phase that starts at epoch 0 "
-                        "linearly over its first N steps (original: 0, none). At lr 1e-3 one "
-                        "full Adam step can saturate a new decoder's softmax for good")
-    p.add_argument("--lr-decay", type=float, default=0.96,
-                   help="learning rate factor applied after every epoch (original: 0.96)")
-    p.add_argument("--freeze-train", action=argparse.BooleanOptionalAction, default=True,
-                   help="freeze the encoder during the first phase (original: on); "
-                        "--no-freeze-train trains everything in both phases")
-    p.add_argument("--frozen-only", action="store_true",
-                   help="the encoder never unfreezes: both phases run with it frozen "
-                        "(the paper's 'Frozen' column)")
-    p.add_argument("--from-scratch", action="store_true",
-                   help="random encoder and no frozen phase (the paper's 'from scratch' "
-                        "row; the original's model_path='' with Freeze_Train=False)")
-    p.add_argument("--loss", choices=sorted(LOSSES), default="dice_focal",
-                   help="dice_focal = Dice + Focal (original), focal, dice_ce, ce")
-    p.add_argument("--cls-weights", type=float, nargs="+", default=None,
-                   help="one loss weight per class (original: all ones)")
-    p.add_argument("--early-stopping-patience", type=int, default=8,
-                   help="epochs without a lower val_loss before a phase stops (original: 8)")
-    p.add_argument("--save-period", type=int, default=1, metavar="N",
-                   help="also keep a named checkpoint epNNN-....keras every N epochs "
-                        "(original: 1, every epoch; about 176 MB each at ResNet50); 0 = only "
-                        "last_epoch.keras and best_epoch.keras")
-    p.add_argument("--val-period", type=int, default=1, metavar="N",
-                   help="validation loss, val_mIoU and last_epoch.keras every N epochs and "
-                        "on the last epoch of each phase (original: 1, every epoch); early "
-                        "stopping then counts validated epochs")
-    p.add_argument("--resume-period-min", type=float, default=0, metavar="M",
-                   help="write the resume point last_epoch.keras (with the optimizer state) "
-                        "at a validated epoch only when M minutes of training have passed "
-                        "since the previous one, so a kill loses at most about M minutes; "
-                        "the end of each phase always writes it (default 0: at every "
-                        "validated epoch)")
-    p.add_argument("--final-optimizer-state", action=argparse.BooleanOptionalAction,
-                   default=True,
-                   help="keep Adam's moments in the last epoch's last_epoch.keras, so a "
-                        "--resume with a larger --unfreeze-epoch continues exactly (about "
-                        "500 MB at ResNet50 where the weights alone are 176 MB); with "
-                        "--no-final-optimizer-state it holds the weights only, and such a "
-                        "resume continues with a fresh optimizer (default: keep)")
-    p.add_argument("--num-workers", type=int, default=7,
-                   help="parallel image loaders; 0 = let tf.data choose (original: 7)")
-    p.add_argument("--steps-per-epoch", type=int, default=None,
-                   help="cap on training (and validation) batches per epoch, for quick runs "
-                        "(default: the whole split, len(train) // batch size)")
-    p.add_argument("--train-count", type=int, default=None, metavar="N",
-                   help="train on N photos of the train split: a seeded, nested draw (the 4 "
-                        "are among the 8; the first photos hold every class of the split), "
-                        "listed in args.json, with the same steps per epoch as the whole "
-                        "split, so every N gets the same number of updates (default: the "
-                        "whole split)")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR from its last complete "
-                        "last_epoch.keras with the options of its args.json; of the others "
-                        "only " + ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_CHANGE)
-                        + " may be given again with a new value")
-    p.add_argument("--eval-split", default="test",
-                   help="split evaluated with get_miou after training ('none' to skip; "
-                        "original: test)")
-    p.add_argument("--eval-checkpoint", choices=("last", "best"), default="last",
-                   help="weights evaluated at the end: the last epoch (as the original) or "
-                        "the epoch with the best val_mIoU")
-    p.add_argument("--skip-bad-images", action="store_true",
-                   help="leave out train/val photos that do not decode, naming them "
-                        "(default: stop with an error naming the first)")
-    p.add_argument("--encoder-bn-batches", type=int, default=0, metavar="N",
-                   help="before the first phase, re-estimate the encoder's batch-norm "
-                        "statistics from N batches of the U-Net's own training images "
-                        "(0 = keep those of the weights file, default). A frozen encoder "
-                        "normalises with them for the whole frozen phase; Keras 2.1.6, which "
-                        "the original ran on, normalised a frozen encoder with each batch's "
-                        "own statistics, and the U-Net's 0..1 input scale is not the [-1, 1] "
-                        "of PDE pretraining")
-    p.add_argument("--run-eagerly", action="store_true",
-                   help="run training steps eagerly: no graph tracing, slower steps "
-                        "(for quick checks on tiny data; default off)")
-    add_common_training_args(p)
+    data = p.add_argument_group("data")
+    model = p.add_argument_group("model")
+    training = p.add_argument_group("training")
+    output = p.add_argument_group("output and resuming")
+    data.add_argument("--num-classes", type=int, default=5,
+                      help="number of classes including the background (original: 5)")
+    data.add_argument("--name-classes", nargs="+", default=None,
+                      help="class names for the evaluation report (default: the five cherry "
+                           "classes when --num-classes is 5, else class_0 ...)")
+    model.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet50",
+                       help="encoder (original: resnet50)")
+    model.add_argument("--input-shape", type=int, nargs=2, default=[576, 1024], metavar=("H", "W"),
+                       help="network input height and width (original: 576 1024)")
+    data.add_argument("--train-crop", type=int, nargs=2, default=None, metavar=("H", "W"),
+                      help="train on random HxW windows of the augmented photos, sized as for "
+                           "--input-shape (default: the whole --input-shape, as the original): "
+                           "a step costs what an HxW input costs, while validation, the test "
+                           "evaluation and predictions see whole photos at --input-shape, so "
+                           "small objects keep that resolution")
+    data.add_argument("--augment", choices=sorted(AUGMENTATIONS), default="original",
+                      help="training augmentation: " + " or ".join(
+                          f"'{name}' ({describe_augmentation(name)})".replace("%", "%%")
+                          for name in AUGMENTATIONS)
+                      + ", the light one for a short training on few photos (default: original)")
+    data.add_argument("--voc-path", default="VOCdevkit",
+                      help="VOCdevkit folder (original: VOCdevkit)")
+    model.add_argument("--model-path", "--backbone-weights", dest="model_path", default="",
+                       help="pretrained encoder weights: an encoder.weights.h5 from steps 4-5 or "
+                            "other_ssl, a whole Siamese/U-Net .keras checkpoint, or a legacy .h5 "
+                            "matched by layer name (e.g. ImageNet 'notop'); empty = random "
+                            "(Glorot uniform) encoder")
+    model.add_argument("--init-model", default=None, metavar="KERAS",
+                       help="start from a whole U-Net checkpoint, decoder included (e.g. the "
+                            "epNNN-....keras a frozen-only run saved at the end of its frozen "
+                            "phase, with --init-epoch NNN: the fine-tuned run then skips the "
+                            "frozen phase both runs share)")
+    training.add_argument("--init-epoch", type=int, default=0, help="first epoch (original: 0)")
+    training.add_argument("--freeze-epoch", type=int, default=60,
+                          help="end of the frozen phase (original: 60)")
+    training.add_argument("--unfreeze-epoch", type=int, default=120,
+                          help="end of the unfrozen phase, the last epoch (original: 120)")
+    training.add_argument("--freeze-batch-size", type=int, default=18,
+                          help="batch size of the frozen phase (original: 18)")
+    training.add_argument("--unfreeze-batch-size", type=int, default=8,
+                          help="batch size of the unfrozen phase (original: 8)")
+    training.add_argument("--freeze-lr", type=float, default=1e-4,
+                          help="Adam learning rate of the frozen phase (original: 1e-4)")
+    training.add_argument("--unfreeze-lr", type=float, default=1e-5,
+                          help="Adam learning rate of the unfrozen phase (original: 1e-5)")
+    training.add_argument("--warmup-steps", type=int, default=0, metavar="N",
+                          help="raise the learning rate of the phase that starts at epoch 0 "
+                               "linearly over its first N steps (original: 0, none). At lr "
+                               "1e-3 one full Adam step can saturate a new decoder's softmax "
+                               "for good")
+    training.add_argument("--lr-decay", type=float, default=0.96,
+                          help="learning rate factor applied after every epoch (original: 0.96)")
+    training.add_argument("--freeze-train", action=argparse.BooleanOptionalAction, default=True,
+                          help="freeze the encoder during the first phase (original: on); "
+                               "--no-freeze-train trains everything in both phases")
+    training.add_argument("--frozen-only", action="store_true",
+                          help="the encoder never unfreezes: both phases run with it frozen "
+                               "(the paper's 'Frozen' column)")
+    training.add_argument("--from-scratch", action="store_true",
+                          help="random encoder and no frozen phase (the paper's 'from scratch' "
+                               "row; the original's model_path='' with Freeze_Train=False)")
+    model.add_argument("--loss", choices=sorted(LOSSES), default="dice_focal",
+                       help="dice_focal = Dice + Focal (original), focal, dice_ce, ce")
+    model.add_argument("--cls-weights", type=float, nargs="+", default=None,
+                       help="one loss weight per class (original: all ones)")
+    training.add_argument("--early-stopping-patience", type=int, default=8,
+                          help="epochs without a lower val_loss before a phase stops (original: 8)")
+    output.add_argument("--save-period", type=int, default=1, metavar="N",
+                        help="also keep a named checkpoint epNNN-....keras every N epochs "
+                             "(original: 1, every epoch; about 176 MB each at ResNet50); 0 = only "
+                             "last_epoch.keras and best_epoch.keras")
+    output.add_argument("--val-period", type=int, default=1, metavar="N",
+                        help="validation loss, val_mIoU and last_epoch.keras every N epochs and "
+                             "on the last epoch of each phase (original: 1, every epoch); early "
+                             "stopping then counts validated epochs")
+    output.add_argument("--resume-period-min", type=float, default=0, metavar="M",
+                        help="write the resume point last_epoch.keras (with the optimizer state) "
+                             "at a validated epoch only when M minutes of training have passed "
+                             "since the previous one, so a kill loses at most about M minutes; "
+                             "the end of each phase always writes it (default 0: at every "
+                             "validated epoch)")
+    output.add_argument("--final-optimizer-state", action=argparse.BooleanOptionalAction,
+                        default=True,
+                        help="keep Adam's moments in the last epoch's last_epoch.keras, so a "
+                             "--resume with a larger --unfreeze-epoch continues exactly (about "
+                             "500 MB at ResNet50 where the weights alone are 176 MB); with "
+                             "--no-final-optimizer-state it holds the weights only, and such a "
+                             "resume continues with a fresh optimizer (default: keep)")
+    data.add_argument("--num-workers", type=int, default=7,
+                      help="parallel image loaders; 0 = let tf.data choose (original: 7)")
+    training.add_argument("--steps-per-epoch", type=int, default=None,
+                          help="cap on training (and validation) batches per epoch, for quick runs "
+                               "(default: the whole split, len(train) // batch size)")
+    data.add_argument("--train-count", type=int, default=None, metavar="N",
+                      help="train on N photos of the train split: a seeded, nested draw (the 4 "
+                           "are among the 8; the first photos hold every class of the split), "
+                           "listed in args.json, with the same steps per epoch as the whole "
+                           "split, so every N gets the same number of updates (default: the "
+                           "whole split)")
+    output.add_argument("--resume", default=None, metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR from its last complete "
+                             "last_epoch.keras with the options of its args.json; of the "
+                             "others only "
+                             + ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_CHANGE)
+                             + " may be given again with a new value")
+    output.add_argument("--eval-split", default="test",
+                        help="split evaluated with get_miou after training ('none' to skip; "
+                             "original: test)")
+    output.add_argument("--eval-checkpoint", choices=("last", "best"), default="last",
+                        help="weights evaluated at the end: the last epoch (as the original) or "
+                             "the epoch with the best val_mIoU")
+    data.add_argument("--skip-bad-images", action="store_true",
+                      help="leave out train/val photos that do not decode, naming them "
+                           "(default: stop with an error naming the first)")
+    model.add_argument("--encoder-bn-batches", type=int, default=0, metavar="N",
+                       help="before the first phase, re-estimate the encoder's batch-norm "
+                            "statistics from N batches of the U-Net's own training images "
+                            "(0 = keep those of the weights file, default). A frozen encoder "
+                            "normalises with them for the whole frozen phase; Keras 2.1.6, which "
+                            "the original ran on, normalised a frozen encoder with each batch's "
+                            "own statistics, and the U-Net's 0..1 input scale is not the [-1, 1] "
+                            "of PDE pretraining")
+    training.add_argument("--run-eagerly", action="store_true",
+                          help="run training steps eagerly: no graph tracing, slower steps "
+                               "(for quick checks on tiny data; default off)")
+    add_common_training_args(p.add_argument_group("run: seed, logs, precision, strategy"))
     return resume_args(p, argv, may_change=RESUME_MAY_CHANGE, kind="unet")
 
 
@@ -288,11 +295,11 @@ def main(argv=None):
     import keras
 
     from nets.unet import build_unet, get_encoder
-    from utils.callbacks import (EpochCheckpoint, EpochTimer, ExponentDecayScheduler, MeanIoU,
-                                 PerClassIoU, ResumableEarlyStopping, validation_epochs)
+    from utils.callbacks import (EpochCheckpoint, EpochTimer, ExponentDecayScheduler, PerClassIoU,
+                                 ResumableEarlyStopping, record_callbacks, validation_epochs)
     from utils.dataloader import build_dataset, check_split, split_path
     from utils.optimizers import FusedAdam
-    from utils.utils_metrics import f_score
+    from utils.utils_metrics import MeanIoU, f_score
 
     set_seed(args.seed)
     # Decided at the size and batch the steps train on (windows where --train-crop).
@@ -386,7 +393,7 @@ def main(argv=None):
     if (resume_epoch is not None and best_epoch == resume_epoch
             and checkpoint_epoch(run_dir / "best_epoch.keras") != best_epoch):
         checkpoint.keep_best(model, best_epoch)
-    record = run.callbacks()
+    record = record_callbacks(run)
     timer = EpochTimer()
     updates = 0         # optimizer steps of this process (a label budget's equal footing)
     for phase in phases:

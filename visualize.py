@@ -24,7 +24,8 @@ if __package__ in (None, ""):
 from nets.encoders import BACKBONES  # noqa: E402
 from utils.errors import MissingInput, OutputExists, UserError, writable_dir  # noqa: E402
 from utils.image_check import bad_images_error, find_bad_images, rgb8  # noqa: E402
-from utils.utils import make_run_dir, set_seed, write_json  # noqa: E402
+from utils.run import make_run_dir, write_json  # noqa: E402
+from utils.utils import set_seed  # noqa: E402
 
 FEATURE_NAMES = ("feat1", "feat2", "feat3", "feat4", "feat5")
 

@@ -35,7 +35,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from few_shot.backbones import BACKBONES  # noqa: E402
 from few_shot.losses import LOSSES  # noqa: E402
 from utils.errors import writable_dir  # noqa: E402
-from utils.utils import make_run_dir, set_seed, write_json  # noqa: E402
+from utils.run import make_run_dir, write_json  # noqa: E402
+from utils.utils import set_seed  # noqa: E402
 
 # The encoder rows: this project's ResNet50 encoder and where its weights come from.
 ENCODER_ROWS = ("pde", "random", "supervised")

@@ -39,11 +39,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pipeline.pretrainers import PAIR_PRETRAINERS, PRETRAINERS  # noqa: E402
 from pipeline.profiles import PROFILES, to_argv  # noqa: E402
-from pipeline.steps import (Run, gap_verdict, join_argv, make_data, make_pairs,  # noqa: E402
+from pipeline.steps import (StepRecord, gap_verdict, join_argv, make_data, make_pairs,  # noqa: E402
                             mean_std, plain, pm, pretrain_encoder, select_images, unet_argv)
 from utils.errors import UserError  # noqa: E402
-from utils.run import make_run_dir, resume_args  # noqa: E402
-from utils.utils import NAME_CLASSES, set_seed, write_json  # noqa: E402
+from utils.run import make_run_dir, resume_args, write_json  # noqa: E402
+from utils.utils import NAME_CLASSES, set_seed  # noqa: E402
 from utils.voc import read_split  # noqa: E402
 
 # Encoder name -> (PRETRAINERS entry or None for a random encoder, its extra options).
@@ -424,7 +424,7 @@ def main(argv=None):
         ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"))
     try:
         for seed in args.seeds:
-            run = Run(out_dir / f"seed{seed}")
+            run = StepRecord(out_dir / f"seed{seed}")
             run.dir.mkdir(exist_ok=True)
             start = time.time()
             print(f"=== seed {seed} ===", flush=True)

@@ -31,7 +31,8 @@ from pipeline.published import PUBLISHED, markdown_table, row_label  # noqa: E40
 from pipeline.steps import (join_argv, make_data, make_pairs, mean_std, open_run,  # noqa: E402
                             pretrain_encoder, select_images, unet_argv)
 from utils.errors import writable_dir  # noqa: E402
-from utils.utils import set_seed, write_json  # noqa: E402
+from utils.utils import set_seed  # noqa: E402
+from utils.run import write_json  # noqa: E402
 
 # Rows without pretraining; every other row is a PRETRAINERS entry.
 BASE_ROWS = ("random", "scratch", "imagenet")
@@ -49,8 +50,9 @@ def parse_args(argv=None):
     p.add_argument("--rows", default=None,
                    help=f"comma-separated rows from {','.join(ROWS)} (default: "
                         f"{','.join(DEFAULT_ROWS)}, imagenet only with --imagenet-weights)")
-    p.add_argument("--seeds", type=int, default=1,
-                   help="repeat every row with this many seeds and report mean ± std (default 1)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
+                   help="train every row with each of these seeds and report mean ± std "
+                        "(default: --seed alone; the data and pretext pairs use --seed)")
     p.add_argument("--imagenet-weights",
                    help="a legacy Keras ResNet50 'notop' .h5 file for the imagenet row")
     p.add_argument("--archive", help="your camera archive (default: the synthetic orchard)")
@@ -160,7 +162,7 @@ def main(argv=None):
             run.finish(step, make(), time.time() - start)
     rows_path = run.dir / "rows.json"
     done = json.loads(rows_path.read_text()) if rows_path.exists() else {}
-    seeds = [args.seed + k for k in range(args.seeds)]
+    seeds = args.seeds or [args.seed]
     for row in args.rows:
         for seed in seeds:
             if str(seed) in done.get(row, {}):

@@ -34,7 +34,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pipeline.steps import gap_verdict, mean_std, pm as _pm  # noqa: E402
 from utils.errors import writable_dir  # noqa: E402
-from utils.utils import NAME_CLASSES, make_run_dir, write_json  # noqa: E402
+from utils.utils import NAME_CLASSES  # noqa: E402
+from utils.run import make_run_dir, write_json  # noqa: E402
 
 # The pipeline steps that make the two rows; predictions and growth add nothing here.
 ROW_STEPS = ("orchard", "priors", "select", "pairs", "pretrain", "unet_frozen",

@@ -32,8 +32,7 @@ from data_processing.date_pro import (DEFAULT_PHENOLOGY_FILE, DEFAULT_PRESETS,  
                                       format_table, get_date_list, load_phenology, stage_windows)
 from data_processing.names import StageImageName, is_image_file, parse_archive_name  # noqa: E402
 from utils.errors import OutputExists, UserError, writable_dir  # noqa: E402
-from utils.run import removed_on_error, write_atomic  # noqa: E402
-from utils.utils import write_json  # noqa: E402
+from utils.run import removed_on_error, write_atomic, write_json  # noqa: E402
 
 MANIFEST_FIELDS = ["file", "camera", "preset", "time", "stage", "date"]
 # What was left out and why (beside manifest.csv), rewritten by every run.

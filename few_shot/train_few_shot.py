@@ -41,7 +41,8 @@ from few_shot.losses import LOSSES  # noqa: E402
 from utils.callbacks import EpochTimer, StopOnNonFinite  # noqa: E402
 from utils.errors import UserError, writable_dir  # noqa: E402
 from utils.optimizers import FusedAdam  # noqa: E402
-from utils.utils import make_run_dir, set_seed, write_json  # noqa: E402
+from utils.run import make_run_dir, write_json  # noqa: E402
+from utils.utils import set_seed  # noqa: E402
 
 STAGES = ("transfer", "similarity")
 

@@ -27,7 +27,8 @@ from growth_modeling.smoothing import OBSERVATION_COVARIANCE, TRANSITION_COVARIA
 from nets.encoders import BACKBONES  # noqa: E402
 from utils.errors import MissingInput, OutputExists, UserError, writable_dir  # noqa: E402
 from utils.image_check import bad_images_error, find_bad_images  # noqa: E402
-from utils.utils import NAME_CLASSES, make_run_dir, write_json  # noqa: E402
+from utils.utils import NAME_CLASSES  # noqa: E402
+from utils.run import make_run_dir, write_json  # noqa: E402
 
 OUTPUTS = ("args.json", "shares.csv", "shares_smoothed.csv", "red_fruit.csv", "growth_raw.png",
            "growth_smoothed.png", "growth_smoothed_zoom.png", "growth_stages.png",

@@ -31,13 +31,13 @@ from nets import unet as unet_net  # noqa: E402
 from nets.encoders import BACKBONES, check_input_shape  # noqa: E402
 from other_ssl.cscl import CSCL  # noqa: E402
 from other_ssl.training import CHECKPOINT, epoch_steps, learning_rate_schedule, resume  # noqa: E402
-from utils.callbacks import Checkpoint, LearningRateLog  # noqa: E402
+from utils.callbacks import Checkpoint, LearningRateLog, record_callbacks  # noqa: E402
 from utils.optimizers import FusedAdam  # noqa: E402
 from utils.dataloader import build_dataset, check_split, split_path  # noqa: E402
 from utils.run import Run, fresh_path, progress_verbose, resume_args  # noqa: E402
 from utils.precision import set_precision  # noqa: E402
-from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,  # noqa: E402
-                         set_seed)
+from utils.utils import add_common_training_args, jit_compile_default, set_seed  # noqa: E402
+from utils.distribute import get_strategy  # noqa: E402
 from utils.weights import save_encoder  # noqa: E402
 
 
@@ -119,7 +119,7 @@ def main(argv=None):
     print(f"CSCL: {len(train_names)} training / {len(val_names)} validation images from "
           f"{args.voc_path}, {steps} steps of {args.batch_size} per epoch, {args.epochs} "
           f"epochs; run folder {run_dir}")
-    callbacks = [LearningRateLog(), *run.callbacks(),
+    callbacks = [LearningRateLog(), *record_callbacks(run),
                  Checkpoint(run, CHECKPOINT, args.save_period)]
     model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, initial_epoch=initial_epoch,
               steps_per_epoch=steps, callbacks=callbacks, verbose=progress_verbose())

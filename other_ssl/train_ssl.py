@@ -27,10 +27,10 @@ from other_ssl.methods import METHODS, get_method  # noqa: E402
 from other_ssl.training import (CHECKPOINT, OPTIMIZERS, SCHEDULE_DEFAULTS, SCHEDULES,  # noqa: E402
                                 epoch_steps, learning_rate_schedule, make_optimizer,
                                 resume)
-from utils.callbacks import Checkpoint, LearningRateLog  # noqa: E402
+from utils.callbacks import Checkpoint, LearningRateLog, record_callbacks  # noqa: E402
 from utils.run import Run, fresh_path, progress_verbose, resume_args  # noqa: E402
-from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,  # noqa: E402
-                         set_seed)
+from utils.utils import add_common_training_args, jit_compile_default, set_seed  # noqa: E402
+from utils.distribute import get_strategy  # noqa: E402
 from utils.precise_bn import add_precise_bn_arg, recalibrate_batchnorm  # noqa: E402
 from utils.errors import UserError, user_errors  # noqa: E402
 from utils.precision import set_precision  # noqa: E402
@@ -191,7 +191,7 @@ def main(argv=None):
           f"{model.hyperparameters}; learning rate {schedule}; run folder {run_dir}")
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     monitor = CollapseMonitor(args.width, args.collapse_ratio)
-    callbacks = [monitor, LearningRateLog(), *run.callbacks(),
+    callbacks = [monitor, LearningRateLog(), *record_callbacks(run),
                  Checkpoint(run, CHECKPOINT, args.save_period)]
     model.fit(dataset, epochs=args.epochs, initial_epoch=initial_epoch,
               steps_per_epoch=steps if capped else None,

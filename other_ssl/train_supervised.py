@@ -30,10 +30,10 @@ from other_ssl.base import POOLS  # noqa: E402
 from other_ssl.dataset import (check_batch_size, check_images, list_images,  # noqa: E402
                                make_image_dataset, stage_labels)
 from other_ssl.training import CHECKPOINT, OPTIMIZERS, epoch_steps, make_optimizer, resume  # noqa: E402
-from utils.callbacks import Checkpoint  # noqa: E402
+from utils.callbacks import Checkpoint, record_callbacks  # noqa: E402
 from utils.run import Run, fresh_path, progress_verbose, resume_args  # noqa: E402
-from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,  # noqa: E402
-                         set_seed)
+from utils.utils import add_common_training_args, jit_compile_default, set_seed  # noqa: E402
+from utils.distribute import get_strategy  # noqa: E402
 from utils.precise_bn import add_precise_bn_arg, recalibrate_batchnorm  # noqa: E402
 from utils.errors import UserError, user_errors  # noqa: E402
 from utils.precision import set_precision  # noqa: E402
@@ -164,7 +164,7 @@ def main(argv=None):
           f"from {args.image_dir}, images per stage {counts}; run folder {run_dir}")
     monitor = "val_accuracy" if val_ds is not None else "accuracy"
     (run_dir / "checkpoints").mkdir(exist_ok=True)
-    callbacks = [*run.callbacks(),
+    callbacks = [*record_callbacks(run),
                  Checkpoint(run, CHECKPOINT, args.save_period),
                  keras.callbacks.ModelCheckpoint(str(run_dir / "checkpoints" / "best.weights.h5"),
                                                  monitor=monitor, mode="max",

@@ -27,8 +27,8 @@ from utils.precision import set_precision
 from utils.precise_bn import add_precise_bn_arg, recalibrate_batchnorm
 from utils.run import (Run, fresh_path, logged, newest_checkpoint, progress_verbose,
                        resume_args)
-from utils.utils import (add_common_training_args, get_strategy, jit_compile_default,
-                         set_seed)
+from utils.utils import add_common_training_args, jit_compile_default, set_seed
+from utils.distribute import get_strategy
 
 # The file names the original's make_dataset.py gave the pair index.
 DEFAULT_PAIRS_X = "x_out_inx200000.npy"
@@ -274,7 +274,8 @@ def last_checkpoint(run_dir):
 def _callbacks(args, run):
     import keras
 
-    from utils.callbacks import Checkpoint, LearningRateLog, ResumableEarlyStopping
+    from utils.callbacks import (Checkpoint, LearningRateLog, ResumableEarlyStopping,
+                                 record_callbacks)
 
     class PairsPerSecond(keras.callbacks.Callback):
         """Adds ``pairs_per_s`` to the progress bar and the per-epoch log."""
@@ -314,7 +315,7 @@ def _callbacks(args, run):
     callbacks = [
         PairsPerSecond(),
         LearningRateLog(),
-        *run.callbacks(),
+        *record_callbacks(run),
         ResumableEarlyStopping(previous=logged(run.log(), "val_loss"), monitor="val_loss",
                                mode="min", min_delta=0.001, patience=3, verbose=1),
         Checkpoint(run, CHECKPOINT_PATTERN, period_s=60 * args.resume_period_min),

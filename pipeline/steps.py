@@ -14,11 +14,10 @@ except ImportError:            # Windows: the two rows' processes then write in 
 from pipeline.pretrainers import PRETRAINERS, PretrainInputs
 from pipeline.profiles import to_argv
 from utils.errors import MissingInput, UserError, note_run
-from utils.run import check_run_kind
-from utils.utils import make_run_dir, write_json
+from utils.run import check_run_kind, make_run_dir, write_json
 
 
-class Run:
+class StepRecord:
     """The run folder and its record of finished steps (``steps.json``).
 
     Two processes may finish steps of one run (the random row trains beside the main
@@ -100,13 +99,13 @@ def open_run(resume, name, args, logs_dir, kind):
     """The run folder ``resume`` to continue (made by the same ``kind`` of script), or a
     new ``<logs_dir>/<name>_<time>`` of ``kind`` holding ``args.json``."""
     if resume:
-        run = Run(resume)
+        run = StepRecord(resume)
         if not run.dir.is_dir():
             raise MissingInput(run.dir, "--resume: run folder not found",
                                "give the folder it printed as 'Run folder:'")
         check_run_kind(run.dir, kind)
     else:
-        run = Run(make_run_dir(name, args, root=logs_dir, kind=kind))
+        run = StepRecord(make_run_dir(name, args, root=logs_dir, kind=kind))
     note_run(run.dir, f"python {sys.argv[0]} --resume {run.dir}")
     print(f"Run folder: {run.dir}")
     return run

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from utils.run import Run, read_log
-from utils.utils import is_chief
+from utils.distribute import is_chief
 
 ROOT = Path(__file__).resolve().parents[1]
 

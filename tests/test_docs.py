@@ -143,6 +143,9 @@ def test_shared_concepts_use_shared_names(script):
     options = set(re.findall(r"(--[a-z][a-z0-9-]*)", help_text(script)))
     wrong = {old: new for old, new in SHARED_NAMES.items() if old in options and new not in options}
     assert not wrong, f"{script}: give these options their shared name (old one as an alias): {wrong}"
+    # --seeds is a list of seeds everywhere, never a count.
+    if "--seeds" in options:
+        assert re.search(r"--seeds (\S+) \[\1 \.\.\.\]", help_text(script)), script
 
 
 def _anchors(markdown):

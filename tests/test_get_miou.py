@@ -201,7 +201,7 @@ def test_absent_class_scores_zero_and_counts_in_the_mean():
 def test_training_val_miou_equals_get_miou_on_a_fixed_batch(model_file, tmp_path):
     """The val_mIoU that picks best_epoch.keras (the compiled metric, from the
     validation pass) is get_miou's mIoU on the same images."""
-    from utils.callbacks import MeanIoU
+    from utils.utils_metrics import MeanIoU
     from utils.dataloader import build_dataset
 
     rng = np.random.default_rng(5)

@@ -416,7 +416,7 @@ def _tiny_fit(run, epochs, nan_at_batch, steps=2):
     import keras
     import tensorflow as tf
 
-    from utils.callbacks import Checkpoint
+    from utils.callbacks import Checkpoint, record_callbacks
 
     x = np.ones((epochs * steps * 2, 1), np.float32)
     x[nan_at_batch * 2] = np.nan
@@ -424,7 +424,7 @@ def _tiny_fit(run, epochs, nan_at_batch, steps=2):
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     model.compile("sgd", "mse")
     model.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=0,
-              callbacks=[*run.callbacks(tensorboard=False),
+              callbacks=[*record_callbacks(run, tensorboard=False),
                          Checkpoint(run, "ep{epoch:03d}.weights.h5")])
     return model
 

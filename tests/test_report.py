@@ -4,7 +4,7 @@ import json
 import re
 
 from pipeline.report import build_report, disk_bytes
-from pipeline.steps import Run
+from pipeline.steps import StepRecord
 
 
 def test_report_links_present_plots_and_names_missing_ones(tmp_path):
@@ -17,7 +17,7 @@ def test_report_links_present_plots_and_names_missing_ones(tmp_path):
     record = {"unet_frozen": {"seconds": 12.0, "result": {"run_dir": str(unet),
                                                           "test_metrics": metrics}}}
     (tmp_path / "steps.json").write_text(json.dumps(record))
-    text = build_report(Run(tmp_path), "| table |", ["_background_", "fruit", "leaf"])
+    text = build_report(StepRecord(tmp_path), "| table |", ["_background_", "fruit", "leaf"])
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert sorted(links) == ["unet_1/epoch_loss.png", "unet_1/miou_test/confusion_matrix.png"]
     assert "| U-Net | bg | apple | leaf |" in text          # the evaluation's own names

@@ -15,7 +15,7 @@ import pytest
 import run_pipeline
 from benchmarks import paper_table
 from data_processing.names import parse_stage_name
-from pipeline.steps import Run
+from pipeline.steps import StepRecord
 
 
 NUMBER_ROW = re.compile(r"^\| (?P<label>[^|]+, this run) \|[^|]+\|"
@@ -49,7 +49,7 @@ def test_every_step_leaves_its_artifacts(tiny_run):
         assert (Path(unet["run_dir"]) / "miou_test" / "metrics.json").is_file()
         assert 0.0 <= unet["test_metrics"]["mIoU"] <= 1.0
     # Only the U-Net the predictions used is kept; the encoder file stays.
-    kept = run_pipeline.kept_unet(Run(run))
+    kept = run_pipeline.kept_unet(StepRecord(run))
     assert [str(p) for p in run.rglob("*.keras")] == [kept]
     random_args = json.loads((Path(steps["random_frozen"]["result"]["run_dir"]) / "args.json")
                              .read_text())
@@ -173,7 +173,7 @@ def test_paper_table_refuses_unknown_rows_and_missing_imagenet_file(tmp_path):
 
 def _fake_run(tmp_path):
     """A run record with both rows finished, and the files the U-Net steps leave."""
-    run = Run(tmp_path)
+    run = StepRecord(tmp_path)
     metrics = {"mIoU": 0.5, "mPA": 0.6, "IoU": [0.9, 0.1, 0.7, 0.3, 0.5]}
     run.record["pairs"] = {"result": {"counts": {"0": 10, "1": 10}, "n_images": 8}}
     run.record["pretrain"] = {"result": {"test_metrics": {"acc": 0.66, "view_acc": 0.97,
@@ -254,12 +254,12 @@ def test_kept_resume_point_loses_its_optimizer_state_but_not_its_weights(tmp_pat
 
 def test_two_processes_finishing_steps_keep_each_others_records(tmp_path):
     # The random row's process and the main one share steps.json: each write re-reads it.
-    main, second = Run(tmp_path), Run(tmp_path)
+    main, second = StepRecord(tmp_path), StepRecord(tmp_path)
     (tmp_path / "enc.h5").write_text("x")
     main.finish("pretrain", {"encoder_path": str(tmp_path / "enc.h5")}, 1.0)
     second.finish("predict", {}, 2.0)          # its copy predates the pretrain record
     main.finish("growth", {}, 3.0)
-    assert set(Run(tmp_path).record) == {"pretrain", "predict", "growth"}
+    assert set(StepRecord(tmp_path).record) == {"pretrain", "predict", "growth"}
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")

@@ -11,7 +11,8 @@ from PIL import Image
 import train
 from nets.encoders import build_encoder, weighted_layers
 from nets.unet import build_unet, get_encoder
-from utils.callbacks import MeanIoU, ResumableEarlyStopping
+from utils.utils_metrics import MeanIoU
+from utils.callbacks import ResumableEarlyStopping
 from utils.run import checkpoint_epoch
 from utils.utils import set_seed
 from utils.utils_metrics import fast_hist, per_class_iu

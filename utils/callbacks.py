@@ -12,7 +12,6 @@ import numpy as np
 
 from utils.errors import NonFiniteLoss, note_progress
 from utils.run import Run, logged
-from utils.utils_metrics import per_class_iu
 
 
 class StopOnNonFinite(keras.callbacks.Callback):
@@ -109,51 +108,6 @@ class ExponentDecayScheduler(LearningRateLog):
         self.model.optimizer.learning_rate.assign(self._epoch_lr * (step + 1) / self.warmup_steps)
 
 
-
-
-@keras.saving.register_keras_serializable(package="pde")
-class MeanIoU(keras.metrics.Metric):
-    """Mean IoU of the argmax prediction, by ``get_miou``'s rule, accumulated in a
-    confusion matrix over an epoch or a validation pass; compiled with the model, so
-    ``fit`` logs ``val_mIoU`` from its validation pass (no second pass over the photos).
-
-    ``y_true`` is one-hot with the extra last "ignore" channel
-    (:func:`utils.dataloader.build_dataset`); a pixel whose ignore channel is set is
-    left out, also when it carries a class for the loss, as the letterbox bars do with
-    ``mark_bars``. :meth:`per_class` gives the IoU of each class.
-    """
-
-    def __init__(self, num_classes, name="mIoU", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.num_classes = int(num_classes)
-        # float64 counts stay exact far beyond any split's pixel count.
-        self.confusion = self.add_variable(shape=(self.num_classes, self.num_classes),
-                                           initializer="zeros", dtype="float64",
-                                           name="confusion")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        ops, n = keras.ops, self.num_classes
-        y_true = ops.cast(y_true, "float32")
-        valid = ops.cast(ops.equal(y_true[..., -1], 0.0), "float64")
-        index = ops.argmax(y_true[..., :-1], axis=-1) * n + ops.argmax(y_pred, axis=-1)
-        counts = ops.bincount(ops.reshape(ops.cast(index, "int32"), [-1]),
-                              weights=ops.reshape(valid, [-1]), minlength=n * n)
-        self.confusion.assign_add(ops.reshape(ops.cast(counts, "float64"), (n, n)))
-
-    def per_class(self):
-        """IoU per class (NumPy) from the counts so far (:func:`per_class_iu`)."""
-        return per_class_iu(keras.ops.convert_to_numpy(self.confusion))
-
-    def result(self):
-        ops, hist = keras.ops, self.confusion
-        tp = ops.diagonal(hist)
-        iou = tp / ops.maximum(ops.sum(hist, axis=0) + ops.sum(hist, axis=1) - tp, 1.0)
-        return ops.cast(ops.mean(iou), "float32")
-
-    def get_config(self):
-        return {**super().get_config(), "num_classes": self.num_classes}
-
-
 class PerClassIoU(keras.callbacks.Callback):
     """Print the per-class IoU behind ``val_mIoU`` on the epochs that validated
     (``fit`` leaves the compiled :class:`MeanIoU` holding the validation pass's counts
@@ -190,7 +144,7 @@ class EpochLog(keras.callbacks.Callback):
             rows.append([log["epoch"][i]] + [_cell(log.get(k, [])[i] if i < len(log.get(k, []))
                                                    else math.nan) for k in keys])
         rows.append([epoch] + [_cell(logs.get(k, math.nan)) for k in keys])
-        self.run._write_rows(rows)
+        self.run.write_rows(rows)
 
 
 def _cell(value):
@@ -593,3 +547,14 @@ class Checkpoint(keras.callbacks.Callback):
         (self.run.dir / name).parent.mkdir(parents=True, exist_ok=True)
         self.saved.append(self.run.save_model(self.model, name, epoch + 1,
                                               include_optimizer=True))
+
+
+def record_callbacks(run, tensorboard=True):
+    """A run's per-epoch record, in the order they must run after the metrics: the stop
+    at a non-finite loss, the CSV row, the curves, TensorBoard. Checkpoints go after
+    them (the row is written first, and nothing after a non-finite loss)."""
+    callbacks = [StopOnNonFinite(run.dir), EpochLog(run), CurvePlot(run)]
+    if tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(run.dir / "tensorboard"),
+                                                     write_graph=False))
+    return callbacks

@@ -94,6 +94,12 @@ def removed_on_error(tmp, target=None):
         raise
 
 
+def write_json(path, data):
+    """Write ``data`` as indented JSON at ``path``, atomically; paths and NumPy scalars
+    become plain values."""
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(json_text(data)))
+
+
 def write_atomic(path, write):
     """``write(tmp)`` a temporary file beside ``path``, then rename it over ``path``;
     a failed write leaves no temporary file.
@@ -285,7 +291,7 @@ class Run:
         ``args.json``, or, with ``args.resume``, that run folder again (when of kind
         ``name``) with ``args_resume[_k].json``; on a worker that is not the chief, a
         scratch folder (see the class)."""
-        from utils.utils import is_chief
+        from utils.distribute import is_chief
 
         if getattr(args, "resume", None):
             check_run_kind(args.resume, name)
@@ -382,26 +388,13 @@ class Run:
         if len(keep) < len(rows):
             print(f"{path}: dropped the rows of {len(rows) - len(keep)} epoch(s) after the "
                   f"newest complete checkpoint; they are trained again.")
-            self._write_rows(keep)
+            self.write_rows(keep)
 
-    def _write_rows(self, rows):
+    def write_rows(self, rows):
+        """Replace ``training_log.csv`` with ``rows`` (header first), atomically."""
         out = io.StringIO()
         csv.writer(out, lineterminator="\n").writerows(rows)
         self.write_text(LOG_CSV, out.getvalue())
-
-    def callbacks(self, tensorboard=True):
-        """The per-epoch record, in the order they must run after the metrics: the stop
-        at a non-finite loss, CSV row, curves, TensorBoard. Checkpoints go after them
-        (the row is written first, and nothing after a non-finite loss)."""
-        import keras
-
-        from utils.callbacks import CurvePlot, EpochLog, StopOnNonFinite
-
-        callbacks = [StopOnNonFinite(self.dir), EpochLog(self), CurvePlot(self)]
-        if tensorboard:
-            callbacks.append(keras.callbacks.TensorBoard(str(self.dir / "tensorboard"),
-                                                         write_graph=False))
-        return callbacks
 
 
 def check_finite_weights(model, path, epoch):

@@ -15,11 +15,12 @@ import csv
 import warnings
 from pathlib import Path
 
+import keras
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from utils.utils import write_json
+from utils.run import write_json
 
 RESULT_FILES = ("mIoU.png", "mPA.png", "Recall.png", "Precision.png", "confusion_matrix.csv",
                 "confusion_matrix.png", "metrics.json")
@@ -275,3 +276,46 @@ def show_results(miou_out_path, hist, IoUs, PA_Recall, Precision, name_classes,
     metrics.update(extra or {})
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+@keras.saving.register_keras_serializable(package="pde")
+class MeanIoU(keras.metrics.Metric):
+    """Mean IoU of the argmax prediction, by ``get_miou``'s rule, accumulated in a
+    confusion matrix over an epoch or a validation pass; compiled with the model, so
+    ``fit`` logs ``val_mIoU`` from its validation pass (no second pass over the photos).
+
+    ``y_true`` is one-hot with the extra last "ignore" channel
+    (:func:`utils.dataloader.build_dataset`); a pixel whose ignore channel is set is
+    left out, also when it carries a class for the loss, as the letterbox bars do with
+    ``mark_bars``. :meth:`per_class` gives the IoU of each class.
+    """
+
+    def __init__(self, num_classes, name="mIoU", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = int(num_classes)
+        # float64 counts stay exact far beyond any split's pixel count.
+        self.confusion = self.add_variable(shape=(self.num_classes, self.num_classes),
+                                           initializer="zeros", dtype="float64",
+                                           name="confusion")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        ops, n = keras.ops, self.num_classes
+        y_true = ops.cast(y_true, "float32")
+        valid = ops.cast(ops.equal(y_true[..., -1], 0.0), "float64")
+        index = ops.argmax(y_true[..., :-1], axis=-1) * n + ops.argmax(y_pred, axis=-1)
+        counts = ops.bincount(ops.reshape(ops.cast(index, "int32"), [-1]),
+                              weights=ops.reshape(valid, [-1]), minlength=n * n)
+        self.confusion.assign_add(ops.reshape(ops.cast(counts, "float64"), (n, n)))
+
+    def per_class(self):
+        """IoU per class (NumPy) from the counts so far (:func:`per_class_iu`)."""
+        return per_class_iu(keras.ops.convert_to_numpy(self.confusion))
+
+    def result(self):
+        ops, hist = keras.ops, self.confusion
+        tp = ops.diagonal(hist)
+        iou = tp / ops.maximum(ops.sum(hist, axis=0) + ops.sum(hist, axis=1) - tp, 1.0)
+        return ops.cast(ops.mean(iou), "float32")
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes}
