@@ -166,10 +166,46 @@ def test_split_shots_stratified_seeded_and_checked():
 def test_normalization_stats():
     imgs = np.zeros((2, 2, 2, 3), np.uint8)
     imgs[0] = 255
-    mean, std = normalization_stats("dataset", imgs)
+    mean, std = normalization_stats("computed", imgs)
     close(mean, [0.5] * 3)
     close(std, [0.5] * 3)
     close(normalization_stats("imagenet")[0], [0.485, 0.456, 0.406])
+    # The study's own data set's fixed constants.
+    close(normalization_stats("doctorp")[0], [0.4467, 0.4889, 0.3267])
+    close(normalization_stats("doctorp")[1], [0.2299, 0.2224, 0.2289])
+
+
+def test_defaults_are_the_studys():
+    from few_shot.train_few_shot import loss_options, parse_args
+
+    args = parse_args([])
+    assert (args.epochs, args.batch_size, args.learning_rate) == ([50, 30], 64, 1e-4)
+    assert (args.classifier_epochs, args.classifier_batch_size) == (30, 64)
+    assert not args.freeze_backbone           # stage 2 retrains the backbone
+    assert loss_options(args, "cosface") == {"margin": 0.4, "scale": 32.0}
+    assert loss_options(args, "arcface") == {"margin": 0.5, "scale": 32.0, "easy_margin": False}
+    assert loss_options(args, "quadruplet_study") == {"margin": 2.0, "margin2": 1.0}
+    assert loss_options(args, "contrastive") == {"margin": 1.0}
+    assert loss_options(args, "sphereface") == {"m": 4}
+    given = parse_args(["--margin", "0.3", "--scale", "64", "--freeze-backbone"])
+    assert loss_options(given, "cosface") == {"margin": 0.3, "scale": 64.0}
+    assert given.freeze_backbone
+
+
+def test_classification_part_layers():
+    import keras
+
+    from few_shot.train_few_shot import classification_part
+
+    head = classification_part(16, 8, 5)
+    dense = [l for l in head.layers if isinstance(l, keras.layers.Dense)]
+    assert [(d.units, d.activation.__name__) for d in dense] == [(8, "relu"), (5, "softmax")]
+    drop = [l for l in head.layers if isinstance(l, keras.layers.Dropout)]
+    assert len(drop) == 1 and drop[0].rate == 0.2
+    # Dense -> ReLU -> Dropout -> Dense, in that order.
+    kinds = [type(l).__name__ for l in head.layers[1:]]
+    assert kinds == ["Dense", "Dropout", "Dense"]
+    assert head(np.zeros((2, 16), np.float32)).shape == (2, 5)
 
 
 def write_class_folder(root, counts, size=32, seed=0):
@@ -253,7 +289,8 @@ def test_end_to_end_tiny_run(tmp_path):
     root = write_class_folder(tmp_path / "d", [5, 5, 5])
     out = train_few_shot.main(["--image-dir", str(root), "--shots", "2", "--input-shape", "32", "32",
                                "--backbone", "encoder-vgg", "--weights", "none",
-                               "--normalize", "dataset", "--epochs", "2", "2",
+                               "--normalize", "computed", "--epochs", "2", "2",
+                               "--classifier-epochs", "2", "--freeze-backbone",
                                "--loss", "contrastive", "--batch-per-class", "2",
                                "--steps-per-epoch", "2", "--hidden", "8",
                                "--embedding-dim", "4", "--run-eagerly", "--logs-dir", str(tmp_path / "logs")])
@@ -267,11 +304,13 @@ def test_end_to_end_tiny_run(tmp_path):
             assert 0.0 <= m[key] <= 1.0
         assert m["mean_epoch_seconds"] > 0
     assert out["test_images"] == 9
-    assert out["similarity"]["contrastive"]["classified_by"] == "nearest class centroid"
+    assert out["similarity"]["contrastive"]["classified_by"] == "classification part"
+    assert out["similarity"]["contrastive"]["by_metric"]["rule"] == "nearest class centroid"
+    assert (run / "similarity_contrastive_classifier_log.csv").is_file()
     with open(run / "transfer_report.csv") as f:
         rows = list(csv.reader(f))
     assert [r[0] for r in rows[1:4]] == ["class_0", "class_1", "class_2"]
-    assert json.loads((run / "results.json").read_text())["normalize"] == "dataset"
+    assert json.loads((run / "results.json").read_text())["normalize"] == "computed"
 
 
 def test_missing_imagenet_weights_say_where_offline(monkeypatch, tmp_path):
@@ -302,12 +341,13 @@ def test_fine_tuned_angular_run_from_a_project_encoder_file(tmp_path):
     root = write_class_folder(tmp_path / "d", [4, 4, 4])
     out = train_few_shot.main(["--image-dir", str(root), "--shots", "2", "--input-shape", "32", "32",
                                "--backbone", "encoder-vgg", "--weights", str(encoder_file),
-                               "--stages", "similarity", "--fine-tune", "--loss", "arcface",
+                               "--stages", "similarity", "--loss", "arcface",
                                "--epochs", "1", "1", "--batch-per-class", "2",
+                               "--classifier-epochs", "1",
                                "--steps-per-epoch", "1", "--embedding-dim", "4", "--run-eagerly",
                                "--logs-dir", str(tmp_path / "logs")])
     assert "transfer" not in out
-    assert out["similarity"]["arcface"]["classified_by"] == "cosine head"
+    assert out["similarity"]["arcface"]["by_metric"]["rule"] == "cosine head"
     assert out["transfer_report"].startswith(f"Loaded weights from {encoder_file}: 13/13 layers")
     assert 0.0 <= out["similarity"]["arcface"]["accuracy"] <= 1.0
 
