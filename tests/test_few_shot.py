@@ -355,16 +355,35 @@ def test_fine_tuned_angular_run_from_a_project_encoder_file(tmp_path):
 def test_few_shot_table_rows_and_option_checks(capsys):
     from benchmarks import few_shot_table as table
 
-    for bad in (["--backbones", "pde,foo"], ["--backbones", "nonet:none"],
-                ["--losses", "transfer,bogus"]):
+    for bad in (["--rows", "pde=transfer;foo=arcface"], ["--rows", "nonet:none=transfer"],
+                ["--rows", "pde=transfer,bogus"], ["--rows", "pde"],
+                ["--rows", "ssl-simclr=transfer"]):
         with pytest.raises(SystemExit):
             table.parse_args(bad)
-    args = table.parse_args(["--backbones", "random,mobilenetv2:none", "--losses", "transfer,cosface"])
-    assert args.backbones == ["random", "mobilenetv2:none"] and args.losses == ["transfer", "cosface"]
+    # The default rows: the study's six losses on PDE, stage 1 on every encoder,
+    # contrastive and ArcFace on random and supervised.
+    rows = table.parse_args([]).rows
+    assert rows["pde"] == ["transfer", *table.STUDY_LOSSES] and len(table.STUDY_LOSSES) == 6
+    assert rows["random"] == rows["supervised"] == ["transfer", "contrastive", "arcface"]
+    args = table.parse_args(["--rows", "random=transfer,cosface;mobilenetv2:none=arcface;"
+                             "ssl-simclr=transfer", "--ssl-encoders", "simclr=README.md"])
+    assert args.rows == {"random": ["transfer", "cosface"], "mobilenetv2:none": ["arcface"],
+                         "ssl-simclr": ["transfer"]}
     assert table.row_backbone("mobilenetv2:none", {}) == ("mobilenetv2", "none", "mobilenetv2 (none)")
     assert table.row_backbone("pde", {"pde": "e.h5"})[:2] == ("encoder-resnet50", "e.h5")
     assert table.row_backbone("random", {})[:2] == ("encoder-resnet50", "none")
-    row = dict(shots=5, backbone="b", loss="triplet", accuracy=0.5, precision=0.25, recall=0.5,
-               f1=1 / 3, mean_epoch_seconds=0.1234)
-    text = table.markdown([row, dict(row, shots=10)], 5)
-    assert text.count("| b | triplet | 0.5000 | 0.2500 | 0.5000 | 0.3333 | 0.123 |") == 1
+    assert table.row_backbone("ssl-simclr", {"ssl-simclr": "s.h5"})[:2] == ("encoder-resnet50", "s.h5")
+    base = dict(shots=5, backbone="b", loss="triplet", chance=0.2, precision=0.25, recall=0.5,
+                f1=1 / 3, mean_epoch_seconds=0.1234)
+    # Three seeds of two rows: "b" at 0.5 ± 0.0408, "c" at chance.
+    seeds = [dict(base, seed=s, accuracy=a) for s, a in zip((1, 2, 3), (0.45, 0.5, 0.55))]
+    seeds += [dict(base, seed=s, backbone="c", accuracy=a) for s, a in zip((1, 2, 3), (0.2,) * 3)]
+    summary = table.summarise(seeds + [dict(seeds[0], shots=10)])
+    assert [(r["shots"], r["backbone"], r["seeds"]) for r in summary] == [(5, "b", 3), (5, "c", 3),
+                                                                          (10, "b", 1)]
+    assert summary[0]["accuracy"] == pytest.approx(0.5)
+    assert summary[0]["accuracy_std"] == pytest.approx(np.std([0.45, 0.5, 0.55]))
+    text = table.markdown(summary, 5)
+    assert "| b | triplet | 0.5000 ± 0.0408 | 0.2500 ± 0.0000 |" in text
+    assert text.count("| yes |") == 1 and text.count("| no |") == 1
+    assert "b triplet > c triplet" in text and "c triplet > b" not in text
