@@ -78,7 +78,8 @@ def parse_args(argv=None):
                        help="imagenet (Keras's cache; downloaded when online), none, or a "
                             "weights file loaded by layer name (default imagenet)")
     model.add_argument("--hidden", type=int, default=256,
-                       help="units of stage 1's Dense-ReLU layer (default 256)")
+                       help="units of the Dense-ReLU layer of stage 1's head and of stage "
+                            "2's classification part (default 256)")
     model.add_argument("--embedding-dim", type=int, default=128,
                        help="size of stage 2's L2-normalised embedding (default 128)")
     model.add_argument("--freeze-backbone", action="store_true",

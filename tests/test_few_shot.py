@@ -387,3 +387,5 @@ def test_few_shot_table_rows_and_option_checks(capsys):
     assert "| b | triplet | 0.5000 ± 0.0408 | 0.2500 ± 0.0000 |" in text
     assert text.count("| yes |") == 1 and text.count("| no |") == 1
     assert "b triplet > c triplet" in text and "c triplet > b" not in text
+    # One seed has no spread: no verdicts.
+    assert "| yes |" not in table.markdown(summary, 10)
