@@ -361,7 +361,7 @@ def test_cmid_80_steps_normalised_reconstruction_falls_contrastive_terms_at_chan
     The total loss does not fall this soon: over seeds 0-2 the mean of the first 20
     steps was 6.81-6.89 against 6.84-6.93 for the last 20. Its terms:
 
-    * reconstruction learns: 0.30-0.33 -> 0.24-0.27 (in normalised units);
+    * reconstruction learns: 0.29-0.33 -> 0.24-0.27 (in normalised units);
     * global (MoCo): the first steps read the random unit rows the queue starts with
       (negatives at cosine ~0), far below chance; once the queue holds real keys the
       term sits at chance, log(1 + valid negatives) ~ 2.5. The keys cannot discriminate
