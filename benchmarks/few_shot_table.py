@@ -239,8 +239,9 @@ def markdown(summary, shots):
     for r in found:
         cells = [_pm(r[m], r[m + "_std"]) for m in METRICS[:4]]
         cells.append(_pm(r["mean_epoch_seconds"], r["mean_epoch_seconds_std"], 3))
+        verdict = "n/a" if r["seeds"] < 2 else ("yes" if beats(r, chance) else "no")
         lines.append(f"| {r['backbone']} | {r['loss']} | " + " | ".join(cells)
-                     + f" | {'yes' if beats(r, chance) else 'no'} |")
+                     + f" | {verdict} |")
     pairs = [f"{a['backbone']} {a['loss']} > {b['backbone']} {b['loss']}"
              for a in found for b in found if a is not b and beats(a, b)]
     lines += ["", "Rows above others by more than twice the larger std (accuracy): "

@@ -388,4 +388,4 @@ def test_few_shot_table_rows_and_option_checks(capsys):
     assert text.count("| yes |") == 1 and text.count("| no |") == 1
     assert "b triplet > c triplet" in text and "c triplet > b" not in text
     # One seed has no spread: no verdicts.
-    assert "| yes |" not in table.markdown(summary, 10)
+    assert "| n/a |" in table.markdown(summary, 10) and "| yes |" not in table.markdown(summary, 10)
