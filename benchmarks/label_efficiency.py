@@ -413,6 +413,9 @@ def plot(args, rows, path):
 
 def main(argv=None):
     args = parse_args(argv)
+    from benchmarks.timing import machine_line
+
+    print(machine_line(), flush=True)
     check_inputs(args)
     if args.workers is None:
         args.workers = default_workers()

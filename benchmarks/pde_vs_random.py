@@ -196,6 +196,9 @@ def summarise(results):
 
 def main(argv=None):
     args = parse_args(argv)
+    from benchmarks.timing import machine_line
+
+    print(machine_line(), flush=True)
     if args.resume:
         out_dir = Path(args.resume)
         results = json.loads((out_dir / "seeds.json").read_text()) \

@@ -23,7 +23,10 @@ from utils.image_check import rgb8
 # ImageNet's channel statistics on 0..1 pixels (torchvision's, used by the study).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-NORMALIZATIONS = ("imagenet", "dataset", "none")
+# The study's own data set's fixed constants (the DoctorP plant-disease images).
+DOCTORP_MEAN = (0.4467, 0.4889, 0.3267)
+DOCTORP_STD = (0.2299, 0.2224, 0.2289)
+NORMALIZATIONS = ("imagenet", "doctorp", "computed", "none")
 
 
 class FewShotDataError(UserError):
@@ -124,13 +127,16 @@ def load_images(paths, size, where=None):
 
 
 def normalization_stats(kind, train_images=None):
-    """(mean, std) per channel on 0..1 pixels: ImageNet's, the training images' own
-    (``dataset``), or (0, 1) for ``none``."""
+    """(mean, std) per channel on 0..1 pixels: ImageNet's, the study's data set's fixed
+    constants (``doctorp``), computed from ``train_images`` (``computed``), or (0, 1)
+    for ``none``."""
     if kind == "imagenet":
         return np.asarray(IMAGENET_MEAN, np.float32), np.asarray(IMAGENET_STD, np.float32)
+    if kind == "doctorp":
+        return np.asarray(DOCTORP_MEAN, np.float32), np.asarray(DOCTORP_STD, np.float32)
     if kind == "none":
         return np.zeros(3, np.float32), np.ones(3, np.float32)
-    if kind == "dataset":
+    if kind == "computed":
         x = np.asarray(train_images, np.float64).reshape(-1, 3) / 255.0
         return x.mean(0).astype(np.float32), np.maximum(x.std(0), 1e-6).astype(np.float32)
     raise ValueError(f"unknown normalisation {kind!r}; choose from {', '.join(NORMALIZATIONS)}")

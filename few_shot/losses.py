@@ -241,3 +241,14 @@ LOSSES = {
     "cosface": LossSpec("angular", _cosface_batch, options=("scale", "margin")),
     "arcface": LossSpec("angular", _arcface_batch, options=("scale", "margin", "easy_margin")),
 }
+
+# The study's values (Uzhinskiy): each loss's options when not given.
+STUDY_DEFAULTS = {
+    "contrastive": {"margin": 1.0},
+    "triplet": {"margin": 1.0},
+    "quadruplet": {"margin": 2.0, "margin2": 1.0},
+    "quadruplet_study": {"margin": 2.0, "margin2": 1.0},
+    "sphereface": {"m": 4},
+    "cosface": {"scale": 32.0, "margin": 0.4},
+    "arcface": {"scale": 32.0, "margin": 0.5},
+}

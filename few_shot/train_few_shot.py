@@ -6,14 +6,18 @@ the held-out images (the protocol of A. Uzhinskiy, Biology 14 (2025) 99).
         --backbone encoder-resnet50 --weights logs/pde_class_<time>/encoder.weights.h5
 
 Stage 1 (transfer learning): the backbone frozen, GAP -> Dense-ReLU -> Dense(classes),
-cross-entropy, Adam 1e-4. Stage 2 (similarity learning): GAP -> Dense(embedding),
-L2-normalised, trained with ``--loss`` on P x K batches with online mining; angular
-losses classify by their cosine head, Siamese losses by the nearest class centroid.
-Each stage is evaluated on the images not among the K shots of each class.
+cross-entropy, Adam 1e-4, 50 epochs, batch 64. Stage 2 (similarity learning), as the
+study: the backbone is retrained (``--freeze-backbone`` keeps it frozen) with GAP ->
+Dense(embedding), L2-normalised, under ``--loss`` on P x K batches with online mining;
+then a classification part on the embeddings, Dense-ReLU-Dropout(0.2)-Dense(classes),
+cross-entropy, Adam 1e-4, 30 epochs, batch 64, gives the stage's predictions (the
+cosine head's or nearest centroid's are reported beside them). Each stage is evaluated
+on the images not among the K shots of each class.
 
 Writes a new run folder ``<logs>/few_shot_<time>/``: ``args.json``, per stage
 (``transfer``, and ``similarity_<loss>`` for each ``--loss``) ``<stage>_training_log.csv``, ``<stage>_report.csv`` (per class), ``<stage>_confusion.png``,
-``<stage>_pca.png`` and ``<stage>_tsne.png`` (held-out embeddings), and ``results.json``.
+``<stage>_pca.png`` and ``<stage>_tsne.png`` (held-out embeddings), for stage 2 also
+``<stage>_classifier_log.csv``, and ``results.json``.
 """
 import os
 import sys
@@ -37,7 +41,7 @@ from few_shot.data import (NORMALIZATIONS, FewShotDataError, PKSampler, load_ima
                            split_shots)
 from few_shot.evaluate import (classification_metrics, nearest_centroid_predict,  # noqa: E402
                                plot_confusion, plot_embeddings, write_report_csv)
-from few_shot.losses import LOSSES  # noqa: E402
+from few_shot.losses import LOSSES, STUDY_DEFAULTS  # noqa: E402
 from utils.callbacks import EpochTimer, StopOnNonFinite  # noqa: E402
 from utils.errors import UserError, writable_dir  # noqa: E402
 from utils.optimizers import FusedAdam  # noqa: E402
@@ -63,8 +67,10 @@ def parse_args(argv=None):
     data.add_argument("--input-shape", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
                       help="images are resized to H W (the study: 256 256)")
     data.add_argument("--normalize", choices=NORMALIZATIONS, default="imagenet",
-                      help="pixel normalisation: ImageNet's mean and std, the training "
-                           "images' own, or none (0..1) (default imagenet)")
+                      help="pixel normalisation: ImageNet's mean and std, the study's data "
+                           "set's fixed constants (doctorp), statistics computed from the "
+                           "K-shot training images (computed), or none (0..1) (default "
+                           "imagenet)")
     model = p.add_argument_group("model")
     model.add_argument("--backbone", choices=list(BACKBONES), default="mobilenetv2",
                        help="keras.applications model, or encoder-resnet50 / encoder-vgg for "
@@ -73,12 +79,14 @@ def parse_args(argv=None):
                        help="imagenet (Keras's cache; downloaded when online), none, or a "
                             "weights file loaded by layer name (default imagenet)")
     model.add_argument("--hidden", type=int, default=256,
-                       help="units of stage 1's Dense-ReLU layer (default 256)")
+                       help="units of the Dense-ReLU layer of stage 1's head and of stage "
+                            "2's classification part (default 256)")
     model.add_argument("--embedding-dim", type=int, default=128,
                        help="size of stage 2's L2-normalised embedding (default 128)")
-    model.add_argument("--fine-tune", action="store_true",
-                       help="stage 2 also trains the backbone (default: frozen, as in stage "
-                            "1; then the backbone's features are computed once)")
+    model.add_argument("--freeze-backbone", action="store_true",
+                       help="stage 2 keeps the backbone frozen, as stage 1 (its features "
+                            "are computed once); default: retrained with the metric loss, "
+                            "as the study")
     train = p.add_argument_group("training")
     train.add_argument("--stages", choices=STAGES, nargs="+", default=list(STAGES),
                        help="which stages to run (default both)")
@@ -86,21 +94,27 @@ def parse_args(argv=None):
                        help="stage 2 loss; several run one after another on the same split "
                             "and backbone features (default arcface)")
     train.add_argument("--margin", type=float, default=None,
-                       help="loss margin (default per loss: contrastive, triplet and "
-                            "quadruplet 1.0, CosFace and ArcFace 0.5, the study's)")
-    train.add_argument("--margin2", type=float, default=0.5,
-                       help="quadruplet losses' second margin (default 0.5)")
-    train.add_argument("--scale", type=float, default=32.0,
-                       help="CosFace and ArcFace scale (the study: 32)")
-    train.add_argument("--sphereface-m", type=int, default=4,
+                       help="loss margin (default per loss, the study's: contrastive and "
+                            "triplet 1, quadruplet 2, CosFace 0.4, ArcFace 0.5)")
+    train.add_argument("--margin2", type=float, default=None,
+                       help="quadruplet losses' second margin (default 1, the study's)")
+    train.add_argument("--scale", type=float, default=None,
+                       help="CosFace and ArcFace scale (default 32, the study's)")
+    train.add_argument("--sphereface-m", type=int, default=None,
                        help="SphereFace's angular multiplier m (default 4)")
     train.add_argument("--easy-margin", action="store_true",
                        help="ArcFace: apply the margin only where cos theta > 0")
     train.add_argument("--learning-rate", type=float, default=1e-4,
                        help="Adam learning rate of both stages (the study: 1e-4)")
-    train.add_argument("--epochs", type=int, nargs=2, default=[20, 20], metavar=("S1", "S2"),
-                       help="epochs of stage 1 and stage 2 (default 20 20)")
-    train.add_argument("--batch-size", type=int, default=32, help="stage 1 batch (default 32)")
+    train.add_argument("--epochs", type=int, nargs=2, default=[50, 30], metavar=("S1", "S2"),
+                       help="epochs of stage 1 and of stage 2's metric learning (the study: "
+                            "50 30)")
+    train.add_argument("--batch-size", type=int, default=64,
+                       help="stage 1 batch (the study: 64)")
+    train.add_argument("--classifier-epochs", type=int, default=30,
+                       help="epochs of stage 2's classification part (the study: 30)")
+    train.add_argument("--classifier-batch-size", type=int, default=64,
+                       help="its batch (the study: 64)")
     train.add_argument("--batch-classes", type=int, default=None, metavar="P",
                        help="stage 2 batches hold P classes (default: all, at most 8)")
     train.add_argument("--batch-per-class", type=int, default=None, metavar="K",
@@ -143,7 +157,8 @@ class CosineHead(keras.layers.Layer):
 
 class SimilarityModel(keras.Model):
     """Stage 2: ``trunk`` (the frozen backbone's pooled features are computed outside,
-    so ``trunk`` is None; with --fine-tune it is normalisation + backbone + GAP) ->
+    so ``trunk`` is None, with --freeze-backbone; else it is normalisation + backbone +
+    GAP, retrained) ->
     Dense(embedding) -> L2 norm, with a :class:`CosineHead` for the angular losses.
     ``call`` returns the L2-normalised embedding (B, D)."""
 
@@ -190,11 +205,41 @@ class SimilarityModel(keras.Model):
 
 
 def loss_options(args, loss):
-    """The options ``loss`` reads, from the command line."""
+    """The options ``loss`` reads: the command line's, else the study's."""
     spec = LOSSES[loss]
     values = {"margin": args.margin, "margin2": args.margin2, "scale": args.scale,
               "m": args.sphereface_m, "easy_margin": args.easy_margin}
-    return {k: values[k] for k in spec.options if values[k] is not None}
+    given = {k: values[k] for k in spec.options if values[k] is not None}
+    return {**STUDY_DEFAULTS.get(loss, {}), **given}
+
+
+# The study's classification part after the metric stage.
+CLASSIFIER_DROPOUT = 0.2
+
+
+def classification_part(dim, hidden, classes):
+    """embedding (B, dim) -> Dense(hidden)-ReLU-Dropout(0.2)-Dense(classes) softmax:
+    the study's two linear layers joined by a ReLU, with dropout."""
+    x = keras.Input(shape=(dim,), name="embedding")
+    h = keras.layers.Dense(hidden, activation="relu", name="classifier_hidden")(x)
+    h = keras.layers.Dropout(CLASSIFIER_DROPOUT, name="classifier_dropout")(h)
+    out = keras.layers.Dense(classes, activation="softmax", name="classifier_out")(h)
+    return keras.Model(x, out, name="classification_part")
+
+
+def train_classifier(args, run_dir, stage, emb_train, y_train, emb_test, n_classes):
+    """The classification part on the metric stage's embeddings: (predictions on
+    ``emb_test``, mean epoch seconds)."""
+    head = classification_part(emb_train.shape[1], args.hidden, n_classes)
+    head.compile(optimizer=FusedAdam(args.learning_rate),
+                 loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                 run_eagerly=args.run_eagerly)
+    timer = EpochTimer()
+    head.fit(emb_train, y_train, batch_size=args.classifier_batch_size,
+             epochs=args.classifier_epochs, shuffle=True, verbose=_verbose(),
+             callbacks=[timer, keras.callbacks.CSVLogger(
+                 str(run_dir / f"{stage}_classifier_log.csv"))])
+    return apply_in_batches(head, emb_test, 256).argmax(1), timer.mean()
 
 
 def pk_dataset(inputs, labels, sampler):
@@ -289,7 +334,7 @@ def run_transfer(args, run_dir, feats_train, y_train, feats_test, y_test, classe
 
 def run_similarity(args, loss, run_dir, trunk, x_train, y_train, x_test, y_test, classes, p, k):
     """Stage 2 with one loss; outputs are named ``similarity_<loss>_*``. ``x_*`` are
-    pooled features (frozen backbone) or images (--fine-tune)."""
+    pooled features (--freeze-backbone) or images (the backbone retrained)."""
     stage = f"similarity_{loss}"
     model = SimilarityModel(trunk, args.embedding_dim, len(classes), loss,
                             loss_options(args, loss), name=stage)
@@ -304,15 +349,19 @@ def run_similarity(args, loss, run_dir, trunk, x_train, y_train, x_test, y_test,
     emb_train = apply_in_batches(model, x_train)
     emb_test = apply_in_batches(model, x_test)
     if model.spec.kind == "angular":
-        y_pred = np.asarray(model.cosine(emb_test)).argmax(1)
+        by_metric = np.asarray(model.cosine(emb_test)).argmax(1)
         rule = "cosine head"
     else:
-        y_pred = nearest_centroid_predict(emb_train, y_train, emb_test)
+        by_metric = nearest_centroid_predict(emb_train, y_train, emb_test)
         rule = "nearest class centroid"
+    y_pred, classifier_seconds = train_classifier(args, run_dir, stage, emb_train, y_train,
+                                                  emb_test, len(classes))
     metrics = evaluate(args, run_dir, stage, y_test, y_pred, emb_test, classes,
                        f"the {loss} embedding")
-    metrics.update(mean_epoch_seconds=timer.mean(), classified_by=rule,
-                   loss=loss, steps_per_epoch=steps, batch=f"{p}x{k}")
+    metrics.update(mean_epoch_seconds=timer.mean(), classified_by="classification part",
+                   classifier_epoch_seconds=classifier_seconds,
+                   loss=loss, steps_per_epoch=steps, batch=f"{p}x{k}",
+                   by_metric={"rule": rule, **classification_metrics(y_test, by_metric)})
     return metrics
 
 
@@ -368,7 +417,8 @@ def main(argv=None):
                                            y_test, data.classes)
         print("stage 1 (transfer learning): " + _describe(results["transfer"]))
     if "similarity" in args.stages:
-        if args.fine_tune:
+        fine_tune = not args.freeze_backbone
+        if fine_tune:
             backbone.trainable = True
             initial = backbone.get_weights()
             inputs = (x_train, x_test)
@@ -377,13 +427,14 @@ def main(argv=None):
             inputs, model_trunk = (feats_train, feats_test), None
         results["similarity"] = {}
         for loss in args.loss:
-            if args.fine_tune:   # each loss starts from the same backbone weights
+            if fine_tune:   # each loss starts from the same backbone weights
                 backbone.set_weights(initial)
             m = run_similarity(args, loss, run_dir, model_trunk, inputs[0], y_train, inputs[1],
                                y_test, data.classes, p, k)
             results["similarity"][loss] = m
-            print(f"stage 2 (similarity learning, {loss}, by {m['classified_by']}): "
-                  + _describe(m))
+            print(f"stage 2 (similarity learning, {loss}, by the classification part): "
+                  + _describe(m) + f"; by the {m['by_metric']['rule']}: accuracy "
+                  f"{m['by_metric']['accuracy']:.4f}")
     write_json(run_dir / "results.json", results)
     return {"run_dir": run_dir, **results}
 

@@ -173,11 +173,24 @@ class SSLAugment(keras.layers.Layer):
                 "saturation": self.saturation, "hue": self.hue}
 
 
+# The authors' block transforms and their chances: flip left-right, flip up-down
+# (1/4 each), a quarter, half and three-quarter turn (1/6 each); DIHEDRAL's order.
+BLOCK_TRANSFORMS = (0, 1, 3, 4, 5)
+BLOCK_PROBABILITIES = (1 / 4, 1 / 4, 1 / 6, 1 / 6, 1 / 6)
+
+
+def block_transform(u):
+    """The position in ``BLOCK_TRANSFORMS`` each uniform draw in ``u`` (any shape,
+    values in [0, 1)) selects."""
+    edges = tf.constant([sum(BLOCK_PROBABILITIES[:i + 1]) for i in range(4)], tf.float32)
+    return tf.reduce_sum(tf.cast(u[..., None] >= edges, tf.int32), axis=-1)
+
+
 def corrupt_block(images, min_ratio=0.2, max_ratio=1 / 3, brightness=0.3, contrast=0.5,
                   saturation=0.5, hue=0.3):
     """Multitask self-supervision's inpainting input: in each image one square block of
     side r * min(H, W), r ~ U[min_ratio, max_ratio], at a random place, replaced by
-    itself colour-jittered and flipped or rotated (one of five transforms).
+    itself colour-jittered and flipped or turned (``BLOCK_PROBABILITIES``).
 
     images: (B, H, W, 3) in 0..1. Returns the corrupted batch, same shape.
     """
@@ -189,10 +202,10 @@ def corrupt_block(images, min_ratio=0.2, max_ratio=1 / 3, brightness=0.3, contra
         left = tf.random.uniform((), 0, w - side + 1, dtype=tf.int32)
         block = image[None, top:top + side, left:left + side]
         block = color_jitter(block, brightness, contrast, saturation, hue)
-        turn = tf.random.uniform((), 0, 5, dtype=tf.int32)
-        # The five transforms of DIHEDRAL other than the identity; a block is square.
-        block = tf.switch_case(turn, [lambda op=op: op(block)
-                                      for i, op in enumerate(DIHEDRAL) if i != 2])[0]
+        turn = block_transform(tf.random.uniform(()))
+        # A block is square, so every turn keeps its shape.
+        block = tf.switch_case(turn, [lambda i=i: DIHEDRAL[i](block)
+                                      for i in BLOCK_TRANSFORMS])[0]
         pads = [[top, h - top - side], [left, w - left - side], [0, 0]]
         inside = tf.pad(tf.ones_like(block[..., :1], tf.bool), pads, constant_values=False)
         return tf.where(inside, tf.pad(block, pads), image)

@@ -80,6 +80,10 @@ class PretextMethod(keras.Model):
     # The authors' learning rate and its schedule, where they differ from the original's
     # constant Adam 1e-3 (keys of ``other_ssl.training.SCHEDULE_DEFAULTS``).
     schedule = {}
+    # The authors' training options where they differ from the original's (keys of
+    # ``other_ssl.train_ssl.RUN_DEFAULTS``: input_shape, epochs, batch_size, optimizer,
+    # weight_decay).
+    run_defaults = {}
 
     def __init__(self, backbone=None, input_shape=(288, 512, 3), backbone_name="resnet50",
                  name=None, **hyperparameters):

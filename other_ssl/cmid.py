@@ -18,6 +18,7 @@ import math
 import keras
 import tensorflow as tf
 
+from few_shot.data import IMAGENET_MEAN, IMAGENET_STD
 from other_ssl import augment, losses
 from other_ssl.base import PretextMethod, clone_network, ema_update
 from other_ssl.losses import embedding_std
@@ -132,14 +133,24 @@ def patch_mask(batch, grid_shape, cells, ratio):
 
 
 class CMIDViews(keras.layers.Layer):
-    """0..255 images -> the first view (0..1): a resized crop (area 0.3-1) and a flip.
+    """0..255 images -> the first view: a resized crop (area 0.3-1) and a flip,
+    normalised as the authors: (x / 255 - mean) / std per channel.
 
     :meth:`views` gives both views and where each crop came from."""
 
-    def __init__(self, scale=(0.3, 1.0), **kwargs):
+    def __init__(self, scale=(0.3, 1.0), mean=IMAGENET_MEAN, std=IMAGENET_STD, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.scale = tuple(scale)
+        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+    def normalize(self, images):
+        """0..1 images -> the network's input."""
+        return (images - tf.constant(self.mean)) / tf.constant(self.std)
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale, "mean": self.mean,
+                "std": self.std}
 
     def crop_flip(self, images):
         n = tf.shape(images)[0]
@@ -151,12 +162,12 @@ class CMIDViews(keras.layers.Layer):
 
     def call(self, images, training=True):
         images = tf.cast(images, tf.float32) / 255.0
-        return self.crop_flip(images)[0] if training else images
+        return self.normalize(self.crop_flip(images)[0] if training else images)
 
     def views(self, images):
-        """((view1, boxes1, flips1), (view2, boxes2, flips2)); view 2 is also jittered
-        (0.4, 0.4, 0.2, 0.1; p 0.8), blurred, noised (p 0.6), solarized (p 0.2) and
-        greyed (p 0.2), in the authors' fixed order."""
+        """((view1, boxes1, flips1), (view2, boxes2, flips2)), both normalised; view 2
+        is also jittered (0.4, 0.4, 0.2, 0.1; p 0.8), blurred, noised (p 0.6), solarized
+        (p 0.2) and greyed (p 0.2), in the authors' fixed order, on 0..1 pixels."""
         images = tf.cast(images, tf.float32) / 255.0
         first, second = self.crop_flip(images), self.crop_flip(images)
         view = augment.random_apply(second[0], 0.8, lambda x: augment.color_jitter(
@@ -165,7 +176,8 @@ class CMIDViews(keras.layers.Layer):
         view = augment.random_noise(view, 0.6)
         view = augment.random_solarize(view, 0.2)
         view = augment.random_grayscale(view, 0.2)
-        return first, (view, second[1], second[2])
+        return ((self.normalize(first[0]), first[1], first[2]),
+                (self.normalize(view), second[1], second[2]))
 
 
 class CMID(PretextMethod):
@@ -173,19 +185,34 @@ class CMID(PretextMethod):
     global projection's size (authors: 256); ``pool`` is not used (GAP, as the authors).
     No linear probe.
 
-    ``queue_size`` 0 sizes the queue to the data: 2 x (images per epoch - batch), at
-    most the authors' 65,536, so it never holds a key of an image in the current batch
-    (two keys per image and step; a key of the same image would be a negative that is
-    really a positive). Any other value is used as given.
+    Inputs are normalised with ``pixel_mean`` and ``pixel_std`` (0..1 scale; ImageNet's
+    unless given; ``train_ssl.py`` gives the training images' own), and the views are
+    reconstructed in that space, as the authors.
+
+    The queue keeps each key's image identity: the image index when batches come as
+    ``(images, indices)`` (``train_ssl.py``), else a fingerprint of the image's pixels.
+    The loss never counts a key of an image in the current batch as a negative (it
+    would be a positive), in any order. ``queue_size`` 0 sizes the queue's used part to
+    the data: 2 x images per epoch (two keys per image), at most the authors' 65,536;
+    any other value is used as given. The queue starts as random unit rows of no image,
+    as the authors'; when it holds no valid negative (an epoch of one step), the keys of
+    the batch's other images stand in, so the term is never identically 0.
     """
     defaults = {"temperature": 0.2, "queue_size": 0, "momentum_coeff": 0.996,
                 "num_matches": 20, "student_temperature": 0.1,
                 "teacher_temperature": 0.04, "final_teacher_temperature": 0.07,
                 "teacher_warmup_epochs": 50, "center_momentum": 0.9, "mask_ratio": 0.6,
-                "fft_weight": 1.0, "hidden": 2048, "local_dim": 2048}
-    # The authors' lr 1e-3 with a cosine to 1e-6 after 10 warm-up epochs (with Adan,
-    # which Keras lacks: Adam here).
-    schedule = {"lr_schedule": "cosine", "warmup_epochs": 10, "min_learning_rate": 1e-6}
+                "fft_weight": 1.0, "hidden": 2048, "local_dim": 2048,
+                "pixel_mean": None, "pixel_std": None}
+    # train_ssl.py feeds (images, image indices) and the images' statistics.
+    needs_image_index = True
+    # The authors' lr 1e-3 per GPU of 64 images (their script multiplies it by the GPU
+    # count), with a cosine to 1e-6 after 10 warm-up epochs, under Adan with weight
+    # decay 0.02 (none on biases and BN).
+    schedule = {"learning_rate": 1e-3, "lr_schedule": "cosine", "warmup_epochs": 10,
+                "min_learning_rate": 1e-6}
+    lr_reference_batch = 64
+    run_defaults = {"optimizer": "adan", "weight_decay": 0.02}
 
     def __init__(self, backbone=None, input_shape=(288, 512, 3), width=256, pool=None,
                  backbone_name="resnet50", augmenter=None, probe_classes=0, name=None,
@@ -194,7 +221,14 @@ class CMID(PretextMethod):
             raise ValueError("cmid has no linear probe: drop --probe-labels")
         super().__init__(backbone, input_shape, backbone_name, name, **hyperparameters)
         self.width = int(width)
-        self.augmenter = augmenter if augmenter is not None else CMIDViews(name="augmenter")
+        if self.pixel_mean is None or self.pixel_std is None:
+            self.pixel_mean, self.pixel_std = IMAGENET_MEAN, IMAGENET_STD
+        self.pixel_mean = tuple(float(v) for v in self.pixel_mean)
+        self.pixel_std = tuple(float(v) for v in self.pixel_std)
+        self.hyperparameters["pixel_mean"] = self.pixel_mean
+        self.hyperparameters["pixel_std"] = self.pixel_std
+        self.augmenter = augmenter if augmenter is not None else CMIDViews(
+            mean=self.pixel_mean, std=self.pixel_std, name="augmenter")
         self.stem, self.trunk = split_at_stride4(self.backbone)
         image_shape = tuple(self.backbone.inputs[0].shape[1:3])
         top = tuple(self.backbone.outputs[-1].shape[1:])
@@ -214,6 +248,10 @@ class CMID(PretextMethod):
         self.m_local_head = clone_network(self.local_head, "m_local_head")
         self.queue = self.add_weight(shape=(int(self.queue_size) or AUTHORS_QUEUE, self.width),
                                      initializer=_unit_rows, trainable=False, name="queue")
+        # The image of each queued key; -1: a random start row of no image.
+        self.queue_ids = self.add_weight(shape=(self.queue.shape[0],), dtype="int32",
+                                         initializer=keras.initializers.Constant(-1),
+                                         trainable=False, name="queue_ids")
         # Steps per epoch, set by CMIDSchedule (0: unknown), to size the queue's used part.
         self.epoch_steps = self.add_weight(shape=(), dtype="int32", trainable=False,
                                            initializer="zeros", name="epoch_steps")
@@ -257,15 +295,28 @@ class CMID(PretextMethod):
         return self.trunk(x, training=training)
 
     def queue_in_use(self, batch):
-        """The newest part of the queue the loss reads (all of it with a given
-        ``queue_size`` or an unknown epoch length)."""
-        queue = tf.convert_to_tensor(self.queue)
+        """(keys, image ids): the newest part of the queue the loss reads (all of it
+        with a given ``queue_size`` or an unknown epoch length)."""
+        queue, ids = tf.convert_to_tensor(self.queue), tf.convert_to_tensor(self.queue_ids)
         steps = tf.convert_to_tensor(self.epoch_steps)
         if self.queue_size:
-            return queue
-        used = tf.where(steps > 0, tf.clip_by_value(2 * (steps - 1) * batch, 0, queue.shape[0]),
+            return queue, ids
+        used = tf.where(steps > 0, tf.clip_by_value(2 * steps * batch, 0, queue.shape[0]),
                         queue.shape[0])
-        return queue[:used]
+        return queue[:used], ids[:used]
+
+    def negatives(self, ids, keys):
+        """(negatives (N, D), valid (B, N)): the queue's keys of images not in the
+        batch; when none is left, the batch's keys (``keys``, (2B, D), both views) of
+        the other images."""
+        queue, queue_ids = self.queue_in_use(tf.shape(ids)[0])
+        in_batch = tf.reduce_any(tf.equal(queue_ids[None, :], ids[:, None]), axis=0)
+        valid_queue = tf.logical_not(in_batch)
+        key_ids = tf.concat([ids, ids], axis=0)
+        others = tf.not_equal(ids[:, None], key_ids[None, :])
+        others = tf.logical_and(others, tf.logical_not(tf.reduce_any(valid_queue)))
+        valid = tf.concat([tf.tile(valid_queue[None, :], [tf.shape(ids)[0], 1]), others], axis=1)
+        return tf.concat([queue, tf.cast(keys, queue.dtype)], axis=0), valid
 
     def masked_view(self, view):
         """The view with ``mask_ratio`` of its patches set to its per-channel mean, the
@@ -286,7 +337,7 @@ class CMID(PretextMethod):
     def _cells(self, top):
         return tf.reshape(top, (tf.shape(top)[0], -1, top.shape[-1]))
 
-    def forward(self, images, training):
+    def forward(self, images, training, ids=None):
         (view1, boxes1, flips1), (view2, boxes2, flips2) = self.augmenter.views(images)
         masked1, mask4_1, mask1 = self.masked_view(view1)
         masked2, mask4_2, mask2 = self.masked_view(view2)
@@ -300,8 +351,9 @@ class CMID(PretextMethod):
         q2 = self.projector(tf.reduce_mean(s2, axis=(1, 2)), training=training)
         k1 = tf.stop_gradient(self.m_projector(tf.reduce_mean(t1, axis=(1, 2)), training=training))
         k2 = tf.stop_gradient(self.m_projector(tf.reduce_mean(t2, axis=(1, 2)), training=training))
-        glob = losses.mocov2_loss(q1, q2, k1, k2, self.queue_in_use(tf.shape(images)[0]),
-                                  self.temperature)
+        ids = image_ids(images) if ids is None else tf.cast(tf.reshape(ids, (-1,)), tf.int32)
+        negatives, valid = self.negatives(ids, tf.math.l2_normalize(tf.concat([k2, k1], 0), 1))
+        glob = losses.mocov2_loss(q1, q2, k1, k2, negatives, self.temperature, valid)
 
         loc1 = cell_centres(boxes1, flips1, self.grid, self.image_shape)
         loc2 = cell_centres(boxes2, flips2, self.grid, self.image_shape)
@@ -319,7 +371,8 @@ class CMID(PretextMethod):
             center = m * center + (1.0 - m) * tf.reduce_mean(teacher, axis=(0, 1))
         out = {"rec_loss": rec, "global_loss": glob, "local_loss": 0.5 * (local[0] + local[1])}
         out["loss"] = out["rec_loss"] + out["global_loss"] + out["local_loss"]
-        out.update(center=center, keys=tf.concat([k2, k1], axis=0), emb_std=embedding_std(q1))
+        out.update(center=center, keys=tf.concat([k2, k1], axis=0), ids=tf.concat([ids, ids], 0),
+                   emb_std=embedding_std(q1))
         return out
 
     def _results(self, out):
@@ -328,9 +381,9 @@ class CMID(PretextMethod):
         return {m.name: m.result() for m in self.metrics}
 
     def train_step(self, data):
-        images = data[0] if isinstance(data, (tuple, list)) else data
+        images, ids = _unpack(data)
         with tf.GradientTape() as tape:
-            out = self.forward(images, training=True)
+            out = self.forward(images, training=True, ids=ids)
             scaled = self.optimizer.scale_loss(out["loss"])
         variables = self.student_variables
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
@@ -338,13 +391,31 @@ class CMID(PretextMethod):
         size = self.queue.shape[0]
         self.queue.assign(tf.concat([tf.math.l2_normalize(out["keys"], axis=1),
                                      self.queue], axis=0)[:size])
+        self.queue_ids.assign(tf.concat([out["ids"], self.queue_ids], axis=0)[:size])
         ema_update([(self.backbone, self.m_backbone), (self.projector, self.m_projector),
                     (self.local_head, self.m_local_head)], self.tau)
         return self._results(out)
 
     def test_step(self, data):
-        images = data[0] if isinstance(data, (tuple, list)) else data
-        return self._results(self.forward(images, training=False))
+        images, ids = _unpack(data)
+        return self._results(self.forward(images, training=False, ids=ids))
+
+
+def _unpack(data):
+    """(images, image indices or None) of a batch."""
+    if isinstance(data, (tuple, list)):
+        return data[0], (data[1] if len(data) > 1 else None)
+    return data, None
+
+
+def image_ids(images):
+    """An int32 identity per image from its pixels (a fixed weighting of every value,
+    the float's bits): the same decoded image gives the same id, in any order."""
+    flat = tf.reshape(tf.cast(images, tf.float32), (tf.shape(images)[0], -1))
+    weights = tf.sin(tf.range(tf.shape(flat)[1], dtype=tf.float32) * 12.9898) + 1.5
+    # Non-negative, so never the -1 of an empty queue row.
+    return tf.bitwise.bitwise_and(tf.bitcast(tf.reduce_sum(flat * weights, axis=1), tf.int32),
+                                  0x7FFFFFFF)
 
 
 class CMIDSchedule(keras.callbacks.Callback):

@@ -7,6 +7,7 @@ the files instead, so the folder can be any size.
 import warnings
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from data_processing.names import is_image_file, parse_stage_name
@@ -101,3 +102,24 @@ def make_image_dataset(paths, input_shape, batch_size, labels=None, shuffle=True
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def image_statistics(paths, input_shape, limit=1024, batch_size=32):
+    """Per-channel (mean, std) on 0..1 pixels of the images at ``input_shape`` (H, W):
+    of all of them, or of ``limit`` spread evenly over the sorted list. Computed once
+    before training (CMID's authors normalise with their data set's statistics)."""
+    paths = list(paths)
+    if limit and len(paths) > limit:
+        paths = [paths[i] for i in np.linspace(0, len(paths) - 1, limit).astype(int)]
+    total = np.zeros(3)
+    squares = np.zeros(3)
+    count = 0
+    for batch in make_image_dataset(paths, input_shape, batch_size, shuffle=False,
+                                    drop_remainder=False):
+        x = batch.numpy().reshape(-1, 3).astype(np.float64) / 255.0
+        total += x.sum(0)
+        squares += np.square(x).sum(0)
+        count += len(x)
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
+    return [float(v) for v in mean], [float(max(v, 1e-6)) for v in std]

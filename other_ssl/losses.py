@@ -284,18 +284,22 @@ def focal_frequency_loss(y_true, y_pred, mask, unmask_weight=1e-3):
     return tf.reduce_mean(weight * distance)
 
 
-def mocov2_loss(q1, q2, k1, k2, queue, temperature=0.2):
+def mocov2_loss(q1, q2, k1, k2, queue, temperature=0.2, valid=None):
     """MoCo-v2, symmetrised, as CMID: each query's logits are [its key of the other
     view, the queue] / temperature (the other keys of the batch are not negatives,
     unlike :func:`moco_loss`); cross-entropy with the key first, averaged over the two
-    directions. Queries, keys (B, D) and queue (K, D) are L2-normalised here."""
+    directions. Queries, keys (B, D) and queue (K, D) are L2-normalised here;
+    ``valid`` (B, K) bool, if given, leaves out each query's negatives where False."""
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits
     queue = _l2(queue)
 
     def one_way(q, k):
         q, k = _l2(q), tf.stop_gradient(_l2(k))
+        negative = tf.matmul(q, queue, transpose_b=True)
+        if valid is not None:
+            negative = tf.where(valid, negative, -1e4 * temperature)
         logits = tf.concat([tf.reduce_sum(q * k, axis=1, keepdims=True),
-                            tf.matmul(q, queue, transpose_b=True)], axis=1) / temperature
+                            negative], axis=1) / temperature
         return tf.reduce_mean(ce(labels=tf.zeros(tf.shape(q)[0], tf.int32), logits=logits))
 
     return 0.5 * (one_way(q1, k2) + one_way(q2, k1))

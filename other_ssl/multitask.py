@@ -116,6 +116,9 @@ class Multitask(PretextMethod):
                 "exemplar_weight": 1.0}
     schedule = {"learning_rate": 5e-4, "lr_schedule": "step", "lr_decay": 0.95,
                 "lr_decay_epochs": 2}
+    # The authors' config: batch 4, 13 epochs, 256x256 crops (the exemplar softmax
+    # spans the 2 x batch rows of a step).
+    run_defaults = {"batch_size": 4, "epochs": 13, "input_shape": [256, 256]}
 
     def __init__(self, backbone=None, input_shape=(288, 512, 3), width=None, pool=None,
                  backbone_name="resnet50", augmenter=None, probe_classes=0, name=None,

@@ -21,8 +21,8 @@ if __package__ in (None, ""):
 
 from nets.encoders import BACKBONES, check_input_shape  # noqa: E402
 from other_ssl.base import POOLS, CollapseMonitor  # noqa: E402
-from other_ssl.dataset import (check_batch_size, check_images, list_images,  # noqa: E402
-                               make_image_dataset, stage_labels)
+from other_ssl.dataset import (check_batch_size, check_images, image_statistics,  # noqa: E402
+                               list_images, make_image_dataset, stage_labels)
 from other_ssl.methods import METHODS, get_method  # noqa: E402
 from other_ssl.training import (CHECKPOINT, OPTIMIZERS, SCHEDULE_DEFAULTS, SCHEDULES,  # noqa: E402
                                 epoch_steps, learning_rate_schedule, make_optimizer,
@@ -50,10 +50,21 @@ HYPERPARAMETERS = {"temperature": float, "queue_size": int, "momentum_coeff": fl
                    "fft_weight": float}
 
 
+# What a method without its own ``run_defaults`` trains with: the original's values.
+RUN_DEFAULTS = {"input_shape": [288, 512], "epochs": 100, "batch_size": 48,
+                "optimizer": "adam", "weight_decay": 0.0}
+
+
 def _defaults_of(key):
     found = [f"{name} {cls.defaults[key]}" for name, cls in METHODS.items()
              if key in cls.defaults]
     return "; ".join(found).replace("None", "width/4")
+
+
+def _run_defaults_of(key):
+    found = [f"{name} {cls.run_defaults[key]}" for name, cls in METHODS.items()
+             if key in cls.run_defaults]
+    return "; ".join([f"original {RUN_DEFAULTS[key]}"] + found)
 
 
 def _schedule_defaults_of(key):
@@ -71,8 +82,9 @@ def parse_args(argv=None):
     p.add_argument("--image-dir", default="out",
                    help="folder of training images, e.g. step 2's out/ (original: a "
                         "pre-made .npy array of all images)")
-    p.add_argument("--input-shape", type=int, nargs=2, default=[288, 512],
-                   metavar=("H", "W"), help="resize images to H W (original: 288 512)")
+    p.add_argument("--input-shape", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="resize images to H W (None: the method's own: "
+                        f"{_run_defaults_of('input_shape')})")
     p.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet50",
                    help="encoder backbone (original: resnet50)")
     p.add_argument("--pool", choices=POOLS, default="flatten",
@@ -80,15 +92,19 @@ def parse_args(argv=None):
                         "flatten at 288x512 gives a 75M-parameter Dense (original: flatten)")
     p.add_argument("--width", type=int, default=256,
                    help="encoder output and projection width (original: 256)")
-    p.add_argument("--epochs", type=int, default=100, help="(original: 100)")
-    p.add_argument("--batch-size", type=int, default=48, help="(original: 48)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"(None: the method's own: {_run_defaults_of('epochs')})")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"global batch (None: the method's own: {_run_defaults_of('batch_size')})")
     p.add_argument("--steps-per-epoch", type=int, default=None,
                    help="cap on steps per epoch (None: one pass over the folder)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
-                   help="(original: adam; SimSiam's paper used sgd)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                   help="SimSiam's paper used sgd (None: the method's own: "
+                        f"{_run_defaults_of('optimizer')})")
     p.add_argument("--learning-rate", type=float, default=None,
                    help="peak learning rate (None: the method's own: "
-                        f"{_schedule_defaults_of('learning_rate')}, the Keras Adam default)")
+                        f"{_schedule_defaults_of('learning_rate')}, the Keras Adam default; "
+                        "cmid's is per 64 images: 1e-3 x batch / 64, the authors' rule)")
     p.add_argument("--lr-schedule", choices=SCHEDULES, default=None,
                    help="constant; step: x --lr-decay every --lr-decay-epochs epochs; cosine: "
                         "warm-up then a cosine to --min-learning-rate (None: the method's "
@@ -106,8 +122,9 @@ def parse_args(argv=None):
     p.add_argument("--min-learning-rate", type=float, default=None,
                    help="cosine schedule's last rate (None: the method's own: "
                         f"{_schedule_defaults_of('min_learning_rate')})")
-    p.add_argument("--weight-decay", type=float, default=0.0,
-                   help="decoupled weight decay (original: 0)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="decoupled weight decay (None: the method's own: "
+                        f"{_run_defaults_of('weight_decay')})")
     for key, kind in HYPERPARAMETERS.items():
         p.add_argument("--" + key.replace("_", "-"), type=kind, default=None,
                        help=f"method hyperparameter (None: the method's own: {_defaults_of(key)})")
@@ -130,8 +147,19 @@ def parse_args(argv=None):
                    help="continue the run in RUN_DIR from its newest complete checkpoint "
                         "with the options of its args.json (--epochs may change)")
     add_common_training_args(p)
-    return resume_args(p, argv, may_change=("epochs", "save_period"),
+    args = resume_args(p, argv, may_change=("epochs", "save_period"),
                        kind=lambda a: f"ssl_{a.method}")
+    return method_run_options(args, METHODS.get(args.method))
+
+
+def method_run_options(args, cls):
+    """The options left at None set to the method's own (``run_defaults``: the
+    authors'), else to the original's (``RUN_DEFAULTS``)."""
+    own = getattr(cls, "run_defaults", {}) if cls is not None else {}
+    for key, value in {**RUN_DEFAULTS, **own}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
 
 def method_hyperparameters(args, cls):
@@ -150,7 +178,12 @@ def method_schedule(args, cls):
     """The learning rate and schedule: the options given, else the method's own, else
     the original's constant rate (``SCHEDULE_DEFAULTS``)."""
     given = {k: getattr(args, k) for k in SCHEDULE_DEFAULTS if getattr(args, k) is not None}
-    return {**SCHEDULE_DEFAULTS, **cls.schedule, **given}
+    schedule = {**SCHEDULE_DEFAULTS, **cls.schedule, **given}
+    reference = getattr(cls, "lr_reference_batch", None)
+    if reference and "learning_rate" not in given:
+        # The authors' rate is per ``reference`` images; it grows with the global batch.
+        schedule["learning_rate"] *= args.batch_size / reference
+    return schedule
 
 
 def main(argv=None):
@@ -166,6 +199,11 @@ def main(argv=None):
     paths = check_images(list_images(args.image_dir), args.skip_bad_images)
     check_batch_size(len(paths), args.batch_size, args.image_dir)
     labels = stage_labels(paths) if args.probe_labels else None
+    if labels is None and getattr(cls, "needs_image_index", False):
+        labels = list(range(len(paths)))   # each key's image, for CMID's queue
+    if "pixel_mean" in cls.defaults:
+        # The authors normalise with their data set's statistics: the training images'.
+        hyper["pixel_mean"], hyper["pixel_std"] = image_statistics(paths, input_shape[:2])
     steps, capped = epoch_steps(len(paths), args.batch_size, args.steps_per_epoch)
 
     set_seed(args.seed)
@@ -176,7 +214,7 @@ def main(argv=None):
     with strategy.scope():
         model = cls(input_shape=input_shape, width=args.width, pool=args.pool,
                     backbone_name=args.backbone,
-                    probe_classes=(max(labels) + 1) if labels else 0, **hyper)
+                    probe_classes=(max(labels) + 1) if args.probe_labels else 0, **hyper)
         learning_rate = learning_rate_schedule(steps_per_epoch=steps, epochs=args.epochs,
                                                **schedule)
         model.compile(optimizer=make_optimizer(args.optimizer, learning_rate, args.weight_decay),

@@ -4,10 +4,10 @@ import functools
 
 import keras
 
-from utils.optimizers import SCHEDULES, FusedAdam
+from utils.optimizers import SCHEDULES, Adan, FusedAdam
 from utils.optimizers import learning_rate_schedule as _learning_rate_schedule
 
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "sgd", "adan")
 # What a method without its own ``schedule`` trains with: the original's constant
 # Adam 1e-3. A method's ``schedule`` class attribute overrides any of these.
 SCHEDULE_DEFAULTS = {"learning_rate": 1e-3, "lr_schedule": "constant", "lr_decay": 1.0,
@@ -29,8 +29,9 @@ def epoch_steps(n_images, batch_size, cap=None):
 
 
 def make_optimizer(name="adam", learning_rate=1e-3, weight_decay=0.0, momentum=0.9):
-    """Adam (the original's, Keras defaults) or SGD with momentum (SimSiam's published
-    choice); ``weight_decay`` is decoupled (Keras' ``weight_decay``). ``learning_rate``
+    """Adam (the original's, Keras defaults), SGD with momentum (SimSiam's published
+    choice) or Adan (CMID's authors; no decay on biases and BN); ``weight_decay`` is
+    decoupled. ``learning_rate``
     is a number or a schedule (:func:`learning_rate_schedule`)."""
     wd = weight_decay or None
     if name == "adam":
@@ -38,6 +39,8 @@ def make_optimizer(name="adam", learning_rate=1e-3, weight_decay=0.0, momentum=0
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
                                     weight_decay=wd)
+    if name == "adan":
+        return Adan(learning_rate=learning_rate, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
 
 

@@ -19,6 +19,10 @@ SMALLEST = {
     "bench_unet_step": ["--input-shape", "32", "32", "--batch-size", "2", "--steps", "1",
                         "--warmup", "1", "--modes", "frozen", "--precision", "float32",
                         "--peak-gflops", "100"],
+    "few_shot_table": ["--orchard", "2", "64", "96", "--rows", "random=transfer", "--shots", "2",
+                       "--seeds", "11", "--input-shape", "32", "32", "--epochs", "1", "1",
+                       "--few-shot-args", "--no-plots --classifier-epochs 1 --run-eagerly",
+                       "--logs-dir", "logs"],
     "profile_step": ["pde", "--input-shape", "32", "32", "--batch-size", "2", "--steps", "1",
                      "--warmup", "1", "--freeze-stages", "conv1", "res2"],
 }
@@ -27,7 +31,6 @@ ELSEWHERE = {
     "colour_baseline": "test_synthetic_orchard.py",
     "pixel_probe": "test_get_miou.py",
     "paper_table": "test_run_pipeline.py",
-    "few_shot_table": "test_few_shot.py",
     "pde_vs_random": "test_run_pipeline.py",
     "label_efficiency": "test_label_efficiency.py",
 }

@@ -166,10 +166,46 @@ def test_split_shots_stratified_seeded_and_checked():
 def test_normalization_stats():
     imgs = np.zeros((2, 2, 2, 3), np.uint8)
     imgs[0] = 255
-    mean, std = normalization_stats("dataset", imgs)
+    mean, std = normalization_stats("computed", imgs)
     close(mean, [0.5] * 3)
     close(std, [0.5] * 3)
     close(normalization_stats("imagenet")[0], [0.485, 0.456, 0.406])
+    # The study's own data set's fixed constants.
+    close(normalization_stats("doctorp")[0], [0.4467, 0.4889, 0.3267])
+    close(normalization_stats("doctorp")[1], [0.2299, 0.2224, 0.2289])
+
+
+def test_defaults_are_the_studys():
+    from few_shot.train_few_shot import loss_options, parse_args
+
+    args = parse_args([])
+    assert (args.epochs, args.batch_size, args.learning_rate) == ([50, 30], 64, 1e-4)
+    assert (args.classifier_epochs, args.classifier_batch_size) == (30, 64)
+    assert not args.freeze_backbone           # stage 2 retrains the backbone
+    assert loss_options(args, "cosface") == {"margin": 0.4, "scale": 32.0}
+    assert loss_options(args, "arcface") == {"margin": 0.5, "scale": 32.0, "easy_margin": False}
+    assert loss_options(args, "quadruplet_study") == {"margin": 2.0, "margin2": 1.0}
+    assert loss_options(args, "contrastive") == {"margin": 1.0}
+    assert loss_options(args, "sphereface") == {"m": 4}
+    given = parse_args(["--margin", "0.3", "--scale", "64", "--freeze-backbone"])
+    assert loss_options(given, "cosface") == {"margin": 0.3, "scale": 64.0}
+    assert given.freeze_backbone
+
+
+def test_classification_part_layers():
+    import keras
+
+    from few_shot.train_few_shot import classification_part
+
+    head = classification_part(16, 8, 5)
+    dense = [l for l in head.layers if isinstance(l, keras.layers.Dense)]
+    assert [(d.units, d.activation.__name__) for d in dense] == [(8, "relu"), (5, "softmax")]
+    drop = [l for l in head.layers if isinstance(l, keras.layers.Dropout)]
+    assert len(drop) == 1 and drop[0].rate == 0.2
+    # Dense -> ReLU -> Dropout -> Dense, in that order.
+    kinds = [type(l).__name__ for l in head.layers[1:]]
+    assert kinds == ["Dense", "Dropout", "Dense"]
+    assert head(np.zeros((2, 16), np.float32)).shape == (2, 5)
 
 
 def write_class_folder(root, counts, size=32, seed=0):
@@ -253,7 +289,8 @@ def test_end_to_end_tiny_run(tmp_path):
     root = write_class_folder(tmp_path / "d", [5, 5, 5])
     out = train_few_shot.main(["--image-dir", str(root), "--shots", "2", "--input-shape", "32", "32",
                                "--backbone", "encoder-vgg", "--weights", "none",
-                               "--normalize", "dataset", "--epochs", "2", "2",
+                               "--normalize", "computed", "--epochs", "2", "2",
+                               "--classifier-epochs", "2", "--freeze-backbone",
                                "--loss", "contrastive", "--batch-per-class", "2",
                                "--steps-per-epoch", "2", "--hidden", "8",
                                "--embedding-dim", "4", "--run-eagerly", "--logs-dir", str(tmp_path / "logs")])
@@ -267,11 +304,13 @@ def test_end_to_end_tiny_run(tmp_path):
             assert 0.0 <= m[key] <= 1.0
         assert m["mean_epoch_seconds"] > 0
     assert out["test_images"] == 9
-    assert out["similarity"]["contrastive"]["classified_by"] == "nearest class centroid"
+    assert out["similarity"]["contrastive"]["classified_by"] == "classification part"
+    assert out["similarity"]["contrastive"]["by_metric"]["rule"] == "nearest class centroid"
+    assert (run / "similarity_contrastive_classifier_log.csv").is_file()
     with open(run / "transfer_report.csv") as f:
         rows = list(csv.reader(f))
     assert [r[0] for r in rows[1:4]] == ["class_0", "class_1", "class_2"]
-    assert json.loads((run / "results.json").read_text())["normalize"] == "dataset"
+    assert json.loads((run / "results.json").read_text())["normalize"] == "computed"
 
 
 def test_missing_imagenet_weights_say_where_offline(monkeypatch, tmp_path):
@@ -302,12 +341,13 @@ def test_fine_tuned_angular_run_from_a_project_encoder_file(tmp_path):
     root = write_class_folder(tmp_path / "d", [4, 4, 4])
     out = train_few_shot.main(["--image-dir", str(root), "--shots", "2", "--input-shape", "32", "32",
                                "--backbone", "encoder-vgg", "--weights", str(encoder_file),
-                               "--stages", "similarity", "--fine-tune", "--loss", "arcface",
+                               "--stages", "similarity", "--loss", "arcface",
                                "--epochs", "1", "1", "--batch-per-class", "2",
+                               "--classifier-epochs", "1",
                                "--steps-per-epoch", "1", "--embedding-dim", "4", "--run-eagerly",
                                "--logs-dir", str(tmp_path / "logs")])
     assert "transfer" not in out
-    assert out["similarity"]["arcface"]["classified_by"] == "cosine head"
+    assert out["similarity"]["arcface"]["by_metric"]["rule"] == "cosine head"
     assert out["transfer_report"].startswith(f"Loaded weights from {encoder_file}: 13/13 layers")
     assert 0.0 <= out["similarity"]["arcface"]["accuracy"] <= 1.0
 
@@ -315,16 +355,37 @@ def test_fine_tuned_angular_run_from_a_project_encoder_file(tmp_path):
 def test_few_shot_table_rows_and_option_checks(capsys):
     from benchmarks import few_shot_table as table
 
-    for bad in (["--backbones", "pde,foo"], ["--backbones", "nonet:none"],
-                ["--losses", "transfer,bogus"]):
+    for bad in (["--rows", "pde=transfer;foo=arcface"], ["--rows", "nonet:none=transfer"],
+                ["--rows", "pde=transfer,bogus"], ["--rows", "pde"],
+                ["--rows", "ssl-simclr=transfer"]):
         with pytest.raises(SystemExit):
             table.parse_args(bad)
-    args = table.parse_args(["--backbones", "random,mobilenetv2:none", "--losses", "transfer,cosface"])
-    assert args.backbones == ["random", "mobilenetv2:none"] and args.losses == ["transfer", "cosface"]
+    # The default rows: the study's six losses on PDE, stage 1 on every encoder,
+    # contrastive and ArcFace on random and supervised.
+    rows = table.parse_args([]).rows
+    assert rows["pde"] == ["transfer", *table.STUDY_LOSSES] and len(table.STUDY_LOSSES) == 6
+    assert rows["random"] == rows["supervised"] == ["transfer", "contrastive", "arcface"]
+    args = table.parse_args(["--rows", "random=transfer,cosface;mobilenetv2:none=arcface;"
+                             "ssl-simclr=transfer", "--ssl-encoders", "simclr=README.md"])
+    assert args.rows == {"random": ["transfer", "cosface"], "mobilenetv2:none": ["arcface"],
+                         "ssl-simclr": ["transfer"]}
     assert table.row_backbone("mobilenetv2:none", {}) == ("mobilenetv2", "none", "mobilenetv2 (none)")
     assert table.row_backbone("pde", {"pde": "e.h5"})[:2] == ("encoder-resnet50", "e.h5")
     assert table.row_backbone("random", {})[:2] == ("encoder-resnet50", "none")
-    row = dict(shots=5, backbone="b", loss="triplet", accuracy=0.5, precision=0.25, recall=0.5,
-               f1=1 / 3, mean_epoch_seconds=0.1234)
-    text = table.markdown([row, dict(row, shots=10)], 5)
-    assert text.count("| b | triplet | 0.5000 | 0.2500 | 0.5000 | 0.3333 | 0.123 |") == 1
+    assert table.row_backbone("ssl-simclr", {"ssl-simclr": "s.h5"})[:2] == ("encoder-resnet50", "s.h5")
+    base = dict(shots=5, backbone="b", loss="triplet", chance=0.2, precision=0.25, recall=0.5,
+                f1=1 / 3, mean_epoch_seconds=0.1234)
+    # Three seeds of two rows: "b" at 0.5 ± 0.0408, "c" at chance.
+    seeds = [dict(base, seed=s, accuracy=a) for s, a in zip((1, 2, 3), (0.45, 0.5, 0.55))]
+    seeds += [dict(base, seed=s, backbone="c", accuracy=a) for s, a in zip((1, 2, 3), (0.2,) * 3)]
+    summary = table.summarise(seeds + [dict(seeds[0], shots=10)])
+    assert [(r["shots"], r["backbone"], r["seeds"]) for r in summary] == [(5, "b", 3), (5, "c", 3),
+                                                                          (10, "b", 1)]
+    assert summary[0]["accuracy"] == pytest.approx(0.5)
+    assert summary[0]["accuracy_std"] == pytest.approx(np.std([0.45, 0.5, 0.55]))
+    text = table.markdown(summary, 5)
+    assert "| b | triplet | 0.5000 ± 0.0408 | 0.2500 ± 0.0000 |" in text
+    assert text.count("| yes |") == 1 and text.count("| no |") == 1
+    assert "b triplet > c triplet" in text and "c triplet > b" not in text
+    # One seed has no spread: no verdicts.
+    assert "| n/a |" in table.markdown(summary, 10) and "| yes |" not in table.markdown(summary, 10)

@@ -9,8 +9,11 @@ a Siamese) then costs a large share of a training step (``benchmarks/README.md``
 hyperparameters, same formula (``epsilon`` added to the square root of ``v``, as
 Keras), same slot variables and checkpoints; other backends, AMSGrad and
 non-resource variables use Keras's own update.
+
+``Adan`` is the optimiser CMID's authors pretrain with (Xie et al. 2022).
 """
 import keras
+from keras import ops
 
 
 @keras.saving.register_keras_serializable(package="pde")
@@ -38,6 +41,79 @@ class FusedAdam(keras.optimizers.Adam):
             lr=tf.cast(learning_rate, dtype), beta1=tf.cast(self.beta_1, dtype),
             beta2=tf.cast(self.beta_2, dtype), epsilon=tf.cast(self.epsilon, dtype),
             grad=tf.cast(gradient, dtype), use_locking=False)
+
+
+@keras.saving.register_keras_serializable(package="pde")
+class Adan(keras.optimizers.Optimizer):
+    """Adan, adaptive Nesterov momentum (Xie et al. 2022), as the authors' code
+    ``sail-sg/Adan`` (which timm and CMID's authors use), per step k with gradient g:
+
+        m = b1 m + (1 - b1) g                    (b1 0.98)
+        v = b2 v + (1 - b2) (g - g_prev)         (b2 0.92; g_prev = g at the first step)
+        n = b3 n + (1 - b3) (g + b2 (g - g_prev))^2        (b3 0.99)
+        u = (m / (1 - b1^k) + b2 v / (1 - b2^k)) / (sqrt(n / (1 - b3^k)) + eps)
+        w = (w - lr u) / (1 + lr wd)             (``no_prox``: w (1 - lr wd) - lr u)
+
+    The betas are in the code's convention (the paper writes 1 - beta: 0.02, 0.08,
+    0.01). Weight decay skips tensors of rank <= 1 (biases, BN scales and offsets), as
+    timm's ``filter_bias_and_bn``, and any excluded with ``exclude_from_weight_decay``.
+    """
+
+    def __init__(self, learning_rate=1e-3, beta_1=0.98, beta_2=0.92, beta_3=0.99,
+                 epsilon=1e-8, weight_decay=0.0, no_prox=False, name="adan", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name,
+                         weight_decay=weight_decay or None, **kwargs)
+        self.beta_1, self.beta_2, self.beta_3 = beta_1, beta_2, beta_3
+        self.epsilon, self.no_prox = epsilon, bool(no_prox)
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self._m = self.add_optimizer_variables(var_list, "exp_avg")
+        self._v = self.add_optimizer_variables(var_list, "exp_avg_diff")
+        self._n = self.add_optimizer_variables(var_list, "exp_avg_sq")
+        self._prev = self.add_optimizer_variables(var_list, "pre_grad")
+
+    def _apply_weight_decay(self, variables):
+        # Applied inside update_step, where the proximal form needs the update first.
+        return None
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        lr = ops.cast(learning_rate, dtype)
+        g = ops.cast(gradient, dtype)
+        b1, b2, b3 = (ops.cast(b, dtype) for b in (self.beta_1, self.beta_2, self.beta_3))
+        step = ops.cast(self.iterations + 1, dtype)
+        i = self._get_variable_index(variable)
+        m, v, n, prev = self._m[i], self._v[i], self._n[i], self._prev[i]
+        diff = ops.where(ops.equal(step, 1.0), ops.zeros_like(g), ops.subtract(g, prev))
+        self.assign(m, ops.add(ops.multiply(b1, m), ops.multiply(1.0 - b1, g)))
+        self.assign(v, ops.add(ops.multiply(b2, v), ops.multiply(1.0 - b2, diff)))
+        nesterov = ops.add(g, ops.multiply(b2, diff))
+        self.assign(n, ops.add(ops.multiply(b3, n), ops.multiply(1.0 - b3, ops.square(nesterov))))
+        self.assign(prev, g)
+        denom = ops.add(ops.sqrt(ops.divide(n, 1.0 - ops.power(b3, step))),
+                        ops.cast(self.epsilon, dtype))
+        update = ops.divide(ops.add(ops.divide(m, 1.0 - ops.power(b1, step)),
+                                    ops.multiply(b2, ops.divide(v, 1.0 - ops.power(b2, step)))),
+                            denom)
+        decay = (self.weight_decay and len(variable.shape) > 1
+                 and self._use_weight_decay(variable))
+        if not decay:
+            self.assign_sub(variable, ops.multiply(lr, update))
+            return
+        wd = ops.cast(self.weight_decay, dtype)
+        if self.no_prox:
+            self.assign(variable, ops.subtract(ops.multiply(variable, 1.0 - lr * wd),
+                                               ops.multiply(lr, update)))
+        else:
+            self.assign(variable, ops.divide(ops.subtract(variable, ops.multiply(lr, update)),
+                                             1.0 + lr * wd))
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "beta_3": self.beta_3, "epsilon": self.epsilon, "no_prox": self.no_prox}
 
 
 SCHEDULES = ("constant", "step", "cosine")
