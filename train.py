@@ -461,7 +461,7 @@ def main(argv=None):
                   validation_data=val_ds,
                   validation_freq=validation_epochs(start, phase.end, args.val_period),
                   callbacks=callbacks, shuffle=False, verbose=progress_verbose())
-        updates += int(optimizer.iterations)
+        updates += int(keras.ops.convert_to_numpy(optimizer.iterations))
 
     checkpoint.write_best()     # (a resume after the last epoch runs no fit to do it)
     history = run.log()

@@ -53,7 +53,7 @@ def test_only_the_chief_worker_gets_the_run_folder(tmp_path, monkeypatch, index)
     run.write_text("training_log.csv", "epoch,loss\n0,1.0\n")
     if index == 0:
         assert run.chief and run.dir.parent == tmp_path / "logs"
-        assert {p.name for p in run.dir.iterdir()} == {"args.json", "training_log.csv"}
+        assert {p.name for p in run.dir.iterdir()} == {"args.json", "run.json", "training_log.csv"}
         assert not list((tmp_path / "tmp").iterdir())
     else:
         assert not run.chief and run.dir.parent == tmp_path / "tmp"

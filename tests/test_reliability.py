@@ -365,7 +365,7 @@ def test_pipeline_checks_inputs_before_making_a_run_folder(odd_archive, tmp_path
 def test_pipeline_records_a_step_only_when_its_outputs_exist(tmp_path):
     import run_pipeline
 
-    run = run_pipeline.Run(tmp_path)
+    run = run_pipeline.StepRecord(tmp_path)
     with pytest.raises(UserError, match="step select: finished without its outputs"):
         run.finish("select", {"out_dir": str(tmp_path / "out"),
                               "manifest": str(tmp_path / "out/manifest.csv")}, 1.0)
@@ -374,9 +374,9 @@ def test_pipeline_records_a_step_only_when_its_outputs_exist(tmp_path):
     (tmp_path / "out/manifest.csv").write_text("file\n")
     run.finish("select", {"out_dir": str(tmp_path / "out"),
                           "manifest": str(tmp_path / "out/manifest.csv")}, 1.0)
-    assert run_pipeline.Run(tmp_path).done("select")
+    assert run_pipeline.StepRecord(tmp_path).done("select")
     (tmp_path / "out/manifest.csv").unlink()
-    assert not run_pipeline.Run(tmp_path).done("select")     # outputs gone: run it again
+    assert not run_pipeline.StepRecord(tmp_path).done("select")     # outputs gone: run it again
 
 
 def test_pipeline_resume_applies_or_refuses_a_changed_option(odd_archive, tmp_path):
@@ -394,7 +394,7 @@ def test_pipeline_resume_applies_or_refuses_a_changed_option(odd_archive, tmp_pa
                                               "voc": None}}}))
     argv = ["--resume", str(run_dir), "--archive", str(root), "--phenology", str(toml)]
     args = run_pipeline.parse_args(argv)
-    applied = run_pipeline.resume_options(args, argv, run_pipeline.Run(run_dir))
+    applied = run_pipeline.resume_options(args, argv, run_pipeline.StepRecord(run_dir))
     assert applied == [("archive", "bad_archive", str(root))]
     assert args.profile == "tiny"               # not typed: the recorded value
     # Once a step has used it, a different value is refused by name.
@@ -405,7 +405,7 @@ def test_pipeline_resume_applies_or_refuses_a_changed_option(odd_archive, tmp_pa
     with pytest.raises(UserError, match=r"^--archive: .* differs from the recorded run's "
                                         r"'bad_archive', which finished step\(s\) orchard used"):
         run_pipeline.resume_options(args, argv[:2] + ["--archive", str(tmp_path)],
-                                    run_pipeline.Run(run_dir))
+                                    run_pipeline.StepRecord(run_dir))
 
 
 # --- issue 34: a diverging run stops and saves nothing non-finite ----------------------
@@ -635,7 +635,7 @@ def test_resume_adopts_a_running_row_worker_instead_of_starting_another(tmp_path
         while lock.holder() != holder.pid and __import__("time").time() < deadline:
             __import__("time").sleep(0.05)
         (tmp_path / "random_row.log").write_text("earlier worker\n")
-        row = run_pipeline.BackgroundRow(run_pipeline.Run(tmp_path), ["random_frozen"])
+        row = run_pipeline.BackgroundRow(run_pipeline.StepRecord(tmp_path), ["random_frozen"])
         assert row.proc is None and row.log == tmp_path / "random_row.log"
         assert sorted(p.name for p in tmp_path.glob("random_row*.log")) == ["random_row.log"]
         with pytest.raises(UserError, match=rf"another random-row worker \(process {holder.pid}\)"):
