@@ -80,10 +80,12 @@ def parse_args(argv=None):
                         "run folder (default: on where no GPU is visible and there are 2+ "
                         "cores, since one process leaves part of the CPU idle)")
     run.add_argument("--row-worker", action="store_true", help=argparse.SUPPRESS)
-    output.add_argument("--keep-checkpoints", action="store_true",
-                   help="keep every checkpoint the steps write (default: at the end keep "
-                        "the encoder and the U-Net used for the predictions, and delete the "
-                        "other .keras files, about 180-300 MB each)")
+    output.add_argument("--keep-all-checkpoints", "--keep-checkpoints", dest="keep_checkpoints",
+                        action="store_true",
+                        help="keep every checkpoint the steps write (default: at the end keep "
+                             "the encoder and the U-Net used for the predictions, and delete "
+                             "the other .keras files, about 180-300 MB each; the PDE scripts' "
+                             "--keep-checkpoints N is another option: the N newest)")
     data.add_argument("--archive", help="your camera archive <root>/<camera>/<preset>_<date>_<HH>.jpg "
                                      "(default: the synthetic orchard)")
     data.add_argument("--phenology", help="phenology priors TOML for --archive")
@@ -713,7 +715,7 @@ def main(argv=None):
         raise failed
     if not args.keep_checkpoints and all(run.done(s) for s in planned):
         print(f"Deleted {prune_checkpoints(run):.0f} MB of checkpoints no step needs any "
-              f"more (--keep-checkpoints keeps them).")
+              f"more (--keep-all-checkpoints keeps them).")
     both = " (the two rows in parallel)" if background is not None else ""
     print(f"Steps took {total:.0f} s in all, {time.time() - began:.0f} s wall{both}. "
           f"Everything is in {run.dir}")

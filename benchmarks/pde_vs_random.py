@@ -101,7 +101,7 @@ def run_seed(args, seed, out_dir):
             "--steps", ",".join(ROW_STEPS), "--data-dir", str(Path(args.data_dir) / f"seed{seed}"),
             *shlex.split(args.pipeline_args)]
     if args.probe:      # the frozen U-Nets' checkpoints, read below, then deleted
-        argv.append("--keep-checkpoints")
+        argv.append("--keep-all-checkpoints")
     start = time.time()
     record = run_pipeline.main(argv)["steps"]
     pretext = record["pretrain"]["result"].get("test_metrics", {})

@@ -75,9 +75,10 @@ def parse_args(argv=None):
     model.add_argument("--backbone", choices=list(BACKBONES), default="mobilenetv2",
                        help="keras.applications model, or encoder-resnet50 / encoder-vgg for "
                             "this project's encoder files (default mobilenetv2)")
-    model.add_argument("--weights", default="imagenet",
-                       help="imagenet (Keras's cache; downloaded when online), none, or a "
-                            "weights file loaded by layer name (default imagenet)")
+    model.add_argument("--model-path", "--weights", dest="weights", default="imagenet",
+                       help="backbone weights: imagenet (Keras's cache; downloaded when "
+                            "online), none, or a weights file loaded by layer name (default "
+                            "imagenet; --weights is the same option)")
     model.add_argument("--hidden", type=int, default=256,
                        help="units of the Dense-ReLU layer of stage 1's head and of stage "
                             "2's classification part (default 256)")

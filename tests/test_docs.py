@@ -135,7 +135,7 @@ def test_step_args_examples_name_options_of_that_step():
 
 # One name per concept across scripts; an older spelling stays only as an alias of it.
 SHARED_NAMES = {"--voc": "--voc-path", "--dir-save-path": "--out-dir", "--out": "--out-dir",
-                "--log-dir": "--logs-dir", "--random-seed": "--seed"}
+                "--log-dir": "--logs-dir", "--random-seed": "--seed", "--weights": "--model-path"}
 
 
 @pytest.mark.parametrize("script", all_scripts())
