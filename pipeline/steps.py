@@ -256,6 +256,9 @@ def gap_verdict(what, first, second, names=("PDE", "random")):
     (m1, s1), (m2, s2) = mean_std(first), mean_std(second)
     gaps = [a - b for a, b in zip(first, second)]
     gap, bar = m1 - m2, 2 * max(s1, s2)
+    if len(gaps) < 2:       # no spread to compare with: a gap of one seed is no verdict
+        return (f"{what} gap {names[0]} - {names[1]}: {gap:+.4f} on one seed: no verdict "
+                f"(give two seeds or more).")
     verdict = "above" if gap > bar else "NOT above"
     return (f"{what} gap {names[0]} - {names[1]}: {gap:+.4f}; twice the larger std: "
             f"{bar:.4f}: the gap is {verdict} it. Paired by seed: {pm(mean_std(gaps))}, "

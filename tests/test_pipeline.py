@@ -136,3 +136,13 @@ def test_pde_vs_random_says_whether_the_gap_beats_twice_the_spread():
     text = summarise(runs)
     assert "| random, maps 0-2 | 0.470 ± 0.000" in text
     assert "Read-out mIoU (maps 0-2) gap PDE - random: +0.0000" in text
+
+
+def test_gap_verdict_needs_two_seeds_and_compares_with_twice_the_std():
+    from pipeline.steps import gap_verdict
+
+    assert "no verdict" in gap_verdict("mIoU", [0.6], [0.5])
+    above = gap_verdict("mIoU", [0.60, 0.62, 0.61], [0.50, 0.51, 0.52])
+    assert "the gap is above it" in above and "above on 3 of 3 seeds" in above
+    spread = gap_verdict("mIoU", [0.60, 0.40], [0.50, 0.52])
+    assert "NOT above" in spread
