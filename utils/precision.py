@@ -215,7 +215,7 @@ def resolve_precision(requested="float32", input_shape=None, batch_size=None, qu
     cpu = cpu_info()
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "")
     native = native_bf16(cpu["flags"], isa)
-    gpu_cc = gpu_compute_capability() if requested == "auto" else None
+    gpu_cc = gpu_compute_capability()
     key = "|".join([cpu["model"], tf.__version__, isa or "-", json.dumps(sizes)])
     precision, reason, measured = decide(requested, gpu_cc=gpu_cc, native=native,
                                          run_probe=lambda: _cached_probe(key, sizes))
