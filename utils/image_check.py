@@ -9,15 +9,15 @@ decodes nothing.
 """
 import concurrent.futures
 import hashlib
-import json
 import os
 from pathlib import Path
 
 from tqdm import tqdm
 
+# CACHE_ENV is re-exported: callers and tests name the cache variable through this module.
+from utils.cache import CACHE_ENV, cache_root, read_cache, write_cache  # noqa: F401
 from utils.errors import UserError
 
-CACHE_ENV = "PDE_CACHE_DIR"
 # PIL's modes of one-band images deeper than 8 bits; convert("RGB") clips them to 255.
 _DEEP_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 DECODERS = ("pil", "tf")
@@ -99,27 +99,18 @@ def decode_error(path, decoder="pil"):
 
 
 def _cache_file(folder, decoder):
-    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "pde_tf")
+    root = cache_root()
     key = hashlib.sha1(f"{Path(folder).resolve()}|{decoder}".encode()).hexdigest()[:20]
     return root / "image_checks" / f"{key}.json"
 
 
 def _read_cache(path):
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    data = read_cache(path)
     return data.get("files", {}) if data.get("version") == _CACHE_VERSION else {}
 
 
 def _write_cache(path, files):
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.part{os.getpid()}")
-        tmp.write_text(json.dumps({"version": _CACHE_VERSION, "files": files}))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only home only costs the decode next time
+    write_cache(path, {"version": _CACHE_VERSION, "files": files})
 
 
 def _check_one(path, decoder):

@@ -19,6 +19,9 @@ import subprocess
 import time
 from pathlib import Path
 
+# CACHE_ENV is re-exported: callers and tests name the cache variable through this module.
+from utils.cache import CACHE_ENV, cache_root, read_cache, write_cache  # noqa: F401
+
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 # Keras global policies: variables stay float32, compute runs in the named dtype.
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -29,7 +32,6 @@ NO_BF16_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE
 # bfloat16 must beat float32 by this much in the probe: the probe's conv and product are
 # the part of a step that gains most, batch norm and element-wise ops gain less.
 MIN_SPEEDUP = 1.15
-CACHE_ENV = "PDE_CACHE_DIR"
 CACHE_FILE = "precision_probe.json"
 
 _decided = {}   # (requested, sizes) -> record: print and probe once per process
@@ -176,28 +178,17 @@ def decide(requested, *, gpu_cc=None, native=False, run_probe=None):
 
 
 def _cache_path():
-    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "pde_tf"
-    return Path(root) / CACHE_FILE
+    return cache_root() / CACHE_FILE
 
 
 def _cached_probe(key, sizes):
     """The probe's result for ``key`` from the cache, or measured now and cached."""
     path = _cache_path()
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cache = {}
+    cache = read_cache(path)
     if key in cache:
         return {**cache[key], "cached": True}
     result = probe(sizes)
-    cache[key] = result
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        os.replace(tmp, path)
-    except OSError:
-        pass    # an unwritable cache only costs the probe again next time
+    write_cache(path, {**cache, key: result})
     return {**result, "cached": False}
 
 
