@@ -108,12 +108,13 @@ def test_pretrain_args_are_checked_against_the_pretrainers_own_script(tmp_path):
                        ["pretrain"], tmp_path)
     assert parsed["pretrain"].script == "other_ssl.train_cscl"
     assert parsed["pretrain"].args.pos_weight == 0.2
-    with pytest.raises(UserError) as refused:
-        _validate(["--init", "simclr", "--pretrain-args", "--pos-weight 0.2"], ["pretrain"],
-                  tmp_path)
-    message = str(refused.value)
-    assert message.startswith("--pretrain-args: ") and "\n" not in message
-    assert "unrecognized arguments: --pos-weight 0.2" in message
+    # train_ssl.py's --pool is not cscl's; --pos-weight is not simclr's.
+    for init, option in (("cscl", "--pool gap"), ("simclr", "--pos-weight 0.2")):
+        with pytest.raises(UserError) as refused:
+            _validate(["--init", init, "--pretrain-args", option], ["pretrain"], tmp_path)
+        message = str(refused.value)
+        assert message.startswith("--pretrain-args: ") and "\n" not in message
+        assert f"unrecognized arguments: {option}" in message
 
 
 def test_step_options_are_parsed_once_and_the_users_win_over_the_runs_inputs(tmp_path):
