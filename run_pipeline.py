@@ -186,11 +186,6 @@ def validate_inputs(args, profile, steps, run=None):
     return parsed
 
 
-def given_options(argv):
-    """The run_pipeline options typed in ``argv`` (dest names), e.g. {"archive"}."""
-    return {OPTION_ALIASES.get(name, name) for name in typed_options(argv or [])}
-
-
 def resume_options(args, argv, run):
     """``--resume``: the recorded options stand for those not typed now; a typed one
     that differs is applied while no step that reads it has finished, and refused
@@ -201,7 +196,7 @@ def resume_options(args, argv, run):
                                           "(no args.json)", "give the folder it printed as "
                                                             "'Run folder:'")
     recorded = json.loads(recorded_path.read_text())
-    given = given_options(argv)
+    given = {OPTION_ALIASES.get(name, name) for name in typed_options(argv or [])}
     applied, refused = [], []
     for key, old in recorded.items():
         if key in ("resume", "logs_dir", "row_worker") or not hasattr(args, key):

@@ -147,7 +147,7 @@ def _data_inputs(data):
     return {**found, "presets": [int(p) for p in data["presets"]]} if data.get("presets") else found
 
 
-def select_options(profile=None, user=""):
+def select_options(user=""):
     return parse_options("--select-args", "data_processing.select_img", {"archive": "."}, user)
 
 
@@ -257,11 +257,6 @@ def _unet(frozen_only, row="unet"):
     return train_unet
 
 
-def _unet_shape(parsed):
-    """The U-Net's input size (the profile's, or the user's --unet-args), for inference."""
-    return list(parsed["unet"].args.input_shape)
-
-
 def _predict(args, run, profile, parsed):
     from utils.voc import image_path, read_split
 
@@ -277,8 +272,10 @@ def _predict(args, run, profile, parsed):
             except OSError:
                 shutil.copyfile(src, dst)
     out = run.dir / "predictions"
+    # The U-Net at the size of its parsed options (the profile's, or --unet-args).
     result = parsed["predict"].run(model_path=kept_unet(run), dir_origin_path=str(pick),
-                                   dir_save_path=str(out), input_shape=_unet_shape(parsed))
+                                   dir_save_path=str(out),
+                                   input_shape=list(parsed["unet"].args.input_shape))
     return plain(result or {"out_dir": out})
 
 
@@ -297,7 +294,7 @@ def _growth(args, run, profile, parsed):
     return plain(parsed["growth"].run(
         archive=str(data["archive"]), camera=camera, preset=int(name.preset),
         time=int(name.hour), model_path=kept_unet(run), phenology=str(data["phenology"]),
-        logs_dir=str(run.dir), input_shape=_unet_shape(parsed)))
+        logs_dir=str(run.dir), input_shape=list(parsed["unet"].args.input_shape)))
 
 
 def _unet_outputs(result):
@@ -350,7 +347,7 @@ STEPS = {s.name: s for s in (
         requires=("orchard",)),
     Step("select", lambda args, run, profile, parsed: select_images(
         run, args.seed, parsed["select"]),
-        parse=lambda args, profile: select_options(profile, args.select_args),
+        parse=lambda args, profile: select_options(args.select_args),
         requires=("orchard",), outputs=_entries("out_dir", "manifest"), reads=("select_args",)),
     Step("pairs", lambda args, run, profile, parsed: make_pairs(
         run, profile, args.seed, parsed["pairs"]),
