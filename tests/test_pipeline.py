@@ -12,6 +12,14 @@ def test_registry_holds_pde_every_ssl_method_supervised_and_cscl():
     assert {"pde_class", "pde_grading", "supervised", "cscl", *METHODS} == set(PRETRAINERS)
 
 
+def test_every_pretrainer_names_a_script_that_parses_and_runs():
+    import importlib
+
+    for name, pretrainer in PRETRAINERS.items():
+        script = importlib.import_module(pretrainer.script)
+        assert callable(script.parse_args) and callable(script.run), name
+
+
 def test_to_argv_flags_tuples_and_left_out_values():
     argv = to_argv({"input_shape": (32, 64), "run_eagerly": True, "shared_towers": False,
                     "pool": "gap", "learning_rate": 1e-3, "model_path": None})
