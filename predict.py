@@ -234,7 +234,10 @@ def check_inputs(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args):
     set_seed(args.seed)
     paths = check_inputs(args)
     from unet import Unet

@@ -17,11 +17,8 @@ after the other).
 """
 import argparse
 import contextlib
-import io
 import json
 import os
-import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,21 +28,17 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pipeline.pretrainers import PAIR_PRETRAINERS, PRETRAINERS  # noqa: E402
-from pipeline.profiles import PROFILES, to_argv, with_precision  # noqa: E402
+from pipeline.profiles import PROFILES, typed_options, with_precision  # noqa: E402
 from pipeline.published import PUBLISHED, markdown_table, row_label  # noqa: E402
-from pipeline.steps import (StepRecord, check_orchard_spec, join_argv, make_data,  # noqa: E402
-                            make_pairs, open_run, plain, preset_args, pretrain_encoder,
-                            select_images, unet_argv)
-from utils.errors import MissingInput, UserError, output_checks_off, writable_dir  # noqa: E402
+from pipeline.steps import (STEPS, StepRecord, check_orchard_spec, kept_unet,  # noqa: E402, F401
+                            open_run, plain, resumed_run)
+from utils.errors import MissingInput, UserError, writable_dir  # noqa: E402
 from utils.precision import PRECISIONS  # noqa: E402
-from utils.run import (ProcessLock, check_run_kind, checkpoint_epoch,  # noqa: E402
+from utils.run import (ProcessLock, checkpoint_epoch,  # noqa: E402
                        die_with_parent, fresh_path, has_optimizer_state, write_json)
 from utils.utils import set_seed  # noqa: E402
-from utils.voc import image_path, read_split  # noqa: E402
 
-STEPS = ("orchard", "priors", "select", "pairs", "pretrain", "unet_frozen",
-         "unet_finetune", "random_frozen", "random_finetune", "predict", "growth")
-BASELINE_STEPS = ("random_frozen", "random_finetune")
+BASELINE_STEPS = tuple(name for name, step in STEPS.items() if step.baseline)
 RUN_KIND = "pipeline"      # run.json's kind: --resume refuses other scripts' folders
 OTHER_PRETRAINERS = [n for n in PRETRAINERS if n not in PAIR_PRETRAINERS]
 
@@ -127,49 +120,20 @@ def parse_args(argv=None):
     return args
 
 
-# Steps that read the labelled set; without the synthetic orchard they need --voc.
-VOC_STEPS = ("unet_frozen", "unet_finetune", *BASELINE_STEPS, "predict")
-# What each step reads from earlier steps' records.
-REQUIRES = {"priors": ("orchard",), "select": ("orchard",), "pairs": ("select",),
-            "pretrain": ("select", "pairs"), "unet_frozen": ("orchard", "pretrain"),
-            "unet_finetune": ("orchard", "pretrain"), "random_frozen": ("orchard",),
-            "random_finetune": ("orchard",), "predict": ("orchard", "unet_frozen|unet_finetune"),
-            "growth": ("orchard", "unet_frozen|unet_finetune")}
 # Old spellings of options (their dest names): --voc-path is also --voc.
 OPTION_ALIASES = {"voc_path": "voc"}
-# The first step that reads each option: on --resume a changed option is applied while
-# no step from there on has finished, and refused after.
-OPTION_STEPS = {"profile": "orchard", "seed": "orchard", "archive": "orchard",
-                "phenology": "orchard", "voc": "orchard", "data_dir": "orchard",
-                "precision": "pretrain",
-                "select_args": "select", "pairs_args": "pairs", "method": "pretrain",
-                "init": "pretrain", "pretrain_args": "pretrain", "unet_args": "unet_frozen",
-                "growth_camera": "growth", "growth_args": "growth"}
-
-
-def _check_step_options(step, parse, argv):
-    """Parse a step's options as its script will, so a typo in --<step>-args stops the
-    run before step 1 rather than when that step starts."""
-    buffer = io.StringIO()
-    try:
-        # Its output options are the pipeline's, checked with --logs-dir.
-        with contextlib.redirect_stderr(buffer), output_checks_off():
-            parse(argv)
-    except SystemExit:
-        said = (buffer.getvalue().strip().splitlines() or ["rejected"])[-1].split("error: ", 1)[-1]
-        raise UserError(f"--{step}-args", f"{shlex.join(argv)}: {said}",
-                        "fix the options (the step's script --help lists them)") from None
 
 
 def validate_inputs(args, profile, steps, run=None):
     """Every input of the planned ``steps``, checked before step 1 and before a run
     folder is made: the archive, priors and camera folders, the labelled set and its
-    splits (photos decoded once, cached), weights files, and each step's options."""
+    splits (photos decoded once, cached), weights files, and each step's options.
+    Returns the planned steps' parsed options, by :attr:`Step.options`."""
     from utils.weights import check_weights_file
 
     todo = [s for s in steps if run is None or not run.done(s)]
     for step in todo:
-        for need in REQUIRES.get(step, ()):
+        for need in STEPS[step].requires:
             if step == "pretrain" and args.init != "pde":
                 break
             if need == "pretrain" and args.init == "random":
@@ -197,9 +161,10 @@ def validate_inputs(args, profile, steps, run=None):
             if not folder.is_dir():
                 raise MissingInput(folder, "--growth-camera: camera folder not found",
                                    "give a camera of the archive")
-    if data is not None and set(todo) & set(VOC_STEPS):
+    labelled = [s for s in todo if STEPS[s].labelled]
+    if data is not None and labelled:
         if not data.get("voc"):
-            raise UserError("--voc", f"needed by step(s) {', '.join(s for s in todo if s in VOC_STEPS)} "
+            raise UserError("--voc", f"needed by step(s) {', '.join(labelled)} "
                                      f"with your own --archive",
                             "give your labelled VOCdevkit folder, or leave those steps out "
                             "with --steps")
@@ -210,51 +175,15 @@ def validate_inputs(args, profile, steps, run=None):
     if args.init not in ("pde", "random") and args.init not in PRETRAINERS:
         check_weights_file(args.init, "--init")
 
-    if "select" in todo:
-        from data_processing import select_img
-
-        _check_step_options("select", select_img.parse_args,
-                            join_argv(["--archive", "."], args.select_args))
-    if "pairs" in todo:
-        from data_processing import make_dataset
-
-        _check_step_options("pairs", make_dataset.parse_args,
-                            join_argv(to_argv(profile.pairs), args.pairs_args))
-    name = f"pde_{args.method}" if args.init == "pde" else args.init
-    if "pretrain" in todo and name in PRETRAINERS:
-        import importlib
-
-        if name in PAIR_PRETRAINERS:
-            script = "pde_self_supervised." + ("con_train_resnet_class" if name == "pde_class"
-                                               else "con_train_resnet")
-            base = to_argv(profile.pretrain)
-        else:
-            script = "other_ssl." + ("train_supervised" if name == "supervised" else "train_ssl")
-            base = (["--method", name] if name != "supervised" else []) + \
-                to_argv(profile.images_pretrain)
-        _check_step_options("pretrain", importlib.import_module(script).parse_args,
-                            join_argv(base, args.pretrain_args))
-    if set(todo) & set(VOC_STEPS[:-1]):
-        import train
-
-        _check_step_options("unet", train.parse_args,
-                            join_argv(to_argv(profile.unet), args.unet_args))
-    if "growth" in todo:
-        from growth_modeling import unet_gm
-
-        _check_step_options("growth", unet_gm.parse_args,
-                            join_argv(["--archive", ".", "--camera", "."], to_argv(profile.growth),
-                                      args.growth_args))
-
-
-def given_options(argv):
-    """The run_pipeline options typed in ``argv`` (dest names), e.g. {"archive"}."""
-    given = set()
-    for token in argv or []:
-        if token.startswith("--") and " " not in token:
-            name = token[2:].split("=", 1)[0]
-            given.add((name[3:] if name.startswith("no-") else name).replace("-", "_"))
-    return {OPTION_ALIASES.get(name, name) for name in given}
+    # Each planned step's script options, parsed once: a typo stops the run here.
+    planned, parsed = [STEPS[s] for s in todo], {}
+    if {"predict", "growth"} & set(todo):      # they feed the U-Net at its size
+        planned.append(STEPS["unet_frozen"])
+    for step in planned:
+        key = step.options or step.name
+        if step.parse and key not in parsed:
+            parsed[key] = step.parse(args, profile)
+    return parsed
 
 
 def resume_options(args, argv, run):
@@ -267,7 +196,7 @@ def resume_options(args, argv, run):
                                           "(no args.json)", "give the folder it printed as "
                                                             "'Run folder:'")
     recorded = json.loads(recorded_path.read_text())
-    given = given_options(argv)
+    given = {OPTION_ALIASES.get(name, name) for name in typed_options(argv or [])}
     applied, refused = [], []
     for key, old in recorded.items():
         if key in ("resume", "logs_dir", "row_worker") or not hasattr(args, key):
@@ -276,8 +205,9 @@ def resume_options(args, argv, run):
         if key not in given:
             setattr(args, key, old)
         elif plain(new) != old:
-            first = OPTION_STEPS.get(key)
-            used = [s for s in STEPS[STEPS.index(first):] if run.done(s)] if first else []
+            names = list(STEPS)
+            first = next((n for n in names if key in STEPS[n].reads), None)
+            used = [s for s in names[names.index(first):] if run.done(s)] if first else []
             (refused if used else applied).append((key, old, new, used))
     if refused:
         key, old, new, used = refused[0]
@@ -296,86 +226,6 @@ def resume_options(args, argv, run):
         raise UserError("--archive", "--archive and --phenology go together",
                         "give both (the recorded run has only one)")
     return [(key, old, new) for key, old, new, _ in applied]
-
-
-def step_orchard(args, run, profile):
-    return make_data(args.profile, profile, args.seed, args.archive, args.phenology, args.voc,
-                     args.data_dir)
-
-
-def step_priors(args, run, profile):
-    from data_processing import date_pro
-
-    data = run.result("orchard")
-    return plain(date_pro.main(join_argv(["--phenology", data["phenology"], "--archive",
-                                          data["archive"]], preset_args(data))) or {})
-
-
-def step_select(args, run, profile):
-    return select_images(run, args.seed, args.select_args)
-
-
-def step_pairs(args, run, profile):
-    return make_pairs(run, profile, args.seed, args.pairs_args)
-
-
-def step_pretrain(args, run, profile):
-    if args.init == "random":
-        return {"encoder_path": None}
-    if args.init != "pde" and args.init not in PRETRAINERS:
-        return {"encoder_path": args.init}         # a weights file
-    name = f"pde_{args.method}" if args.init == "pde" else args.init
-    return pretrain_encoder(name, run, profile, args.seed, args.pretrain_args)
-
-
-def _train_unet(args, run, profile, frozen_only, row="unet"):
-    """One U-Net of a row: ``row`` "unet" starts from the pretrain step's encoder,
-    "random" from a random one; both rows use the same options and seeds."""
-    import train
-
-    data = run.result("orchard")
-    freeze, total = profile.epochs(frozen_only)
-    encoder = run.result("pretrain").get("encoder_path") if row == "unet" else None
-    result = train.main(unet_argv(data["voc"], run.dir, args.seed, freeze, total,
-                                  encoder, frozen_only, join_argv(to_argv(profile.unet),
-                                                                  args.unet_args),
-                                  frozen_run=run.result(f"{row}_frozen").get("run_dir")))
-    return plain({"run_dir": result["run_dir"], "model_path": result["evaluated_model_path"],
-                   "test_metrics": result["test_metrics"]})
-
-
-def step_unet_frozen(args, run, profile):
-    return _train_unet(args, run, profile, frozen_only=True)
-
-
-def step_unet_finetune(args, run, profile):
-    return _train_unet(args, run, profile, frozen_only=False)
-
-
-def step_random_frozen(args, run, profile):
-    return _train_unet(args, run, profile, frozen_only=True, row="random")
-
-
-def step_random_finetune(args, run, profile):
-    return _train_unet(args, run, profile, frozen_only=False, row="random")
-
-
-def kept_unet(run):
-    """The main row's U-Net the predictions and growth curves use: the fine-tuned one,
-    or the frozen-only one when it has the higher best val_mIoU (or is the only one)."""
-    best = None
-    for step in ("unet_finetune", "unet_frozen"):
-        result = run.result(step)
-        if not result.get("model_path"):
-            continue
-        record = Path(result["run_dir"]) / "results.json"
-        value = json.loads(record.read_text()).get("best_val_mIoU") if record.is_file() else None
-        if best is None or (value is not None and (best[0] is None or value > best[0])):
-            best = (value, result["model_path"])
-    if best is None:
-        raise UserError("--steps", "no U-Net step has finished in this run",
-                        "run unet_frozen first")
-    return best[1]
 
 
 def prune_checkpoints(run):
@@ -421,67 +271,6 @@ def _drop_optimizer_state(path):
     model = keras.models.load_model(path, compile=False)
     Run(path.parent).save_model(model, path.name, checkpoint_epoch(path) or 0)
     return path.stat().st_size
-
-
-def step_predict(args, run, profile):
-    import predict
-
-    data = run.result("orchard")
-    model = kept_unet(run)
-    ids = read_split(data["voc"], "test")[: profile.predict_images]
-    pick = run.dir / "predict_input"
-    pick.mkdir(exist_ok=True)
-    for image_id in ids:
-        src = image_path(data["voc"], image_id)
-        dst = pick / src.name
-        if not dst.exists():
-            try:
-                os.link(src, dst)          # no copy where the data and run share a disk
-            except OSError:
-                shutil.copyfile(src, dst)
-    out = run.dir / "predictions"
-    result = predict.main(join_argv(["--mode", "dir_predict", "--model-path", model,
-                                     "--dir-origin-path", pick, "--dir-save-path", out],
-                                    _unet_shape_args(profile, args)))
-    return plain(result or {"out_dir": out})
-
-
-def _unet_shape_args(profile, args):
-    """Pass the U-Net's --input-shape (the profile's, or the user's --unet-args) on to
-    inference scripts."""
-    shape = to_argv({"input_shape": profile.unet.get("input_shape")})
-    tokens = shlex.split(args.unet_args)
-    for i, t in enumerate(tokens):
-        if t == "--input-shape":
-            shape = ["--input-shape", tokens[i + 1], tokens[i + 2]]
-    return shape
-
-
-def step_growth(args, run, profile):
-    from growth_modeling import unet_gm
-
-    data = run.result("orchard")
-    model = kept_unet(run)
-    camera = args.growth_camera or sorted(p.name for p in Path(data["archive"]).iterdir()
-                                          if p.is_dir())[-1]
-    from data_processing.date_pro import archive_photos
-    from data_processing.names import parse_archive_name
-
-    photos = archive_photos(Path(data["archive"]) / camera)[0]
-    if not photos:
-        raise UserError(Path(data["archive"]) / camera, "no archive photo for the growth curves",
-                        "give another --growth-camera")
-    name = parse_archive_name(next(iter(photos.values())))
-    result = unet_gm.main(join_argv(["--archive", data["archive"], "--camera", camera,
-                                     "--preset", name.preset, "--time", name.hour,
-                                     "--model-path", model, "--phenology", data["phenology"],
-                                     "--logs-dir", run.dir],
-                                    _unet_shape_args(profile, args), to_argv(profile.growth),
-                                    args.growth_args))
-    return plain(result)
-
-
-STEP_FUNCS = {s: globals()[f"step_{s}"] for s in STEPS}
 
 
 def _row_label(args, run):
@@ -549,12 +338,8 @@ def _parallel_rows(args):
     return not tf.config.list_physical_devices("GPU")
 
 
-# The random row's process runs at this niceness. The random row is the shorter one (no
-# pretraining): at equal priority it finished first and left the PDE row alone on the
-# machine for its last 5 minutes. Measured on the demo, 2 cores, wall of the steps, with
-# U-Net validation every 5 epochs: equal priority 733 s, niceness 10 721 s (the PDE row
-# 40 s ahead); every 10 epochs: niceness 5 788 s, niceness 10 during PDE pretraining and
-# then the main process at 10 too, 713 s (the random row 150 s ahead).
+# The random row's process runs at this niceness: it is the shorter row (no pretraining),
+# and at equal priority it left the PDE row alone on the machine (docs/pipeline.md).
 ROW_WORKER_NICENESS = 10
 
 
@@ -661,17 +446,13 @@ def main(argv=None):
         row_lock = row_worker_start(args.resume)  # noqa: F841  (held until this process ends)
     run, applied = None, []
     if args.resume:
-        run = StepRecord(args.resume)
-        if not run.dir.is_dir():
-            raise MissingInput(run.dir, "--resume: run folder not found",
-                               "give the folder it printed as 'Run folder:'")
-        check_run_kind(run.dir, RUN_KIND)
+        run = resumed_run(args.resume, RUN_KIND)
         applied = resume_options(args, sys.argv[1:] if argv is None else argv, run)
     set_seed(args.seed)
     profile = with_precision(PROFILES[args.profile], args.precision)
     planned = [s for s in STEPS if args.baseline or s not in BASELINE_STEPS]
     steps = [s for s in planned if s in args.steps]
-    validate_inputs(args, profile, steps, run)
+    parsed = validate_inputs(args, profile, steps, run)
     run = open_run(args.resume, f"pipeline_{args.profile}", args, args.logs_dir, RUN_KIND)
     if applied and not args.row_worker:
         write_json(fresh_path(run.dir / "args_resume.json"), vars(args))
@@ -693,7 +474,7 @@ def main(argv=None):
                 continue
             print(f"[{i}/{len(steps)}] {step} ...", flush=True)
             start = time.time()
-            result = STEP_FUNCS[step](args, run, profile)
+            result = STEPS[step].run(args, run, profile, parsed)
             run.finish(step, result, time.time() - start)
             print(f"[{i}/{len(steps)}] {step} finished in {time.time() - start:.0f} s",
                   flush=True)

@@ -289,7 +289,10 @@ def _logged_best(log):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args):
     check_args(args)
 
     import keras

@@ -25,6 +25,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -38,9 +39,10 @@ if __package__ in (None, ""):
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pipeline.pretrainers import PAIR_PRETRAINERS, PRETRAINERS  # noqa: E402
-from pipeline.profiles import PROFILES, to_argv  # noqa: E402
-from pipeline.steps import (StepRecord, gap_verdict, join_argv, make_data, make_pairs,  # noqa: E402
-                            mean_std, plain, pm, pretrain_encoder, select_images, unet_argv)
+from pipeline.profiles import PROFILES  # noqa: E402
+from pipeline.steps import (StepRecord, gap_verdict, make_data, make_pairs,  # noqa: E402
+                            mean_std, plain, pm, pretrain_encoder, select_images, unet_inputs,
+                            unet_options)
 from utils.errors import UserError  # noqa: E402
 from utils.run import make_run_dir, resume_args, write_json  # noqa: E402
 from utils.utils import NAME_CLASSES, set_seed  # noqa: E402
@@ -125,7 +127,7 @@ def check_inputs(args):
             pipeline = SimpleNamespace(
                 profile=args.profile, seed=seed, archive=args.archive, phenology=args.phenology,
                 voc=args.voc, data_dir=seed_data_dir(args, seed), init=name or "random",
-                method="class", select_args="", pairs_args="", pretrain_args=join_argv(extra),
+                method="class", select_args="", pairs_args="", pretrain_args=shlex.join(extra),
                 unet_args=args.unet_args, growth_camera=None, growth_args="")
             steps = ["orchard", "select", "pairs", "pretrain", "unet_frozen"]
             run_pipeline.validate_inputs(pipeline, profile, steps)
@@ -178,13 +180,13 @@ def pretrain_job(name, run, profile_name, seed, extra):
     return pretrain_encoder(name, run, PROFILES[profile_name], seed, extra)
 
 
-def unet_job(argv, keep, drop):
-    """One U-Net (``train.py`` ``argv``); its checkpoints (unless ``keep``: a fine-tuned
+def unet_job(args, keep, drop):
+    """One U-Net (``train.py``'s ``run(args)``); its checkpoints (unless ``keep``: a fine-tuned
     U-Net starts from them) and those of the ``drop`` run folders are deleted afterwards
     (180-300 MB each at ResNet50)."""
     import train
 
-    result = train.main(argv)
+    result = train.run(args)
     for folder in ([] if keep else [result["run_dir"]]) + list(drop):
         for path in Path(folder).glob("*.keras"):
             path.unlink()
@@ -232,8 +234,12 @@ def run_seed(args, seed, run, pool):
         # order), so that column is the pipeline's and pde_vs_random.py's row.
         return [] if count == split else ["--train-count", str(count)]
 
-    freeze, total = profile.epochs(True)
-    unet = join_argv(to_argv(profile.unet), args.unet_args)
+    def unet(count, frozen_only, path, frozen_run=None):
+        # The --unet-args, the budget and (without fine-tuning) no frozen-phase checkpoint.
+        user = shlex.split(args.unet_args) + budget(count) + (
+            ["--save-period", "0"] if frozen_only and not args.fine_tuned else [])
+        return unet_options(profile, user).with_inputs(**unet_inputs(
+            voc, run.dir, seed, *profile.epochs(frozen_only), path, frozen_only, frozen_run))
 
     pending = {}                       # future -> (step, what to do when it is done)
 
@@ -248,21 +254,16 @@ def run_seed(args, seed, run, pool):
         path = run.result(f"pretrain {encoder}").get("encoder_path")
         for count in args.labels:
             step = f"unet {encoder} {count}"
-            argv = unet_argv(voc, run.dir, seed, *profile.epochs(True), path, True, unet)
-            argv += budget(count)
-            if not args.fine_tuned:
-                argv += ["--save-period", "0"]
             submit(step, (lambda p=path, c=count: tuned_cell(encoder, p, c))
-                   if args.fine_tuned else (lambda: None), unet_job, argv, args.fine_tuned, [])
+                   if args.fine_tuned else (lambda: None), unet_job, unet(count, True, path),
+                   args.fine_tuned, [])
 
     def tuned_cell(encoder, path, count):
         # From the frozen U-Net's frozen-phase checkpoint; where it is gone (a resume),
         # both phases from the encoder file.
         frozen_dir = run.result(f"unet {encoder} {count}")["run_dir"]
-        argv = unet_argv(voc, run.dir, seed, *profile.epochs(False), path, False, unet,
-                         frozen_run=frozen_dir) + budget(count)
-        submit(f"fine-tuned {encoder} {count}", lambda: None, unet_job, argv, False,
-               [frozen_dir])
+        submit(f"fine-tuned {encoder} {count}", lambda: None, unet_job,
+               unet(count, False, path, frozen_dir), False, [frozen_dir])
 
     for encoder in args.encoders:
         name, extra = ENCODERS[encoder]

@@ -26,10 +26,10 @@ if __package__ in (None, ""):
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pipeline.pretrainers import LABELLED_PRETRAINERS, PAIR_PRETRAINERS, PRETRAINERS  # noqa: E402
-from pipeline.profiles import PROFILES, to_argv  # noqa: E402
+from pipeline.profiles import PROFILES  # noqa: E402
 from pipeline.published import PUBLISHED, markdown_table, row_label  # noqa: E402
-from pipeline.steps import (join_argv, make_data, make_pairs, mean_std, open_run,  # noqa: E402
-                            pretrain_encoder, select_images, unet_argv)
+from pipeline.steps import (make_data, make_pairs, mean_std, open_run,  # noqa: E402
+                            pretrain_encoder, select_images, unet_inputs, unet_options)
 from utils.errors import writable_dir  # noqa: E402
 from utils.utils import set_seed  # noqa: E402
 from utils.run import write_json  # noqa: E402
@@ -94,21 +94,18 @@ def pretrain(row, args, run, seed):
 
 def downstream(row, encoder, args, run, seed):
     """Frozen-only and fine-tuned U-Nets from one encoder; their test metrics."""
-    import train
-
     profile = PROFILES[args.profile]
-    data = run.result("orchard")
-    extra = join_argv(to_argv(profile.unet), args.unet_args)
+    options = unet_options(profile, args.unet_args)
 
-    def argv(frozen_only, frozen_run=None):
-        return unet_argv(data["voc"], run.dir, seed, *profile.epochs(frozen_only), encoder,
-                         frozen_only, extra, frozen_run=frozen_run)
+    def train(frozen_only, frozen_run=None, **extra):
+        return options.run(**unet_inputs(run.result("orchard")["voc"], run.dir, seed,
+                                         *profile.epochs(frozen_only), encoder, frozen_only,
+                                         frozen_run=frozen_run), **extra)
 
     if row == "scratch":
-        tuned = train.main(argv(False) + ["--from-scratch"])["test_metrics"]
-        return None, tuned
-    frozen = train.main(argv(True))
-    tuned = train.main(argv(False, frozen_run=frozen["run_dir"]))["test_metrics"]
+        return None, train(False, from_scratch=True)["test_metrics"]
+    frozen = train(True)
+    tuned = train(False, frozen_run=frozen["run_dir"])["test_metrics"]
     return frozen["test_metrics"], tuned
 
 

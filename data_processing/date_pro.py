@@ -356,7 +356,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args):
     phenology = load_phenology(args.phenology)
     times = [_time_slot(t) for t in args.times]
     cameras = args.cameras or list(phenology.cameras)

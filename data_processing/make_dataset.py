@@ -353,7 +353,10 @@ def _read_names(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args):
     random.seed(args.seed)
     rng = np.random.default_rng(args.seed)
     source = args.names_file or args.path

@@ -216,7 +216,10 @@ def _target(out, src, name):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args):
     random.seed(args.seed)
     phenology = load_phenology(args.phenology)
     times = [_time_slot(t) for t in args.times]

@@ -118,12 +118,15 @@ def _prepare_out_dir(args):
 
 
 def main(argv=None, segment=None):
+    return run(parse_args(argv), segment)
+
+
+def run(args, segment=None):
     """Run growth modeling; ``segment`` (PIL images -> class maps) replaces the U-Net.
 
     Returns ``{"run_dir", "shares_csv", "smoothed_csv", "plots", "stage_dates",
     "stage_dates_csv", "events", "days"}``.
     """
-    args = parse_args(argv)
     names = (list(NAME_CLASSES) if args.num_classes == len(NAME_CLASSES)
              else [f"class{k}" for k in range(args.num_classes)])
     images = growth.find_daily_images(args.archive, args.camera, args.preset, args.time)

@@ -81,7 +81,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args):
     input_shape = (args.input_shape[0], args.input_shape[1], 3)
     check_input_shape(input_shape, args.backbone)
     if args.kernel_size < 1 or args.kernel_size % 2 == 0:

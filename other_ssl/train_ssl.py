@@ -187,7 +187,10 @@ def method_schedule(args, cls):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args):
     with user_errors("--method"):
         cls = get_method(args.method)
     hyper = method_hyperparameters(args, cls)

@@ -120,7 +120,10 @@ def _val_map(image, label):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args):
     input_shape = (args.input_shape[0], args.input_shape[1], 3)
     with user_errors("--input-shape"):
         check_input_shape(input_shape, args.backbone)

@@ -50,8 +50,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    return run(parse_args(argv))
+
+
+def run(args):
     """Train; returns {"run_dir", "encoder_path", "history", "test_metrics", "model"}."""
-    return train_common.run(SPEC, parse_args(argv))
+    return train_common.run(SPEC, args)
 
 
 if __name__ == "__main__":

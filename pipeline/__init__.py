@@ -1,8 +1,8 @@
-"""What ``run_pipeline.py`` and ``benchmarks/paper_table.py`` share: the profiles
-(``profiles``), the pretraining registry (``pretrainers``), the data steps and the
-run record (``steps``) and the published numbers (``published``).
+"""What ``run_pipeline.py`` and the benchmarks share: the profiles and the parsing of a
+step's options (``profiles``), the pretraining registry (``pretrainers``), the steps as
+records and the run record (``steps``) and the published numbers (``published``).
 
-It sits at the packages' level: it calls the ``main(argv)`` of the package scripts
-(data_processing, pde_self_supervised, other_ssl) and never a root script, so the
-U-Net training (``train.py``) stays with the two entry scripts that run it.
+It sits at the packages' level: a step names its script by module (``"train"``,
+``"data_processing.select_img"``) and imports it only when it parses or runs the step's
+options, so importing this package loads no entry script.
 """

@@ -116,23 +116,23 @@ def test_resume_skips_finished_steps(tiny_run, capsys):
 
 
 def test_fine_tuned_unet_starts_from_the_frozen_phase_checkpoint(tmp_path):
+    from pipeline.steps import unet_inputs
+
     common = ("voc", "logs", 3, 20, 30, "enc.weights.h5")
-    frozen = run_pipeline.unet_argv(*common, frozen_only=True, extra=["--input-shape", "64", "64"])
-    assert frozen[frozen.index("--save-period") + 1] == "20" and "--frozen-only" in frozen
-    assert frozen[frozen.index("--model-path") + 1] == "enc.weights.h5"
-    assert "--no-final-optimizer-state" in frozen
-    assert frozen[-3:] == ["--input-shape", "64", "64"]     # profile options last: they win
+    frozen = unet_inputs(*common, frozen_only=True)
+    assert frozen["save_period"] == 20 and frozen["frozen_only"]
+    assert frozen["model_path"] == "enc.weights.h5" and not frozen["final_optimizer_state"]
 
     # No checkpoint at epoch 20 (an early stop): the fine-tuned run trains both phases.
     (tmp_path / "ep010-loss0.500-val_loss0.500.keras").write_text("")
-    tuned = run_pipeline.unet_argv(*common, frozen_only=False, extra=[], frozen_run=tmp_path)
-    assert "--init-model" not in tuned and "--model-path" in tuned
+    tuned = unet_inputs(*common, frozen_only=False, frozen_run=tmp_path)
+    assert "init_model" not in tuned and tuned["model_path"] == "enc.weights.h5"
     start = tmp_path / "ep020-loss0.400-val_loss0.400.keras"
     start.write_text("")
-    tuned = run_pipeline.unet_argv(*common, frozen_only=False, extra=[], frozen_run=tmp_path)
-    assert tuned[tuned.index("--init-model") + 1] == str(start)
-    assert tuned[tuned.index("--init-epoch") + 1] == "20" and "--model-path" not in tuned
-    assert tuned[tuned.index("--save-period") + 1] == "0" and "--frozen-only" not in tuned
+    tuned = unet_inputs(*common, frozen_only=False, frozen_run=tmp_path)
+    assert tuned["init_model"] == str(start)
+    assert tuned["init_epoch"] == 20 and "model_path" not in tuned
+    assert tuned["save_period"] == 0 and not tuned["frozen_only"]
 
 
 def test_unknown_step_and_lone_archive_are_refused():
