@@ -18,12 +18,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nets.encoders import BACKBONES  # noqa: E402
 from utils.errors import MissingInput, OutputExists, UserError, user_errors, writable_dir  # noqa: E402
 from utils.evaluate import as_unet, evaluate_ids, predicted_maps  # noqa: E402
-from utils.model_card import DEFAULTS, class_names, read_card, resolve  # noqa: E402
+from utils.model_card import DEFAULTS, add_card_options, class_names, read_card, resolve  # noqa: E402
 from utils.run import fresh_path, make_run_dir, write_json  # noqa: E402
-from utils.utils import NAME_CLASSES, set_seed  # noqa: E402
+from utils.utils import set_seed  # noqa: E402
 from utils.utils_metrics import RESULT_FILES, compute_mIoU, show_results  # noqa: E402
 from utils.voc import REPLACE_HINT, check_files, check_images, read_split, voc_dirs  # noqa: E402
 
@@ -36,18 +35,7 @@ def parse_args(argv=None):
     p.add_argument("--split", default="test", help="split list under ImageSets/Segmentation "
                                                    "(original: test)")
     p.add_argument("--model-path", help="trained model: .keras from train.py, or a weights file")
-    p.add_argument("--num-classes", type=int, default=None,
-                   help="classes incl. background (default: the model file's, else 5; "
-                        "original: 5)")
-    p.add_argument("--name-classes", nargs="+", default=None,
-                   help="class names in label order (default: the model file's, else "
-                        + " ".join(NAME_CLASSES) + " for 5 classes, class_0 ... otherwise)")
-    p.add_argument("--backbone", choices=sorted(BACKBONES), default=None,
-                   help="U-Net encoder when loading a weights file (default: the model "
-                        "file's, else resnet50; original: resnet50)")
-    p.add_argument("--input-shape", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="network input (default: the model file's, else 576 1024; "
-                        "original: 576 1024)")
+    add_card_options(p, name_classes=True)
     p.add_argument("--out-dir", default=None, type=writable_dir,
                    help="results folder (default: a new <logs-dir>/miou_<time>; original: miou_out)")
     p.add_argument("--pred-dir", default=None,

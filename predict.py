@@ -23,8 +23,8 @@ from tqdm import tqdm  # noqa: E402
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nets.encoders import BACKBONES  # noqa: E402
 from utils.errors import MissingInput, UserError, writable_dir  # noqa: E402
+from utils.model_card import add_card_options  # noqa: E402
 from utils.image_check import bad_images_error, find_bad_images, rgb8  # noqa: E402
 from utils.run import fresh_path  # noqa: E402
 from utils.utils import set_seed  # noqa: E402
@@ -168,14 +168,7 @@ def parse_args(argv=None):
     p.add_argument("--mode", choices=MODES, default="predict", help="(original: predict)")
     p.add_argument("--model-path", required=True,
                    help="trained model: .keras from train.py, or a weights file")
-    p.add_argument("--num-classes", type=int, default=None,
-                   help="(default: the model file's, else 5; original: 5)")
-    p.add_argument("--backbone", choices=sorted(BACKBONES), default=None,
-                   help="U-Net encoder when loading a weights file (default: the model file's, "
-                        "else resnet50; original: resnet50)")
-    p.add_argument("--input-shape", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="network input (default: the model file's, else 576 1024; original: "
-                        "576 1024)")
+    add_card_options(p)
     p.add_argument("--no-blend", action="store_true",
                    help="save the bare colour map instead of the overlay (original: blend on)")
     p.add_argument("--count", action="store_true", help="print each class's pixel share")

@@ -24,10 +24,9 @@ import numpy as np  # noqa: E402
 
 from growth_modeling import growth  # noqa: E402
 from growth_modeling.smoothing import OBSERVATION_COVARIANCE, TRANSITION_COVARIANCE  # noqa: E402
-from nets.encoders import BACKBONES  # noqa: E402
 from utils.errors import MissingInput, OutputExists, UserError, writable_dir  # noqa: E402
 from utils.image_check import bad_images_error, find_bad_images  # noqa: E402
-from utils.model_card import DEFAULTS, class_names  # noqa: E402
+from utils.model_card import DEFAULTS, add_card_options, class_names  # noqa: E402
 from utils.run import make_run_dir, write_json  # noqa: E402
 
 OUTPUTS = ("args.json", "shares.csv", "shares_smoothed.csv", "red_fruit.csv", "growth_raw.png",
@@ -71,14 +70,7 @@ def parse_args(argv=None):
     p.add_argument("--time", type=int, default=12, help="hour of the daily photo (default 12; original: 12)")
     p.add_argument("--model-path", help="trained U-Net (.keras or .h5); required unless the "
                                         "caller passes a segment function")
-    p.add_argument("--num-classes", type=int, default=None,
-                   help="classes of the U-Net (default: the model file's, else 5; original: 5)")
-    p.add_argument("--backbone", default=None, choices=sorted(BACKBONES),
-                   help="U-Net encoder when --model-path holds weights only (default: the "
-                        "model file's, else resnet50; original: resnet50)")
-    p.add_argument("--input-shape", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="U-Net input size (default: the model file's, else 576 1024; "
-                        "original: 576 1024)")
+    add_card_options(p)
     p.add_argument("--batch-size", type=int, default=8,
                    help="photos per prediction batch (default 8; original: 1)")
     mask = p.add_mutually_exclusive_group()

@@ -125,6 +125,29 @@ def no_card_note(path, what):
     return f"Note: {path} has no model card (saved before cards); {what}."
 
 
+def add_card_options(parser, name_classes=False):
+    """The options a U-Net's card answers, each an override (default None: the card's,
+    else :data:`DEFAULTS`, the original's): ``--num-classes``, ``--name-classes`` (when
+    asked), ``--backbone``, ``--input-shape``."""
+    from nets.encoders import BACKBONES
+
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="classes incl. background (default: the model file's, else 5; "
+                             "original: 5)")
+    if name_classes:
+        parser.add_argument("--name-classes", nargs="+", default=None,
+                            help="class names in label order (default: the model file's, "
+                                 "else " + " ".join(NAME_CLASSES) + " for 5 classes, "
+                                 "class_0 ... otherwise)")
+    parser.add_argument("--backbone", choices=sorted(BACKBONES), default=None,
+                        help="U-Net encoder when the model file holds weights only (default: "
+                             "the model file's, else resnet50; original: resnet50)")
+    parser.add_argument("--input-shape", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="network input (default: the model file's, else 576 1024; "
+                             "original: 576 1024)")
+    return parser
+
+
 def pretraining_of(path):
     """How the encoder in ``path`` was made: its card's ``pretraining``, ``none`` for no
     file (a random start), ``unknown`` for a file without a card."""
