@@ -9,11 +9,14 @@ A card is a small JSON object:
 * ``backbone``: a name of ``nets.encoders.BACKBONES``;
 * ``pixel_scale``: a key of :data:`PIXEL_SCALES`, how 0..255 pixels were scaled for it;
 * ``pretraining``: how the encoder was made (``pde_class``, ``simclr``, ...; ``none``
-  for a random start, ``unknown`` for an encoder file without a card).
+  for a random start, ``unknown`` for an encoder file without a card); a U-Net also
+  names its ``encoder_file``.
 
 A ``.keras`` archive holds it as the entry :data:`CARD_ENTRY` beside ``epoch.json``;
 any other weights file has it as a sidecar ``<file>.json`` (:func:`sidecar_path`).
-Files from before cards load with the defaults below and a one-line note.
+:meth:`utils.run.Run.save_model` writes the card :func:`attach` gave a model,
+:func:`utils.weights.save_encoder` an encoder's; :func:`read_card` reads both. Files
+from before cards load with the defaults below and a one-line note.
 """
 import json
 import weakref
@@ -81,12 +84,6 @@ def sidecar_path(path):
 
 def is_keras_archive(path):
     return str(path).endswith(".keras") or zipfile.is_zipfile(path)
-
-
-def add_to_archive(path, card):
-    """Append the card to a ``.keras`` archive being written (a temporary file)."""
-    with zipfile.ZipFile(path, "a") as z:
-        z.writestr(CARD_ENTRY, card_text(card))
 
 
 def read_card(path):
