@@ -23,8 +23,8 @@ from tqdm import tqdm  # noqa: E402
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nets.encoders import BACKBONES  # noqa: E402
 from utils.errors import MissingInput, UserError, writable_dir  # noqa: E402
+from utils.model_card import add_card_options  # noqa: E402
 from utils.image_check import bad_images_error, find_bad_images, rgb8  # noqa: E402
 from utils.run import fresh_path  # noqa: E402
 from utils.utils import set_seed  # noqa: E402
@@ -168,11 +168,7 @@ def parse_args(argv=None):
     p.add_argument("--mode", choices=MODES, default="predict", help="(original: predict)")
     p.add_argument("--model-path", required=True,
                    help="trained model: .keras from train.py, or a weights file")
-    p.add_argument("--num-classes", type=int, default=5, help="(original: 5)")
-    p.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet50",
-                   help="U-Net encoder when loading a weights file (original: resnet50)")
-    p.add_argument("--input-shape", type=int, nargs=2, default=(576, 1024), metavar=("H", "W"),
-                   help="network input when loading a weights file (original: 576 1024)")
+    add_card_options(p)
     p.add_argument("--no-blend", action="store_true",
                    help="save the bare colour map instead of the overlay (original: blend on)")
     p.add_argument("--count", action="store_true", help="print each class's pixel share")
@@ -208,7 +204,8 @@ def check_inputs(args):
         raise UserError("images", f"image arguments are only for --mode predict, not {args.mode}",
                         "drop them or use --mode predict")
     check_weights_file(args.model_path, "--model-path")
-    check_class_count(args.model_path, args.num_classes)
+    if args.num_classes is not None:
+        check_class_count(args.model_path, args.num_classes)
     paths = []
     if args.mode == "predict":
         paths = [Path(p) for p in args.images]
@@ -243,7 +240,8 @@ def run(args):
     from unet import Unet
 
     unet = Unet(model_path=args.model_path, num_classes=args.num_classes,
-                backbone=args.backbone, input_shape=tuple(args.input_shape),
+                backbone=args.backbone,
+                input_shape=tuple(args.input_shape) if args.input_shape else None,
                 blend=not args.no_blend)
     result = {"mode": args.mode}
     if args.mode == "predict":

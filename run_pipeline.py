@@ -142,7 +142,7 @@ def validate_inputs(args, profile, steps, run=None):
             if not any(n in todo or (run is not None and run.done(n)) for n in options):
                 raise UserError("--steps", f"step {step} needs step {' or '.join(options)}, "
                                            f"which is neither planned nor done in this run",
-                                f"add it to --steps (or --resume a run that has it)")
+                                "add it to --steps (or --resume a run that has it)")
     if run is not None and run.done("orchard"):
         data = run.result("orchard")
     elif args.archive:
@@ -266,9 +266,11 @@ def _drop_optimizer_state(path):
     (two thirds of ``last_epoch.keras``). Returns its size."""
     import keras
 
+    from utils.model_card import attach, read_card
     from utils.run import Run
 
     model = keras.models.load_model(path, compile=False)
+    attach(model, read_card(path))      # the rewritten file keeps its model card
     Run(path.parent).save_model(model, path.name, checkpoint_epoch(path) or 0)
     return path.stat().st_size
 

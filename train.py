@@ -25,7 +25,7 @@ from utils.errors import MissingInput, UserError, user_errors  # noqa: E402
 from utils.precision import set_precision  # noqa: E402
 from utils.run import (Run, checkpoint_epoch, fresh_path, has_optimizer_state, logged,  # noqa: E402
                        progress_verbose, read_log, resume_args)
-from utils.utils import (AUGMENTATIONS, NAME_CLASSES, add_common_training_args,  # noqa: E402
+from utils.utils import (AUGMENTATIONS, add_common_training_args,  # noqa: E402
                          describe_augmentation, jit_compile_default, set_seed)
 from utils.distribute import get_strategy  # noqa: E402
 
@@ -240,11 +240,9 @@ def check_args(args):
 
 
 def class_names(args):
-    if args.name_classes:
-        return list(args.name_classes)
-    if args.num_classes == len(NAME_CLASSES):
-        return list(NAME_CLASSES)
-    return [f"class_{i}" for i in range(args.num_classes)]
+    from utils.model_card import class_names as names
+
+    return names(args.num_classes, args.name_classes)
 
 
 def load_pretrained(model, path):
@@ -253,10 +251,13 @@ def load_pretrained(model, path):
     Prints loaded / missing / mismatched counts; raises when no layer matched.
     """
     from nets.unet import get_encoder
+    from utils.model_card import transfer_note
     from utils.weights import load_weights_by_name
 
     encoder = get_encoder(model)
     report = load_weights_by_name(encoder, path)
+    if note := transfer_note(path):
+        print(note)
     if report.missing or report.mismatched:
         print(f"WARNING: only {len(report.loaded)} of {report.total} encoder layers were "
               f"loaded from {path}; the others keep their random initialisation.")
@@ -301,6 +302,7 @@ def run(args):
     from utils.callbacks import (EpochCheckpoint, EpochTimer, ExponentDecayScheduler, PerClassIoU,
                                  ResumableEarlyStopping, record_callbacks, validation_epochs)
     from utils.dataloader import build_dataset, check_split, split_path
+    from utils.model_card import attach, pretraining_of, unet_card
     from utils.optimizers import FusedAdam
     from utils.utils_metrics import MeanIoU, f_score
 
@@ -355,6 +357,9 @@ def run(args):
 
     with strategy.scope():
         model = build_unet((None, None, 3) if crop else (h, w, 3), nc, args.backbone)
+        source = args.model_path or args.init_model
+        attach(model, unet_card((h, w), class_names(args), args.backbone,
+                                pretraining_of(source), source))
         encoder = get_encoder(model)
         if resume_epoch is not None:
             model.load_weights(str(last))
@@ -481,7 +486,7 @@ def run(args):
         run_dir / "last_epoch.keras"
     test_metrics = {}
     if args.eval_split.lower() != "none":
-        from get_miou import evaluate_split
+        from utils.evaluate import evaluate_split
 
         if evaluated == best_path:
             model.load_weights(str(best_path))

@@ -277,8 +277,9 @@ def parse_args(argv=None):
     common.add_argument("--model-path", default=None,
                         help="pretrained weights: encoder.weights.h5, a Siamese/U-Net "
                              "checkpoint or a legacy .h5, loaded by layer name")
-    common.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet50",
-                        help="(original: resnet50)")
+    common.add_argument("--backbone", choices=sorted(BACKBONES), default=None,
+                        help="(default: the --model-path file's, else resnet50; original: "
+                             "resnet50)")
     common.add_argument("--out-dir", default=None, type=writable_dir,
                         help="output folder (default: a new <logs-dir>/visualize_<time>)")
     common.add_argument("--logs-dir", default="logs", type=writable_dir,
@@ -299,10 +300,12 @@ def parse_args(argv=None):
     e = sub.add_parser("embeddings", parents=[common], help="PCA / t-SNE / k-NN of stage images")
     e.add_argument("--image-dir", required=True,
                    help="folder of stage images <camera>p<preset>t<HH>i<stage>d<date>_<HH>.jpg")
-    e.add_argument("--input-size", type=int, nargs=2, default=(288, 512), metavar=("H", "W"),
-                   help="encoder input (default 288 512, the PDE pretraining crop)")
-    e.add_argument("--scale", choices=("pde", "unet"), default="pde",
-                   help="pixel scaling: pde = [-1, 1] (pretraining), unet = [0, 1]")
+    e.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="encoder input (default: the size the --model-path file was trained "
+                        "at, else 288 512, the PDE pretraining crop)")
+    e.add_argument("--scale", choices=("pde", "unet"), default=None,
+                   help="pixel scaling: pde = [-1, 1] (PDE pretraining), unet = [0, 1] "
+                        "(default: the --model-path file's, else pde)")
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--max-images", type=int, default=None, help="random subset of this size")
     e.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity")
@@ -324,10 +327,33 @@ def check_inputs(args):
             raise bad_images_error(bad, "replace or delete it")
 
 
+# --scale by the pixel scale in a model card (utils.model_card.PIXEL_SCALES).
+SCALE_OF_CARD = {"[-1, 1]": "pde", "[0, 1]": "unet"}
+
+
+def settle_from_card(args):
+    """Fill the options left None from the ``--model-path`` file's card (else the
+    defaults), with a one-line note for a file without a card."""
+    from utils.model_card import DEFAULTS, no_card_note, read_card
+
+    card = read_card(args.model_path) if args.model_path else None
+    if args.model_path and card is None:
+        print(no_card_note(args.model_path, f"reading it as a {args.backbone or DEFAULTS['backbone']}"
+                                            f" encoder" + (f" at {args.scale or 'pde'} scale"
+                                                           if args.mode == "embeddings" else "")
+                           + ": give the options to override"))
+    card = card or {}
+    args.backbone = args.backbone or card.get("backbone") or DEFAULTS["backbone"]
+    if args.mode == "embeddings":
+        args.input_size = args.input_size or card.get("input_shape") or (288, 512)
+        args.scale = args.scale or SCALE_OF_CARD.get(card.get("pixel_scale"), "pde")
+
+
 def main(argv=None):
     args = parse_args(argv)
     set_seed(args.seed)
     check_inputs(args)
+    settle_from_card(args)
     if args.out_dir:
         out_dir = Path(args.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

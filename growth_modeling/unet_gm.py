@@ -24,10 +24,9 @@ import numpy as np  # noqa: E402
 
 from growth_modeling import growth  # noqa: E402
 from growth_modeling.smoothing import OBSERVATION_COVARIANCE, TRANSITION_COVARIANCE  # noqa: E402
-from nets.encoders import BACKBONES  # noqa: E402
 from utils.errors import MissingInput, OutputExists, UserError, writable_dir  # noqa: E402
 from utils.image_check import bad_images_error, find_bad_images  # noqa: E402
-from utils.utils import NAME_CLASSES  # noqa: E402
+from utils.model_card import DEFAULTS, add_card_options, class_names  # noqa: E402
 from utils.run import make_run_dir, write_json  # noqa: E402
 
 OUTPUTS = ("args.json", "shares.csv", "shares_smoothed.csv", "red_fruit.csv", "growth_raw.png",
@@ -35,16 +34,18 @@ OUTPUTS = ("args.json", "shares.csv", "shares_smoothed.csv", "red_fruit.csv", "g
            "stage_dates.json", "stage_dates.csv", "overlays")
 
 
-def unet_segmenter(model_path=None, num_classes=5, backbone="resnet50", input_shape=(576, 1024),
+def unet_segmenter(model_path=None, num_classes=None, backbone=None, input_shape=None,
                    batch_size=8, model=None):
-    """The real ``segment`` callable: the ``Unet`` predictor (``utils.predictor``), built once.
+    """The real ``segment`` callable: the ``Unet`` predictor (``utils.predictor``), built once;
+    options left None come from the model's card.
 
     Returns a function from a list of PIL images to a list of HxW uint8 class maps at
-    the photos' own size.
+    the photos' own size; its ``name_classes`` are the model's classes.
     """
     from utils.predictor import Unet
 
-    kwargs = dict(num_classes=num_classes, backbone=backbone, input_shape=tuple(input_shape))
+    kwargs = dict(num_classes=num_classes, backbone=backbone,
+                  input_shape=tuple(input_shape) if input_shape else None)
     if model is not None:
         kwargs["model"] = model
     else:
@@ -54,6 +55,7 @@ def unet_segmenter(model_path=None, num_classes=5, backbone="resnet50", input_sh
     def segment(images):
         return predictor.predict_masks(images, batch_size=batch_size)
 
+    segment.name_classes = predictor.name_classes
     return segment
 
 
@@ -68,11 +70,7 @@ def parse_args(argv=None):
     p.add_argument("--time", type=int, default=12, help="hour of the daily photo (default 12; original: 12)")
     p.add_argument("--model-path", help="trained U-Net (.keras or .h5); required unless the "
                                         "caller passes a segment function")
-    p.add_argument("--num-classes", type=int, default=5, help="classes of the U-Net (original: 5)")
-    p.add_argument("--backbone", default="resnet50", choices=sorted(BACKBONES),
-                   help="U-Net encoder when --model-path holds weights only (original: resnet50)")
-    p.add_argument("--input-shape", type=int, nargs=2, default=[576, 1024], metavar=("H", "W"),
-                   help="U-Net input size (original: 576 1024)")
+    add_card_options(p)
     p.add_argument("--batch-size", type=int, default=8,
                    help="photos per prediction batch (default 8; original: 1)")
     mask = p.add_mutually_exclusive_group()
@@ -127,8 +125,6 @@ def run(args, segment=None):
     Returns ``{"run_dir", "shares_csv", "smoothed_csv", "plots", "stage_dates",
     "stage_dates_csv", "events", "days"}``.
     """
-    names = (list(NAME_CLASSES) if args.num_classes == len(NAME_CLASSES)
-             else [f"class{k}" for k in range(args.num_classes)])
     images = growth.find_daily_images(args.archive, args.camera, args.preset, args.time)
     plant_masks = None
     if args.plant_mask:
@@ -171,11 +167,14 @@ def run(args, segment=None):
     else:
         random.seed(args.seed)
         np.random.seed(args.seed)
+    names = getattr(segment, "name_classes", None) or \
+        class_names(args.num_classes or DEFAULTS["num_classes"])
+    num_classes = len(names)
 
     run_dir = _prepare_out_dir(args)
     view = f"{args.camera}p{args.preset} at {args.time:02d}:00"
     dates, shares, red = growth.growth_curves(
-        images, segment, args.num_classes, plant_masks, args.batch_size,
+        images, segment, num_classes, plant_masks, args.batch_size,
         fruit_class=growth.class_index(names, "fruit") if "fruit" in names else -1,
         overlay_dir=None if args.no_overlays else run_dir / "overlays", progress=not args.quiet)
 

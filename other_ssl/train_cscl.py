@@ -38,6 +38,7 @@ from utils.run import Run, fresh_path, progress_verbose, resume_args  # noqa: E4
 from utils.precision import set_precision  # noqa: E402
 from utils.utils import add_common_training_args, jit_compile_default, set_seed  # noqa: E402
 from utils.distribute import get_strategy  # noqa: E402
+from utils.model_card import attach, class_names, unet_card  # noqa: E402
 from utils.weights import save_encoder  # noqa: E402
 
 
@@ -128,9 +129,11 @@ def run(args):
               steps_per_epoch=steps, callbacks=callbacks, verbose=progress_verbose())
     history = {k: v for k, v in run.log().items() if k != "epoch"}
 
+    attach(unet, unet_card(input_shape, class_names(nc), args.backbone, "cscl"))
     unet_path = run.save_model(unet, fresh_path(run_dir / "unet.weights.h5"), args.epochs)
     encoder_path = save_encoder(unet_net.get_encoder(unet),
-                                fresh_path(run_dir / "encoder.weights.h5"), backbone=args.backbone)
+                                fresh_path(run_dir / "encoder.weights.h5"), backbone=args.backbone,
+                                pretraining="cscl", input_shape=input_shape)
     results = {"train_images": len(train_names), "val_images": len(val_names),
                "steps_per_epoch": steps,
                "final_loss": history["loss"][-1] if history.get("loss") else None,

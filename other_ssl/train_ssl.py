@@ -247,7 +247,9 @@ def run(args):
         used = recalibrate_batchnorm(model.backbone, dataset, args.precise_bn, forward)
         print(f"Precise BN: encoder statistics re-estimated from {used} training batches")
     encoder_path = save_encoder(model.backbone, fresh_path(run_dir / "encoder.weights.h5"),
-                                backbone=args.backbone)
+                                backbone=args.backbone, pretraining=args.method,
+                                pixel_scale="standardised" if "pixel_mean" in cls.defaults
+                                else "[0, 1]", input_shape=input_shape)
     results = {"method": args.method, "hyperparameters": dict(model.hyperparameters),
                "learning_rate": schedule,
                "images": len(paths), "steps_per_epoch": steps,

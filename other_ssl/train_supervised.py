@@ -182,7 +182,8 @@ def run(args):
         used = recalibrate_batchnorm(model, train_ds, args.precise_bn)
         print(f"Precise BN: statistics re-estimated from {used} training batches")
     encoder_path = save_encoder(encoder, fresh_path(run_dir / "encoder.weights.h5"),
-                                backbone=args.backbone)
+                                backbone=args.backbone, pretraining="supervised_stage",
+                                input_shape=input_shape)
     val_accs = history.get("val_accuracy") or [None]
     val_acc = val_accs[-1]
     results = {"num_stages": num_stages, "images_per_stage": counts,

@@ -452,7 +452,9 @@ def run(spec, args):
     run.write_json(fresh_path(run_dir / "test_metrics.json"), test_metrics)
 
     encoder_path = save_encoder(model.get_layer("resnet50"),
-                                fresh_path(run_dir / "encoder.weights.h5"), backbone="resnet50")
+                                fresh_path(run_dir / "encoder.weights.h5"), backbone="resnet50",
+                                pretraining=spec.run_name, pixel_scale="[-1, 1]",
+                                input_shape=args.input_shape)
     print(f"Encoder (tower 1) saved to {encoder_path}")
     return {"run_dir": run_dir, "encoder_path": Path(encoder_path),
             "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},

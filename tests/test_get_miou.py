@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 import get_miou
-from get_miou import evaluate_split
+from utils.evaluate import evaluate_split
 from utils.utils_metrics import (compute_mIoU, fast_hist, per_Accuracy, per_class_iu,
                                  per_class_PA_Recall, per_class_Precision, show_results)
 
@@ -143,7 +143,8 @@ def model_file(tmp_path_factory):
 
 def test_evaluate_split_on_tiny_voc(voc, model_file, tmp_path):
     model, _ = model_file
-    result = evaluate_split(model, voc, "test", out_dir=tmp_path / "ev", batch_size=2)
+    result = evaluate_split(model, voc, "test", out_dir=tmp_path / "ev", batch_size=2,
+                            pred_dir=tmp_path / "ev/detection-results")
     preds = sorted(p.name for p in (tmp_path / "ev/detection-results").iterdir())
     assert preds == ["i0.png", "i1.png", "i2.png"]
     assert Image.open(tmp_path / "ev/detection-results/i1.png").size == (80, 48)
@@ -155,6 +156,29 @@ def test_evaluate_split_on_tiny_voc(voc, model_file, tmp_path):
                                   tmp_path / "ev/detection-results", ["i0", "i1", "i2"], 5)
     assert result["mIoU"] == pytest.approx(float(np.nanmean(ious)))
     assert hist.sum() == 64 * 64 + 80 * 48 + 40 * 56
+    np.testing.assert_array_equal(_csv_matrix(tmp_path / "ev"), hist)
+
+
+def _csv_matrix(folder):
+    rows = (folder / "confusion_matrix.csv").read_text().splitlines()[1:]
+    return np.array([[int(x) for x in row.split(",")[1:]] for row in rows])
+
+
+def test_confusion_from_arrays_equals_the_png_round_trip(voc, model_file, tmp_path):
+    """Without PNGs the matrix comes from the predictions in memory: the same matrix
+    as get_miou's PNG files give (mode 0 writes them, mode 2 reads them back)."""
+    model, path = model_file
+    evaluate_split(model, voc, "test", out_dir=tmp_path / "mem", batch_size=2)
+    assert not (tmp_path / "mem/detection-results").exists()
+    get_miou.main(["--voc-path", str(voc), "--model-path", str(path), "--out-dir",
+                   str(tmp_path / "png"), "--batch-size", "3"])
+    assert len(list((tmp_path / "png/detection-results").glob("*.png"))) == 3
+    get_miou.main(["--miou-mode", "2", "--voc-path", str(voc), "--pred-dir",
+                   str(tmp_path / "png/detection-results"), "--out-dir", str(tmp_path / "re")])
+    memory = _csv_matrix(tmp_path / "mem")
+    assert memory.sum() == 64 * 64 + 80 * 48 + 40 * 56
+    np.testing.assert_array_equal(memory, _csv_matrix(tmp_path / "png"))
+    np.testing.assert_array_equal(memory, _csv_matrix(tmp_path / "re"))
 
 
 def test_main_modes_1_then_2_from_a_saved_model(voc, model_file, tmp_path):

@@ -314,7 +314,11 @@ def test_cli_new_run_folder_per_run_and_per_day_masks(archive, tmp_path):
 def test_defaults_follow_the_original():
     a = unet_gm.parse_args(["--archive", "a", "--camera", "c"])
     assert (a.transition_covariance, a.observation_covariance) == (0.1, 1.0)
-    assert (a.num_classes, a.backbone, a.input_shape) == (5, "resnet50", [576, 1024])
+    # Left open, they come from the model's card, else the original's values.
+    assert (a.num_classes, a.backbone, a.input_shape) == (None, None, None)
+    from utils.model_card import DEFAULTS
+
+    assert DEFAULTS == {"input_shape": (576, 1024), "num_classes": 5, "backbone": "resnet50"}
     assert (a.time, a.dpi, a.zoom_ylim) == (12, 300, 0.25)
 
 

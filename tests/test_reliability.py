@@ -749,9 +749,10 @@ def test_class_count_that_does_not_fit_the_model_is_refused_before_any_folder(tm
     with pytest.raises(UserError, match=rf"^--num-classes: 5 classes, but {model} predicts 3; "
                                         rf"give --num-classes 3"):
         get_miou.main(["--voc-path", str(voc), "--model-path", str(model),
-                       "--logs-dir", str(logs)])
+                       "--num-classes", "5", "--logs-dir", str(logs)])
     with pytest.raises(UserError, match=r"^--num-classes: 5 classes, but .* predicts 3"):
-        predict.main(["--model-path", str(model), str(voc / "VOC2007/JPEGImages/t0.jpg")])
+        predict.main(["--model-path", str(model), "--num-classes", "5",
+                      str(voc / "VOC2007/JPEGImages/t0.jpg")])
     with pytest.raises(UserError, match=r"^--num-classes: 5 classes, but .* predicts 3"):
         train.main(["--voc-path", str(voc), "--init-model", str(model), "--logs-dir", str(logs)])
     assert not logs.exists()

@@ -8,17 +8,14 @@ back to the photo's size, then take the arg-max.
 """
 import time
 import warnings
-import zipfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from utils.utils import NAME_CLASSES, class_colors, cvtColor, preprocess_input, resize_image
-
-def _is_keras_archive(path):
-    return str(path).endswith(".keras") or zipfile.is_zipfile(path)
+from utils.model_card import card_of, class_names, is_keras_archive, read_card, resolve
+from utils.utils import class_colors, cvtColor, preprocess_input, resize_image
 
 
 class Unet:
@@ -29,7 +26,9 @@ class Unet:
     :func:`utils.weights.load_weights_by_name` reads (a legacy Keras 2 ``.h5`` U-Net
     checkpoint, or only an encoder: the decoder then stays random, with a warning).
     ``model`` takes an already built ``keras.Model`` instead. A loaded or given model
-    fixes ``input_shape`` and ``num_classes``.
+    fixes ``num_classes`` (and ``input_shape`` when its input has a fixed size); what
+    the options leave None comes from the model's card (:mod:`utils.model_card`: input
+    size, class names, backbone), else from ``_defaults``, with a one-line note.
     """
 
     _defaults = {
@@ -45,26 +44,27 @@ class Unet:
         if unknown:
             raise TypeError(f"Unet() got unknown options {sorted(unknown)}; "
                             f"known: {sorted(self._defaults)}")
+        # Options left out (or None) come from the model's card, else the defaults.
+        self._given = {k: v for k, v in kwargs.items() if v is not None}
         self.__dict__.update(self._defaults)
-        self.__dict__.update(kwargs)
-        self._explicit_shape = "input_shape" in kwargs
-        self.input_shape = tuple(int(s) for s in self.input_shape[:2])
+        self.__dict__.update(self._given)
         self.verbose = verbose
         self.model = model
+        self.card = None
         self.generate()
-        if name_classes is None:
-            name_classes = (NAME_CLASSES if self.num_classes == len(NAME_CLASSES)
-                            else [f"class_{k}" for k in range(self.num_classes)])
-        if len(name_classes) != self.num_classes:
-            raise ValueError(f"{len(name_classes)} class names for {self.num_classes} classes")
-        self.name_classes = list(name_classes)
+        if name_classes is None and self.card and \
+                len(self.card.get("class_names") or ()) == self.num_classes:
+            name_classes = self.card["class_names"]
+        self.name_classes = class_names(self.num_classes, name_classes)
         self.colors = class_colors(self.num_classes)
         self._palette = np.array(self.colors, dtype=np.uint8)
 
     def generate(self):
-        """Build or load ``self.model``."""
+        """Build or load ``self.model``; the input size, classes and backbone the options
+        leave open come from the file's card (:mod:`utils.model_card`)."""
         import keras
 
+        path = None
         if self.model is None:
             if self.model_path is None:
                 raise ValueError("Unet needs model_path= (a .keras model or a weights file) "
@@ -72,20 +72,31 @@ class Unet:
             path = Path(self.model_path)
             if not path.is_file():
                 raise FileNotFoundError(f"model file not found: {path}")
-            if _is_keras_archive(path):
+            self.card = read_card(path)
+            if is_keras_archive(path):
                 self.model = keras.models.load_model(path, compile=False)
             else:
+                self._settle(path, ("input_shape", "num_classes", "backbone"))
                 self.model = self._build_and_load(path)
             if self.verbose:
                 print(f"{path} model loaded.")
+        else:
+            self.card = card_of(self.model)
         shape = self.model.input_shape
         out = self.model.output_shape
         if shape[1] is not None and shape[2] is not None:
-            if (shape[1], shape[2]) != self.input_shape and self._explicit_shape and self.verbose:
+            wanted = self._given.get("input_shape")
+            if wanted is not None and (shape[1], shape[2]) != tuple(wanted[:2]) and self.verbose:
                 print(f"Note: the model's input is {shape[1]}x{shape[2]}, not the requested "
-                      f"{self.input_shape[0]}x{self.input_shape[1]}; using the model's.")
+                      f"{wanted[0]}x{wanted[1]}; using the model's.")
             self.input_shape = (int(shape[1]), int(shape[2]))
+        elif path is None or is_keras_archive(path):
+            # A U-Net trained on windows takes any size: it is fed at its card's.
+            self._settle(path, ("input_shape",))
         self.num_classes = int(out[-1])
+
+    def _settle(self, path, what):
+        self.__dict__.update(resolve(path, self.card, self._given, what))
 
     def _build_and_load(self, path):
         from nets.unet import build_unet

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.errors import note_run
+from utils.model_card import CARD_ENTRY, card_of, card_text, sidecar_path
 
 LOG_CSV = "training_log.csv"
 RUN_RECORD = "run.json"     # {"kind": ...}: which script made the run folder
@@ -344,8 +345,10 @@ class Run:
         """Save ``model`` (``.keras``: the whole model; ``.weights.h5``: weights) with
         ``epoch`` (epochs trained) inside it; the optimizer state only when asked, for
         the one checkpoint a resume starts from. Weights that are not all finite are
-        refused (:func:`check_finite_weights`): no file of a run ever holds NaN."""
+        refused (:func:`check_finite_weights`): no file of a run ever holds NaN. The
+        model's card (:func:`utils.model_card.attach`) goes with it."""
         check_finite_weights(model, self.dir / name, epoch)
+        card = card_of(model)
 
         def write(tmp):
             tmp = str(tmp)
@@ -363,12 +366,17 @@ class Run:
             if tmp.endswith(".keras"):
                 with zipfile.ZipFile(tmp, "a") as z:
                     z.writestr(EPOCH_KEY, json.dumps({"epoch": int(epoch)}))
+                    if card is not None:
+                        z.writestr(CARD_ENTRY, card_text(card))
             else:
                 import h5py
 
                 with h5py.File(tmp, "a") as f:
                     f.attrs["epoch"] = int(epoch)
-        return self.write(name, write)
+        path = self.write(name, write)
+        if card is not None and not path.name.endswith(".keras"):
+            self.write_text(sidecar_path(path), card_text(card))
+        return path
 
     def log(self):
         return read_log(self.dir)

@@ -101,8 +101,21 @@ def per_Accuracy(hist):
     return np.sum(np.diag(hist)) / np.maximum(np.sum(hist), 1)
 
 
-def confusion_of_files(gt_dir, pred_dir, png_name_list, num_classes):
-    """Accumulate the confusion matrix.
+def read_class_map(path, name):
+    """A one-channel class-index PNG (pixel value = class) as an array."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: listed as {name!r} but not found")
+    array = np.array(Image.open(path))
+    if array.ndim == 3:
+        raise ValueError(f"{path}: a class-index PNG must have one channel "
+                         f"(pixel value = class), this one has shape {array.shape}")
+    return array
+
+
+def confusion_of_arrays(pairs, num_classes, count=None, gt_dir=None):
+    """Accumulate the confusion matrix of ``(name, label, prediction, where)`` class
+    maps (``where`` names the prediction in an error).
 
     Returns ``(hist, skipped, ignored)``: the matrix, ``(name, label shape, prediction
     shape)`` of the pairs left out because their sizes differ, and the number of label
@@ -111,18 +124,10 @@ def confusion_of_files(gt_dir, pred_dir, png_name_list, num_classes):
     hist = np.zeros((num_classes, num_classes), dtype=np.int64)
     skipped = []
     ignored, ignored_in = 0, []
-    for ind, name in enumerate(tqdm(png_name_list, desc="mIoU", unit="img")):
-        gt_path = Path(gt_dir) / f"{name}.png"
-        pred_path = Path(pred_dir) / f"{name}.png"
-        for p in (gt_path, pred_path):
-            if not p.is_file():
-                raise FileNotFoundError(f"{p}: listed as {name!r} but not found")
-        label = np.array(Image.open(gt_path))
-        pred = np.array(Image.open(pred_path))
-        if label.ndim == 3 or pred.ndim == 3:
-            bad = gt_path if label.ndim == 3 else pred_path
-            raise ValueError(f"{bad}: a class-index PNG must have one channel "
-                             f"(pixel value = class), this one has shape {label.shape}")
+    seen = 0
+    for ind, (name, label, pred, where) in enumerate(tqdm(pairs, total=count, desc="mIoU",
+                                                          unit="img")):
+        seen += 1
         if label.shape != pred.shape:
             skipped.append((name, label.shape, pred.shape))
             continue
@@ -133,9 +138,9 @@ def confusion_of_files(gt_dir, pred_dir, png_name_list, num_classes):
         try:
             hist += fast_hist(label, pred, num_classes)
         except ValueError as exc:
-            raise ValueError(f"{pred_path}: {exc}") from exc
+            raise ValueError(f"{where}: {exc}") from exc
         if ind > 0 and ind % 10 == 0:
-            tqdm.write(f"{ind} / {len(png_name_list)}: mIoU-{100 * np.nanmean(per_class_iu(hist)):0.2f}%; "
+            tqdm.write(f"{ind} / {count or '?'}: mIoU-{100 * np.nanmean(per_class_iu(hist)):0.2f}%; "
                        f"mPA-{100 * np.nanmean(per_class_PA_Recall(hist)):0.2f}%; "
                        f"Accuracy-{100 * per_Accuracy(hist):0.2f}%")
     if ignored:
@@ -145,11 +150,22 @@ def confusion_of_files(gt_dir, pred_dir, png_name_list, num_classes):
     if skipped:
         listing = ", ".join(f"{n} (label {s[1]}x{s[0]}, prediction {p[1]}x{p[0]})"
                             for n, s, p in skipped[:20])
-        warnings.warn(f"{len(skipped)} of {len(png_name_list)} images were left out of the "
+        warnings.warn(f"{len(skipped)} of {seen} images were left out of the "
                       f"metrics because label and prediction sizes differ (label size != "
                       f"image size in {gt_dir}?): {listing}"
                       + (" ..." if len(skipped) > 20 else ""), stacklevel=3)
     return hist, skipped, ignored
+
+
+def confusion_of_files(gt_dir, pred_dir, png_name_list, num_classes):
+    """:func:`confusion_of_arrays` of ``<gt_dir>/<name>.png`` and ``<pred_dir>/<name>.png``."""
+    def pairs():
+        for name in png_name_list:
+            gt_path, pred_path = Path(gt_dir) / f"{name}.png", Path(pred_dir) / f"{name}.png"
+            label = read_class_map(gt_path, name)
+            yield name, label, read_class_map(pred_path, name), pred_path
+
+    return confusion_of_arrays(pairs(), num_classes, len(png_name_list), gt_dir)
 
 
 def compute_mIoU(gt_dir, pred_dir, png_name_list, num_classes, name_classes=None):

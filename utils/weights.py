@@ -24,6 +24,7 @@ import numpy as np
 
 from nets.encoders import BACKBONES, build_encoder, weighted_layers
 from utils.errors import MissingInput, UserError
+from utils.model_card import UNET_PIXEL_SCALE, encoder_card, sidecar_path
 
 
 BACKBONE_ATTR = "pde_encoder_backbone"
@@ -213,16 +214,23 @@ def load_weights_by_name(model, path, verbose=True):
     return report
 
 
-def save_encoder(encoder, path, backbone="resnet50"):
+def save_encoder(encoder, path, backbone="resnet50", pretraining="unknown",
+                 pixel_scale=UNET_PIXEL_SCALE, input_shape=None):
     """Save an encoder as a Keras 3 ``.weights.h5`` file that :func:`load_weights_by_name`
-    and ``build_encoder(...).load_weights`` both read. Refuses to overwrite a file."""
+    and ``build_encoder(...).load_weights`` both read, with its card
+    (:func:`utils.model_card.encoder_card`: the pixel scale and input size it was
+    pretrained at, how) in the sidecar ``<path>.json``. Refuses to overwrite a file."""
+    from utils.run import write_json
+
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} exists; refusing to overwrite it")
+    card = encoder_card(input_shape, backbone, pixel_scale, pretraining)
     path.parent.mkdir(parents=True, exist_ok=True)
     encoder.save_weights(str(path))
     with h5py.File(path, "a") as f:
         f.attrs[BACKBONE_ATTR] = backbone
+    write_json(sidecar_path(path), card)
     return path
 
 
