@@ -39,8 +39,8 @@ if __package__ in (None, ""):
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from few_shot.backbones import BACKBONES  # noqa: E402
-from few_shot.losses import LOSSES  # noqa: E402
+from few_shot.backbones import CLASSIFIER_BACKBONES  # noqa: E402
+from few_shot.losses import METRIC_LOSSES  # noqa: E402
 from pipeline.steps import mean_std  # noqa: E402
 from utils.errors import writable_dir  # noqa: E402
 from utils.run import make_run_dir, write_json  # noqa: E402
@@ -65,16 +65,16 @@ def parse_rows(text, ssl_names=()):
         name = backbone.split(":")[0]
         ok = (backbone in ENCODER_ROWS
               or (backbone.startswith("ssl-") and backbone[4:] in ssl_names)
-              or (":" in backbone and name in BACKBONES))
+              or (":" in backbone and name in CLASSIFIER_BACKBONES))
         if not ok:
             raise ValueError(f"{backbone!r} is none of {', '.join(ENCODER_ROWS)}, ssl-NAME "
                              f"with NAME from --ssl-encoders, or BACKBONE:WEIGHTS with a "
-                             f"backbone from {', '.join(BACKBONES)}")
+                             f"backbone from {', '.join(CLASSIFIER_BACKBONES)}")
         losses = [x.strip() for x in losses.split(",") if x.strip()]
-        unknown = [x for x in losses if x != "transfer" and x not in LOSSES]
+        unknown = [x for x in losses if x != "transfer" and x not in METRIC_LOSSES]
         if unknown or not losses:
             raise ValueError(f"{backbone}: unknown loss {', '.join(unknown) or '(none)'}; "
-                             f"choose from transfer, {', '.join(LOSSES)}")
+                             f"choose from transfer, {', '.join(METRIC_LOSSES)}")
         rows[backbone] = rows.get(backbone, []) + [x for x in losses
                                                    if x not in rows.get(backbone, [])]
     return rows

@@ -24,12 +24,13 @@ from other_ssl.base import POOLS, CollapseMonitor  # noqa: E402
 from other_ssl.dataset import (check_batch_size, check_images, image_statistics,  # noqa: E402
                                list_images, make_image_dataset, stage_labels)
 from other_ssl.methods import METHODS, get_method  # noqa: E402
-from other_ssl.training import (CHECKPOINT, OPTIMIZERS, SCHEDULE_DEFAULTS, SCHEDULES,  # noqa: E402
-                                epoch_steps, learning_rate_schedule, make_optimizer,
+from other_ssl.training import (CHECKPOINT, MAY_CHANGE, OPTIMIZERS, SCHEDULE_DEFAULTS,  # noqa: E402
+                                SCHEDULES, epoch_steps, learning_rate_schedule, make_optimizer,
                                 resume)
-from utils.callbacks import Checkpoint, LearningRateLog, record_callbacks  # noqa: E402
-from utils.run import Run, fresh_path, progress_verbose, resume_args  # noqa: E402
-from utils.utils import add_common_training_args, jit_compile_default, set_seed  # noqa: E402
+from utils.callbacks import Checkpoint, LearningRateLog, fit_in_run  # noqa: E402
+from utils.options import add_input_shape, add_run_options  # noqa: E402
+from utils.run import Run, fresh_path, resume_args  # noqa: E402
+from utils.utils import jit_compile_default, set_seed  # noqa: E402
 from utils.distribute import get_strategy  # noqa: E402
 from utils.precise_bn import add_precise_bn_arg, recalibrate_batchnorm  # noqa: E402
 from utils.errors import UserError, user_errors  # noqa: E402
@@ -82,9 +83,8 @@ def parse_args(argv=None):
     p.add_argument("--image-dir", default="out",
                    help="folder of training images, e.g. step 2's out/ (original: a "
                         "pre-made .npy array of all images)")
-    p.add_argument("--input-shape", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="resize images to H W (None: the method's own: "
-                        f"{_run_defaults_of('input_shape')})")
+    add_input_shape(p, None, "resize images to H W (None: the method's own: "
+                             f"{_run_defaults_of('input_shape')})")
     p.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet50",
                    help="encoder backbone (original: resnet50)")
     p.add_argument("--pool", choices=POOLS, default="flatten",
@@ -140,15 +140,8 @@ def parse_args(argv=None):
     add_precise_bn_arg(p)
     p.add_argument("--save-period", type=int, default=10,
                    help="save a checkpoint every N epochs, and after the last")
-    p.add_argument("--run-eagerly", action="store_true",
-                   help="no tf.function (debugging; skips the graph tracing cost of "
-                        "very short runs)")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR from its newest complete checkpoint "
-                        "with the options of its args.json (--epochs may change)")
-    add_common_training_args(p)
-    args = resume_args(p, argv, may_change=("epochs", "save_period"),
-                       kind=lambda a: f"ssl_{a.method}")
+    add_run_options(p, may_change=MAY_CHANGE)
+    args = resume_args(p, argv, may_change=MAY_CHANGE, kind=lambda a: f"ssl_{a.method}")
     return method_run_options(args, METHODS.get(args.method))
 
 
@@ -229,12 +222,10 @@ def main(argv=None):
           f"{model.hyperparameters}; learning rate {schedule}; run folder {run_dir}")
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     monitor = CollapseMonitor(args.width, args.collapse_ratio)
-    callbacks = [monitor, LearningRateLog(), *record_callbacks(run),
-                 Checkpoint(run, CHECKPOINT, args.save_period)]
-    model.fit(dataset, epochs=args.epochs, initial_epoch=initial_epoch,
-              steps_per_epoch=steps if capped else None,
-              callbacks=callbacks, shuffle=False, verbose=progress_verbose())
-    history = {k: v for k, v in run.log().items() if k != "epoch"}
+    history = fit_in_run(run, model, dataset, [monitor, LearningRateLog()],
+                         [Checkpoint(run, CHECKPOINT, args.save_period)], epochs=args.epochs,
+                         initial_epoch=initial_epoch, steps_per_epoch=steps if capped else None,
+                         shuffle=False)
 
     if args.precise_bn:
         def forward(batch):
