@@ -25,7 +25,7 @@ from utils.errors import MissingInput, UserError, user_errors  # noqa: E402
 from utils.precision import set_precision  # noqa: E402
 from utils.run import (Run, checkpoint_epoch, fresh_path, has_optimizer_state, logged,  # noqa: E402
                        read_log, resume_args)
-from utils.options import add_input_shape, add_run_options  # noqa: E402
+from utils.options import add_input_shape, add_resume_period, add_run_options  # noqa: E402
 from utils.utils import (AUGMENTATIONS, NAME_CLASSES,  # noqa: E402
                          describe_augmentation, jit_compile_default, set_seed)
 from utils.distribute import get_strategy  # noqa: E402
@@ -116,12 +116,9 @@ def parse_args(argv=None):
                         help="validation loss, val_mIoU and last_epoch.keras every N epochs and "
                              "on the last epoch of each phase (original: 1, every epoch); early "
                              "stopping then counts validated epochs")
-    output.add_argument("--resume-period-min", type=float, default=0, metavar="M",
-                        help="write the resume point last_epoch.keras (with the optimizer state) "
-                             "at a validated epoch only when M minutes of training have passed "
-                             "since the previous one, so a kill loses at most about M minutes; "
-                             "the end of each phase always writes it (default 0: at every "
-                             "validated epoch)")
+    add_resume_period(output, "the resume point last_epoch.keras (with the optimizer state) at "
+                              "a validated epoch", "the end of each phase always writes it "
+                              "(default 0: at every validated epoch)")
     output.add_argument("--final-optimizer-state", action=argparse.BooleanOptionalAction,
                         default=True,
                         help="keep Adam's moments in the last epoch's last_epoch.keras, so a "

@@ -55,8 +55,7 @@ def _project_encoder(backbone):
     return build
 
 
-# Whole-image classifier trunks (``--backbone``, last feature map only); not the
-# five-feature encoders of ``nets.encoders.BACKBONES``.
+# Classifier trunks (last feature map) for --backbone; nets.encoders.BACKBONES: encoders.
 CLASSIFIER_BACKBONES = {
     "mobilenetv2": BackboneSpec(_application("MobileNetV2")),
     "mobilenetv3large": BackboneSpec(_application("MobileNetV3Large",

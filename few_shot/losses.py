@@ -231,8 +231,7 @@ class LossSpec:
     options: tuple = ()      # option names the loss reads: margin, margin2, scale, m
 
 
-# Metric-learning losses of few-shot stage 2 (``--loss``); not the segmentation losses
-# of ``nets.unet_training.LOSSES``.
+# Stage 2's metric-learning losses (--loss); nets.unet_training.LOSSES: segmentation's.
 METRIC_LOSSES = {
     "contrastive": LossSpec("siamese", _contrastive_batch, options=("margin",)),
     "triplet": LossSpec("siamese", _triplet_batch, options=("margin",)),

@@ -228,14 +228,21 @@ def train_classifier(args, run, stage, emb_train, y_train, emb_test, n_classes):
     """The classification part on the metric stage's embeddings: (predictions on
     ``emb_test``, mean epoch seconds)."""
     head = classification_part(emb_train.shape[1], args.hidden, n_classes)
+    seconds = fit_classifier(args, run, head, emb_train, y_train, args.classifier_batch_size,
+                             args.classifier_epochs, [EpochLog(run, f"{stage}_classifier_log.csv")])
+    return apply_in_batches(head, emb_test, 256).argmax(1), seconds
+
+
+def fit_classifier(args, run, head, x, y, batch_size, epochs, record):
+    """Fit a softmax ``head`` (Adam, cross-entropy) on ``(x, y)`` with the per-epoch
+    ``record`` callbacks, the timer first; returns the mean epoch seconds."""
     head.compile(optimizer=FusedAdam(args.learning_rate),
                  loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                  run_eagerly=args.run_eagerly)
     timer = EpochTimer()
-    fit_in_run(run, head, emb_train, record=[timer, EpochLog(run, f"{stage}_classifier_log.csv")],
-               y=y_train, batch_size=args.classifier_batch_size, epochs=args.classifier_epochs,
+    fit_in_run(run, head, x, record=[timer, *record], y=y, batch_size=batch_size, epochs=epochs,
                shuffle=True)
-    return apply_in_batches(head, emb_test, 256).argmax(1), timer.mean()
+    return timer.mean()
 
 
 def pk_dataset(inputs, labels, sampler):
@@ -301,12 +308,6 @@ def evaluate(args, run_dir, stage, y_true, y_pred, embeddings, classes, what):
     return metrics
 
 
-def stage_record(run, stage, timer):
-    """A stage's per-epoch record: stop at a non-finite loss, ``timer``, then the row of
-    ``<stage>_training_log.csv``."""
-    return [StopOnNonFinite(run.dir), timer, EpochLog(run, f"{stage}_training_log.csv")]
-
-
 def run_transfer(args, run, feats_train, y_train, feats_test, y_test, classes):
     """Stage 1 on the frozen backbone's pooled features (the same as training the full
     model with the backbone frozen and in inference mode, without recomputing it)."""
@@ -315,17 +316,13 @@ def run_transfer(args, run, feats_train, y_train, feats_test, y_test, classes):
     hidden = keras.layers.Dense(args.hidden, activation="relu", name="hidden")(features)
     probs = keras.layers.Dense(n, activation="softmax", name="classes")(hidden)
     head = keras.Model(features, probs, name="transfer_head")
-    head.compile(optimizer=FusedAdam(args.learning_rate),
-                 loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                 run_eagerly=args.run_eagerly)
-    timer = EpochTimer()
-    fit_in_run(run, head, feats_train, record=stage_record(run, "transfer", timer), y=y_train,
-               batch_size=args.batch_size, epochs=args.epochs[0], shuffle=True)
+    seconds = fit_classifier(args, run, head, feats_train, y_train, args.batch_size, args.epochs[0],
+                             [StopOnNonFinite(run.dir), EpochLog(run, "transfer_training_log.csv")])
     y_pred = apply_in_batches(head, feats_test, 256).argmax(1)
     emb = apply_in_batches(keras.Model(features, hidden), feats_test, 256)
     metrics = evaluate(args, run.dir, "transfer", y_test, y_pred, emb, classes,
                        "the Dense-ReLU features")
-    metrics["mean_epoch_seconds"] = timer.mean()
+    metrics["mean_epoch_seconds"] = seconds
     return metrics
 
 
@@ -340,8 +337,8 @@ def run_similarity(args, loss, run, trunk, x_train, y_train, x_test, y_test, cla
     steps = args.steps_per_epoch or max(1, len(y_train) // (p * k))
     timer = EpochTimer()
     fit_in_run(run, model, pk_dataset(x_train, y_train.astype(np.int32), sampler),
-               record=stage_record(run, stage, timer), epochs=args.epochs[1],
-               steps_per_epoch=steps, shuffle=False)
+               record=[timer, StopOnNonFinite(run.dir), EpochLog(run, f"{stage}_training_log.csv")],
+               epochs=args.epochs[1], steps_per_epoch=steps, shuffle=False)
     emb_train = apply_in_batches(model, x_train)
     emb_test = apply_in_batches(model, x_test)
     if model.spec.kind == "angular":

@@ -50,6 +50,12 @@ HYPERPARAMETERS = {"temperature": float, "queue_size": int, "momentum_coeff": fl
                    "teacher_warmup_epochs": int, "center_momentum": float,
                    "fft_weight": float}
 
+# Schedule options (None: the method's own): type, and what they set.
+SCHEDULE_OPTIONS = {"lr_decay": (float, "step schedule's factor"),
+                    "lr_decay_epochs": (int, "step schedule's period in epochs"),
+                    "warmup_epochs": (float, "cosine schedule's linear warm-up from 1 %% of the "
+                                             "rate, at most 2.5 %% of the run"),
+                    "min_learning_rate": (float, "cosine schedule's last rate")}
 
 # What a method without its own ``run_defaults`` trains with: the original's values.
 RUN_DEFAULTS = {"input_shape": [288, 512], "epochs": 100, "batch_size": 48,
@@ -109,19 +115,9 @@ def parse_args(argv=None):
                    help="constant; step: x --lr-decay every --lr-decay-epochs epochs; cosine: "
                         "warm-up then a cosine to --min-learning-rate (None: the method's "
                         f"own: {_schedule_defaults_of('lr_schedule')})")
-    p.add_argument("--lr-decay", type=float, default=None,
-                   help="step schedule's factor (None: the method's own: "
-                        f"{_schedule_defaults_of('lr_decay')})")
-    p.add_argument("--lr-decay-epochs", type=int, default=None,
-                   help="step schedule's period in epochs (None: the method's own: "
-                        f"{_schedule_defaults_of('lr_decay_epochs')})")
-    p.add_argument("--warmup-epochs", type=float, default=None,
-                   help="cosine schedule's linear warm-up from 1 %% of the rate, at most "
-                        "2.5 %% of the run (None: the method's own: "
-                        f"{_schedule_defaults_of('warmup_epochs')})")
-    p.add_argument("--min-learning-rate", type=float, default=None,
-                   help="cosine schedule's last rate (None: the method's own: "
-                        f"{_schedule_defaults_of('min_learning_rate')})")
+    for key, (kind, what) in SCHEDULE_OPTIONS.items():
+        p.add_argument("--" + key.replace("_", "-"), type=kind, default=None,
+                       help=f"{what} (None: the method's own: {_schedule_defaults_of(key)})")
     p.add_argument("--weight-decay", type=float, default=None,
                    help="decoupled weight decay (None: the method's own: "
                         f"{_run_defaults_of('weight_decay')})")

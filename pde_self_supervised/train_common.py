@@ -25,7 +25,7 @@ from pde_self_supervised.dataloader_2img import (PairDataError, bad_images_messa
 from utils.errors import UserError, user_errors
 from utils.precision import set_precision
 from utils.precise_bn import add_precise_bn_arg, recalibrate_batchnorm
-from utils.options import add_input_shape, add_run_options
+from utils.options import add_input_shape, add_resume_period, add_run_options
 from utils.run import (Run, fresh_path, logged, newest_checkpoint, progress_verbose,
                        resume_args)
 from utils.utils import jit_compile_default, set_seed
@@ -146,11 +146,8 @@ def add_arguments(parser, spec):
                        help="keep only the N newest checkpoints this command wrote (0 = "
                             "all, as the original). A checkpoint holds the weights and the "
                             "optimizer state: about 4.2 GB at 288x512 with --pool flatten")
-    train.add_argument("--resume-period-min", type=float, default=0, metavar="M",
-                       help="write an epoch's checkpoint (the resume point) only when M "
-                            "minutes of training have passed since the previous one, so a "
-                            "kill loses at most about M minutes; the last epoch always "
-                            "writes one (default 0: every epoch, as the original)")
+    add_resume_period(train, "an epoch's checkpoint (the resume point)", "the last epoch always "
+                             "writes one (default 0: every epoch, as the original)")
     add_run_options(parser.add_argument_group("run: seed, logs, precision, strategy"),
                     may_change=RESUME_MAY_CHANGE)
     return parser

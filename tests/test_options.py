@@ -59,9 +59,10 @@ def test_every_trainer_has_the_shared_options_declared_once(parsers):
 
 def test_resume_help_names_what_may_change():
     from pde_self_supervised import train_common
-    from utils.options import add_resume
+    from utils.options import add_run_options
 
-    text = add_resume(argparse.ArgumentParser(), ("epochs", "save_period")).format_help()
+    text = add_run_options(argparse.ArgumentParser(), may_change=("epochs", "save_period"),
+                           compute=False).format_help()
     assert "--epochs, --save-period may be given again" in " ".join(text.split())
     helps = {a.dest: a.help for a in train_common.make_parser(
         importlib.import_module("pde_self_supervised.con_train_resnet_class").SPEC, "")._actions}
