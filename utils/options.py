@@ -31,7 +31,7 @@ def add_resume_period(parser, point, last):
 
 
 def add_run_options(parser, seed=11, may_change=None, compute=True,
-                    checkpoint="its newest complete checkpoint"):
+                    checkpoint="its newest complete checkpoint (weights, optimizer, epoch)"):
     """A trainer's run group: ``--seed``, ``--logs-dir``, ``--run-eagerly``; with
     ``compute``, ``--precision`` (``--mixed-precision``) and ``--strategy``; with
     ``may_change`` (the dests a resumed run may give again with a new value, as
@@ -55,8 +55,7 @@ def add_run_options(parser, seed=11, may_change=None, compute=True,
     if may_change is not None:
         flags = ", ".join("--" + k.replace("_", "-") for k in may_change) or "none"
         parser.add_argument("--resume", default=None, metavar="RUN_DIR",
-                            help=f"continue the run in RUN_DIR from {checkpoint} (weights, "
-                                 f"optimizer, epoch) with the options of its args.json, writing "
-                                 f"into the same folder; of the others only {flags} may be "
-                                 f"given again with a new value")
+                            help=f"continue the run in RUN_DIR from {checkpoint} with the "
+                                 f"options of its args.json, writing into the same folder; of "
+                                 f"the others only {flags} may be given again with a new value")
     return parser
