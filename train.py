@@ -24,8 +24,9 @@ from nets.unet_training import LOSSES, get_loss  # noqa: E402
 from utils.errors import MissingInput, UserError, user_errors  # noqa: E402
 from utils.precision import set_precision  # noqa: E402
 from utils.run import (Run, checkpoint_epoch, fresh_path, has_optimizer_state, logged,  # noqa: E402
-                       progress_verbose, read_log, resume_args)
-from utils.utils import (AUGMENTATIONS, add_common_training_args,  # noqa: E402
+                       read_log, resume_args)
+from utils.options import add_input_shape, add_resume_period, add_run_options  # noqa: E402
+from utils.utils import (AUGMENTATIONS,  # noqa: E402
                          describe_augmentation, jit_compile_default, set_seed)
 from utils.distribute import get_strategy  # noqa: E402
 
@@ -48,8 +49,7 @@ def parse_args(argv=None):
                            "classes when --num-classes is 5, else class_0 ...)")
     model.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet50",
                        help="encoder (original: resnet50)")
-    model.add_argument("--input-shape", type=int, nargs=2, default=[576, 1024], metavar=("H", "W"),
-                       help="network input height and width (original: 576 1024)")
+    add_input_shape(model, [576, 1024], "network input height and width (original: 576 1024)")
     data.add_argument("--train-crop", type=int, nargs=2, default=None, metavar=("H", "W"),
                       help="train on random HxW windows of the augmented photos, sized as for "
                            "--input-shape (default: the whole --input-shape, as the original): "
@@ -116,12 +116,9 @@ def parse_args(argv=None):
                         help="validation loss, val_mIoU and last_epoch.keras every N epochs and "
                              "on the last epoch of each phase (original: 1, every epoch); early "
                              "stopping then counts validated epochs")
-    output.add_argument("--resume-period-min", type=float, default=0, metavar="M",
-                        help="write the resume point last_epoch.keras (with the optimizer state) "
-                             "at a validated epoch only when M minutes of training have passed "
-                             "since the previous one, so a kill loses at most about M minutes; "
-                             "the end of each phase always writes it (default 0: at every "
-                             "validated epoch)")
+    add_resume_period(output, "the resume point last_epoch.keras (with the optimizer state) at "
+                              "a validated epoch", "the end of each phase always writes it "
+                              "(default 0: at every validated epoch)")
     output.add_argument("--final-optimizer-state", action=argparse.BooleanOptionalAction,
                         default=True,
                         help="keep Adam's moments in the last epoch's last_epoch.keras, so a "
@@ -140,12 +137,6 @@ def parse_args(argv=None):
                            "listed in args.json, with the same steps per epoch as the whole "
                            "split, so every N gets the same number of updates (default: the "
                            "whole split)")
-    output.add_argument("--resume", default=None, metavar="RUN_DIR",
-                        help="continue the run in RUN_DIR from its last complete "
-                             "last_epoch.keras with the options of its args.json; of the "
-                             "others only "
-                             + ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_CHANGE)
-                             + " may be given again with a new value")
     output.add_argument("--eval-split", default="test",
                         help="split evaluated with get_miou after training ('none' to skip; "
                              "original: test)")
@@ -163,10 +154,8 @@ def parse_args(argv=None):
                             "the original ran on, normalised a frozen encoder with each batch's "
                             "own statistics, and the U-Net's 0..1 input scale is not the [-1, 1] "
                             "of PDE pretraining")
-    training.add_argument("--run-eagerly", action="store_true",
-                          help="run training steps eagerly: no graph tracing, slower steps "
-                               "(for quick checks on tiny data; default off)")
-    add_common_training_args(p.add_argument_group("run: seed, logs, precision, strategy"))
+    add_run_options(p.add_argument_group("run: seed, logs, precision, strategy, resuming"),
+                    may_change=RESUME_MAY_CHANGE, checkpoint="its last complete last_epoch.keras")
     return resume_args(p, argv, may_change=RESUME_MAY_CHANGE, kind="unet")
 
 
@@ -300,7 +289,8 @@ def run(args):
 
     from nets.unet import build_unet, get_encoder
     from utils.callbacks import (EpochCheckpoint, EpochTimer, ExponentDecayScheduler, PerClassIoU,
-                                 ResumableEarlyStopping, record_callbacks, validation_epochs)
+                                 ResumableEarlyStopping, fit_in_run, record_callbacks,
+                                 validation_epochs)
     from utils.dataloader import build_dataset, check_split, split_path
     from utils.model_card import attach, pretraining_of, unet_card
     from utils.optimizers import FusedAdam
@@ -458,17 +448,18 @@ def run(args):
                                    verbose=1,
                                    warmup_steps=args.warmup_steps if phase.start == 0 else 0),
             PerClassIoU(miou),
-            *record,
+        ]
+        after = [
             ResumableEarlyStopping(previous=logged(log, "val_loss", phase.start, start),
                                    monitor="val_loss", min_delta=0,
                                    patience=args.early_stopping_patience, verbose=1),
             checkpoint,
             timer,
         ]
-        model.fit(train_ds, steps_per_epoch=steps, epochs=phase.end, initial_epoch=start,
-                  validation_data=val_ds,
-                  validation_freq=validation_epochs(start, phase.end, args.val_period),
-                  callbacks=callbacks, shuffle=False, verbose=progress_verbose())
+        fit_in_run(run, model, train_ds, callbacks, after, record, steps_per_epoch=steps,
+                   epochs=phase.end, initial_epoch=start, validation_data=val_ds,
+                   validation_freq=validation_epochs(start, phase.end, args.val_period),
+                   shuffle=False)
         updates += int(keras.ops.convert_to_numpy(optimizer.iterations))
 
     checkpoint.write_best()     # (a resume after the last epoch runs no fit to do it)

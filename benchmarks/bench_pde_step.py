@@ -26,11 +26,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from benchmarks.timing import (BENCH_PRECISIONS, bench_precisions, forward_flops,  # noqa: E402
+from benchmarks.timing import (add_step_options, bench_precisions, forward_flops,  # noqa: E402
                                interleaved, machine_line, peak_report, set_bench_precision)
 
-BN_KINDS = ("fused", "keras")
-ADAM_KINDS = ("fused", "keras")
 
 
 def keras_app_siamese(shape, pool, shared_towers):
@@ -98,21 +96,10 @@ def build_step(args, precision, bn, adam="fused", freeze_bn=False):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--input-shape", type=int, nargs=2, default=[96, 160], metavar=("H", "W"))
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--steps", type=int, default=10, help="timed rounds (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed first steps (default 2)")
+    add_step_options(p, [96, 160], 16, 2)
     p.add_argument("--pool", choices=("flatten", "gap"), default="flatten")
     p.add_argument("--shared-towers", action="store_true",
                    help="one tower for both images (the demo profile's setting)")
-    p.add_argument("--precision", nargs="+", choices=BENCH_PRECISIONS, default=["both"],
-                   help="precisions to time side by side: float32, bfloat16, float16, auto (what --precision auto picks here), mixed (bfloat16 on a CPU, float16 on a GPU), both (float32 and mixed; the default)")
-    p.add_argument("--bn", nargs="+", choices=BN_KINDS, default=["fused"],
-                   help="batch-norm kernel(s) of the port's encoder: fused (the default, "
-                        "what training uses), keras (Keras 3's unfused layer)")
-    p.add_argument("--adam", nargs="+", choices=ADAM_KINDS, default=["fused"],
-                   help="Adam update(s): fused (utils/optimizers.FusedAdam, what training "
-                        "uses), keras (Keras 3's Adam)")
     p.add_argument("--freeze-stages", nargs="+", default=[], metavar="STAGE",
                    help="keep these ResNet50 stages' convolution kernels fixed, as the PDE "
                         "scripts' --freeze-stages (the demo: conv1 res2 res3)")
@@ -122,10 +109,6 @@ def parse_args(argv=None):
     p.add_argument("--keras-resnet50", action="store_true",
                    help="also time a Siamese on keras.applications.ResNet50 (same shape, "
                         "head and policy), the plain Keras reference")
-    p.add_argument("--peak-gflops", type=float, default=None,
-                   help="float32 peak for the %% of peak column (default: the float32 "
-                        "matrix-product rate measured on this machine in the same run)")
-    p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 

@@ -24,12 +24,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from benchmarks.timing import (BENCH_PRECISIONS, bench_precisions, forward_flops,  # noqa: E402
+from benchmarks.timing import (add_step_options, bench_precisions, forward_flops,  # noqa: E402
                                interleaved, machine_line, peak_report, set_bench_precision)
 
 MODES = ("frozen", "decoder", "unfrozen")
-BN_KINDS = ("fused", "keras")
-ADAM_KINDS = ("fused", "keras")
 
 
 def build_step(args, mode, precision, bn, adam="fused"):
@@ -70,23 +68,8 @@ def build_step(args, mode, precision, bn, adam="fused"):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--input-shape", type=int, nargs=2, default=[64, 128], metavar=("H", "W"))
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=10, help="timed rounds (default 10)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed first steps (tracing)")
+    add_step_options(p, [64, 128], 8, 3)
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    p.add_argument("--precision", nargs="+", choices=BENCH_PRECISIONS, default=["both"],
-                   help="precisions to time side by side: float32, bfloat16, float16, auto (what --precision auto picks here), mixed (bfloat16 on a CPU, float16 on a GPU), both (float32 and mixed; the default)")
-    p.add_argument("--bn", nargs="+", choices=BN_KINDS, default=["fused"],
-                   help="batch-norm kernel(s) of the encoder: fused (the default, what "
-                        "training uses), keras (Keras 3's unfused layer)")
-    p.add_argument("--adam", nargs="+", choices=ADAM_KINDS, default=["fused"],
-                   help="Adam update(s): fused (utils/optimizers.FusedAdam, what training "
-                        "uses), keras (Keras 3's Adam)")
-    p.add_argument("--peak-gflops", type=float, default=None,
-                   help="float32 peak for the %% of peak column (default: the float32 "
-                        "matrix-product rate measured on this machine in the same run)")
-    p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 

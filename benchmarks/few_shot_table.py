@@ -39,10 +39,10 @@ if __package__ in (None, ""):
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from few_shot.backbones import BACKBONES  # noqa: E402
-from few_shot.losses import LOSSES  # noqa: E402
+from few_shot.backbones import CLASSIFIER_BACKBONES  # noqa: E402
+from few_shot.losses import METRIC_LOSSES  # noqa: E402
 from pipeline.steps import mean_std  # noqa: E402
-from utils.errors import writable_dir  # noqa: E402
+from utils.options import add_input_shape, add_logs_dir  # noqa: E402
 from utils.run import make_run_dir, write_json  # noqa: E402
 from utils.utils import set_seed  # noqa: E402
 
@@ -65,16 +65,16 @@ def parse_rows(text, ssl_names=()):
         name = backbone.split(":")[0]
         ok = (backbone in ENCODER_ROWS
               or (backbone.startswith("ssl-") and backbone[4:] in ssl_names)
-              or (":" in backbone and name in BACKBONES))
+              or (":" in backbone and name in CLASSIFIER_BACKBONES))
         if not ok:
             raise ValueError(f"{backbone!r} is none of {', '.join(ENCODER_ROWS)}, ssl-NAME "
                              f"with NAME from --ssl-encoders, or BACKBONE:WEIGHTS with a "
-                             f"backbone from {', '.join(BACKBONES)}")
+                             f"backbone from {', '.join(CLASSIFIER_BACKBONES)}")
         losses = [x.strip() for x in losses.split(",") if x.strip()]
-        unknown = [x for x in losses if x != "transfer" and x not in LOSSES]
+        unknown = [x for x in losses if x != "transfer" and x not in METRIC_LOSSES]
         if unknown or not losses:
             raise ValueError(f"{backbone}: unknown loss {', '.join(unknown) or '(none)'}; "
-                             f"choose from transfer, {', '.join(LOSSES)}")
+                             f"choose from transfer, {', '.join(METRIC_LOSSES)}")
         rows[backbone] = rows.get(backbone, []) + [x for x in losses
                                                    if x not in rows.get(backbone, [])]
     return rows
@@ -98,9 +98,8 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[11, 12, 13],
                    help="one K-shot split and head initialisation per seed (default 11 12 13; "
                         "the study used 5 runs)")
-    p.add_argument("--input-shape", type=int, nargs=2, default=[32, 32], metavar=("H", "W"),
-                   help="few-shot input size (the study: 256 256; default 32 32, the tiny "
-                        "encoders' own)")
+    add_input_shape(p, [32, 32], "few-shot input size (the study: 256 256; default 32 32, the "
+                                 "tiny encoders' own)")
     p.add_argument("--epochs", type=int, nargs=2, default=[300, 30], metavar=("S1", "S2"),
                    help="epochs of stage 1 and of stage 2's metric learning (default 300 30; "
                         "the study: 50 30, but at K <= 10 the stage-1 head sees one batch per "
@@ -129,8 +128,7 @@ def parse_args(argv=None):
                         "than tracing)")
     p.add_argument("--seed", type=int, default=11,
                    help="seeds the orchard and the encoders trained here (default 11)")
-    p.add_argument("--logs-dir", default="logs", type=writable_dir,
-                   help="parent of the run folder (default logs/)")
+    add_logs_dir(p)
     args = p.parse_args(argv)
     ssl = {}
     for item in args.ssl_encoders:

@@ -44,6 +44,7 @@ from pipeline.steps import (StepRecord, gap_verdict, make_data, make_pairs,  # n
                             mean_std, plain, pm, pretrain_encoder, select_images, unet_inputs,
                             unet_options)
 from utils.errors import UserError  # noqa: E402
+from utils.options import add_logs_dir  # noqa: E402
 from utils.run import make_run_dir, resume_args, write_json  # noqa: E402
 from utils.utils import NAME_CLASSES, set_seed  # noqa: E402
 from utils.voc import read_split  # noqa: E402
@@ -92,7 +93,7 @@ def parse_args(argv=None):
                         "seed<S>/ (default demo_data/label_efficiency_<profile>)")
     p.add_argument("--unet-args", default="", metavar="'OPTS'",
                    help="extra train.py options for every U-Net (override the profile's)")
-    p.add_argument("--logs-dir", default="logs", help="parent of the run folder (default logs/)")
+    add_logs_dir(p)
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a run folder, skipping its finished seeds, encoders and "
                         "U-Nets; of its options only " + ", ".join(

@@ -30,7 +30,7 @@ from pipeline.profiles import PROFILES  # noqa: E402
 from pipeline.published import PUBLISHED, markdown_table, row_label  # noqa: E402
 from pipeline.steps import (make_data, make_pairs, mean_std, open_run,  # noqa: E402
                             pretrain_encoder, select_images, unet_inputs, unet_options)
-from utils.errors import writable_dir  # noqa: E402
+from utils.options import add_logs_dir  # noqa: E402
 from utils.utils import set_seed  # noqa: E402
 from utils.run import write_json  # noqa: E402
 
@@ -61,8 +61,7 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", help="where the synthetic orchard is generated or found "
                                       "(default demo_data/<profile>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a table run row by row")
-    p.add_argument("--logs-dir", default="logs", type=writable_dir,
-                   help="parent of the run folder (default logs/)")
+    add_logs_dir(p)
     p.add_argument("--seed", type=int, default=11, help="first seed (default 11)")
     p.add_argument("--unet-args", default="", metavar="'OPTS'",
                    help="extra train.py options for every row")

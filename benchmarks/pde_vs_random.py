@@ -33,7 +33,7 @@ if __package__ in (None, ""):
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pipeline.steps import gap_verdict, mean_std, pm as _pm  # noqa: E402
-from utils.errors import writable_dir  # noqa: E402
+from utils.options import add_logs_dir  # noqa: E402
 from utils.utils import NAME_CLASSES  # noqa: E402
 from utils.run import make_run_dir, write_json  # noqa: E402
 
@@ -71,8 +71,7 @@ def parse_args(argv=None):
                    help="skip the per-pixel linear read-outs of the frozen U-Nets' encoders "
                         "(benchmarks/pixel_probe.py: all five feature maps, and maps 0-2; "
                         "about 4 minutes a seed on 2 cores)")
-    p.add_argument("--logs-dir", default="logs", type=writable_dir,
-                   help="parent of the run folder (default logs/)")
+    add_logs_dir(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue, skipping finished seeds")
     return p.parse_args(argv)
 

@@ -24,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import bench_pde_step, bench_unet_step  # noqa: E402
 from benchmarks.timing import BENCH_PRECISIONS, machine_line  # noqa: E402
+from utils.options import add_input_shape, add_seed  # noqa: E402
 
 
 def op_times(logdir):
@@ -49,8 +50,7 @@ def op_times(logdir):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", choices=("pde", "unet"))
-    p.add_argument("--input-shape", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="default 64 128")
+    add_input_shape(p, None, "default 64 128")
     p.add_argument("--batch-size", type=int, default=None,
                    help="default 16 (pde), 8 (unet)")
     p.add_argument("--precision", choices=[p for p in BENCH_PRECISIONS if p != "both"],
@@ -66,7 +66,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=3, help="profiled steps (default 3)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--top", type=int, default=15, help="op types listed (default 15)")
-    p.add_argument("--seed", type=int, default=0)
+    add_seed(p, 0)
     return p.parse_args(argv)
 
 

@@ -14,6 +14,34 @@ GEMM_SIZE = 2048
 # What a benchmark's --precision takes: the trainers' names, "mixed" (bfloat16 on a CPU,
 # float16 on a GPU, whatever the probe says) and "both" (float32 and mixed).
 BENCH_PRECISIONS = ("float32", "bfloat16", "float16", "auto", "mixed", "both")
+# Batch-norm kernels and Adam updates the train-step benchmarks compare.
+KINDS = ("fused", "keras")
+
+
+def add_step_options(parser, input_shape, batch_size, warmup):
+    """The options of both train-step benchmarks (bench_pde_step, bench_unet_step);
+    each list option times one configuration per value."""
+    from utils.options import add_input_shape, add_seed
+
+    add_input_shape(parser, input_shape)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--steps", type=int, default=10, help="timed rounds (default 10)")
+    parser.add_argument("--warmup", type=int, default=warmup,
+                        help=f"untimed first steps: tracing (default {warmup})")
+    parser.add_argument("--precision", nargs="+", choices=BENCH_PRECISIONS, default=["both"],
+                        help="precisions to time side by side: float32, bfloat16, float16, "
+                             "auto (what --precision auto picks here), mixed (bfloat16 on a "
+                             "CPU, float16 on a GPU), both (float32 and mixed; the default)")
+    parser.add_argument("--bn", nargs="+", choices=KINDS, default=["fused"],
+                        help="batch-norm kernel(s) of the encoder: fused (the default, what "
+                             "training uses), keras (Keras 3's unfused layer)")
+    parser.add_argument("--adam", nargs="+", choices=KINDS, default=["fused"],
+                        help="Adam update(s): fused (utils/optimizers.FusedAdam, what training "
+                             "uses), keras (Keras 3's Adam)")
+    parser.add_argument("--peak-gflops", type=float, default=None,
+                        help="float32 peak for the %% of peak column (default: the float32 "
+                             "matrix-product rate measured on this machine in the same run)")
+    return add_seed(parser, 0)
 
 
 def machine_line():

@@ -55,7 +55,8 @@ def _project_encoder(backbone):
     return build
 
 
-BACKBONES = {
+# Classifier trunks (last feature map) for --backbone; nets.encoders.BACKBONES: encoders.
+CLASSIFIER_BACKBONES = {
     "mobilenetv2": BackboneSpec(_application("MobileNetV2")),
     "mobilenetv3large": BackboneSpec(_application("MobileNetV3Large",
                                                   include_preprocessing=False)),
@@ -78,9 +79,10 @@ def keras_cache_dir():
 
 def check_backbone(name, input_shape, weights):
     """The option errors :func:`build_backbone` would meet, without building anything."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
-    spec = BACKBONES[name]
+    if name not in CLASSIFIER_BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose from "
+                         f"{', '.join(CLASSIFIER_BACKBONES)}")
+    spec = CLASSIFIER_BACKBONES[name]
     h, w = input_shape[:2]
     if min(h, w) < spec.min_side:
         raise ValueError(f"--input-shape {h} {w}: {name} needs sides of at least "
@@ -102,7 +104,7 @@ def build_backbone(name, input_shape, weights="none", verbose=True):
     ImageNet weights that are neither cached nor downloadable, or a weights file that
     matches no layer."""
     check_backbone(name, input_shape, weights)
-    spec = BACKBONES[name]
+    spec = CLASSIFIER_BACKBONES[name]
     h, w = input_shape[:2]
     input_shape = (h, w, 3)
     if weights == "none":

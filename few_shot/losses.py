@@ -10,7 +10,7 @@ Two families, as in the study (A. Uzhinskiy, Biology 14 (2025) 99):
 * Angular-margin logits on a cosine head: :func:`sphereface_logits`,
   :func:`cosface_logits`, :func:`arcface_logits`, each followed by cross-entropy.
 
-``LOSSES`` maps the ``--loss`` names to a :class:`LossSpec`; the script and the
+``METRIC_LOSSES`` maps the ``--loss`` names to a :class:`LossSpec`; the script and the
 benchmark look losses up there and nowhere else.
 """
 import dataclasses
@@ -231,7 +231,8 @@ class LossSpec:
     options: tuple = ()      # option names the loss reads: margin, margin2, scale, m
 
 
-LOSSES = {
+# Stage 2's metric-learning losses (--loss); nets.unet_training.LOSSES: segmentation's.
+METRIC_LOSSES = {
     "contrastive": LossSpec("siamese", _contrastive_batch, options=("margin",)),
     "triplet": LossSpec("siamese", _triplet_batch, options=("margin",)),
     "quadruplet": LossSpec("siamese", _quadruplet_batch, 3, ("margin", "margin2")),

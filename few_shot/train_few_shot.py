@@ -35,17 +35,18 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from few_shot.backbones import BACKBONES, build_backbone, check_backbone  # noqa: E402
+from few_shot.backbones import CLASSIFIER_BACKBONES, build_backbone, check_backbone  # noqa: E402
 from few_shot.data import (NORMALIZATIONS, FewShotDataError, PKSampler, load_images,  # noqa: E402
                            normalization_stats, read_class_folders, read_stage_images,
                            split_shots)
 from few_shot.evaluate import (classification_metrics, nearest_centroid_predict,  # noqa: E402
                                plot_confusion, plot_embeddings, write_report_csv)
-from few_shot.losses import LOSSES, STUDY_DEFAULTS  # noqa: E402
-from utils.callbacks import EpochTimer, StopOnNonFinite  # noqa: E402
-from utils.errors import UserError, writable_dir  # noqa: E402
+from few_shot.losses import METRIC_LOSSES, STUDY_DEFAULTS  # noqa: E402
+from utils.callbacks import EpochLog, EpochTimer, StopOnNonFinite, fit_in_run  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 from utils.optimizers import FusedAdam  # noqa: E402
-from utils.run import make_run_dir, write_json  # noqa: E402
+from utils.options import add_input_shape, add_run_options  # noqa: E402
+from utils.run import Run, make_run_dir  # noqa: E402
 from utils.utils import set_seed  # noqa: E402
 
 STAGES = ("transfer", "similarity")
@@ -64,15 +65,15 @@ def parse_args(argv=None):
     data.add_argument("--shots", type=int, default=10,
                       help="K training images per class (stratified, seeded); the rest are "
                            "held out for evaluation (default 10)")
-    data.add_argument("--input-shape", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
-                      help="images are resized to H W (the study: 256 256)")
+    add_input_shape(data, [256, 256], "images are resized to H W (the study: 256 256)")
     data.add_argument("--normalize", choices=NORMALIZATIONS, default="imagenet",
                       help="pixel normalisation: ImageNet's mean and std, the study's data "
                            "set's fixed constants (doctorp), statistics computed from the "
                            "K-shot training images (computed), or none (0..1) (default "
                            "imagenet)")
     model = p.add_argument_group("model")
-    model.add_argument("--backbone", choices=list(BACKBONES), default="mobilenetv2",
+    model.add_argument("--backbone", choices=list(CLASSIFIER_BACKBONES),
+                       default="mobilenetv2",
                        help="keras.applications model, or encoder-resnet50 / encoder-vgg for "
                             "this project's encoder files (default mobilenetv2)")
     model.add_argument("--model-path", "--weights", dest="weights", default="imagenet",
@@ -91,7 +92,7 @@ def parse_args(argv=None):
     train = p.add_argument_group("training")
     train.add_argument("--stages", choices=STAGES, nargs="+", default=list(STAGES),
                        help="which stages to run (default both)")
-    train.add_argument("--loss", choices=list(LOSSES), nargs="+", default=["arcface"],
+    train.add_argument("--loss", choices=list(METRIC_LOSSES), nargs="+", default=["arcface"],
                        help="stage 2 loss; several run one after another on the same split "
                             "and backbone features (default arcface)")
     train.add_argument("--margin", type=float, default=None,
@@ -123,18 +124,13 @@ def parse_args(argv=None):
     train.add_argument("--steps-per-epoch", type=int, default=None,
                        help="stage 2 steps per epoch (default: training images / (P x K), "
                             "at least 1)")
-    train.add_argument("--run-eagerly", action="store_true",
-                       help="no tf.function: faster for very short runs of the small heads")
     train.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
                        help="write the confusion-matrix, PCA and t-SNE plots (default on; "
                             "--no-plots for benchmarks that need the metrics only)")
     train.add_argument("--tsne-perplexity", type=float, default=30.0,
                        help="t-SNE perplexity, capped at the held-out images - 1 (default 30)")
-    train.add_argument("--seed", type=int, default=11, help="random seed (default 11)")
-    train.add_argument("--logs-dir", default="logs", type=writable_dir,
-                       help="parent of the run folder (default logs/)")
-    args = p.parse_args(argv)
-    return args
+    add_run_options(train, compute=False)
+    return p.parse_args(argv)
 
 
 class CosineHead(keras.layers.Layer):
@@ -167,7 +163,7 @@ class SimilarityModel(keras.Model):
         super().__init__(**kwargs)
         self.trunk = trunk
         self.embed = keras.layers.Dense(embedding_dim, name="embedding")
-        self.spec = LOSSES[loss_name]
+        self.spec = METRIC_LOSSES[loss_name]
         self.loss_options = dict(loss_options)
         self.head = CosineHead(classes, name="cosine_head") if self.spec.kind == "angular" else None
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -207,7 +203,7 @@ class SimilarityModel(keras.Model):
 
 def loss_options(args, loss):
     """The options ``loss`` reads: the command line's, else the study's."""
-    spec = LOSSES[loss]
+    spec = METRIC_LOSSES[loss]
     values = {"margin": args.margin, "margin2": args.margin2, "scale": args.scale,
               "m": args.sphereface_m, "easy_margin": args.easy_margin}
     given = {k: values[k] for k in spec.options if values[k] is not None}
@@ -228,19 +224,25 @@ def classification_part(dim, hidden, classes):
     return keras.Model(x, out, name="classification_part")
 
 
-def train_classifier(args, run_dir, stage, emb_train, y_train, emb_test, n_classes):
+def train_classifier(args, run, stage, emb_train, y_train, emb_test, n_classes):
     """The classification part on the metric stage's embeddings: (predictions on
     ``emb_test``, mean epoch seconds)."""
     head = classification_part(emb_train.shape[1], args.hidden, n_classes)
+    seconds = fit_classifier(args, run, head, emb_train, y_train, args.classifier_batch_size,
+                             args.classifier_epochs, [EpochLog(run, f"{stage}_classifier_log.csv")])
+    return apply_in_batches(head, emb_test, 256).argmax(1), seconds
+
+
+def fit_classifier(args, run, head, x, y, batch_size, epochs, record):
+    """Fit a softmax ``head`` (Adam, cross-entropy) on ``(x, y)`` with the per-epoch
+    ``record`` callbacks, the timer first; returns the mean epoch seconds."""
     head.compile(optimizer=FusedAdam(args.learning_rate),
                  loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                  run_eagerly=args.run_eagerly)
     timer = EpochTimer()
-    head.fit(emb_train, y_train, batch_size=args.classifier_batch_size,
-             epochs=args.classifier_epochs, shuffle=True, verbose=_verbose(),
-             callbacks=[timer, keras.callbacks.CSVLogger(
-                 str(run_dir / f"{stage}_classifier_log.csv"))])
-    return apply_in_batches(head, emb_test, 256).argmax(1), timer.mean()
+    fit_in_run(run, head, x, record=[timer, *record], y=y, batch_size=batch_size, epochs=epochs,
+               shuffle=True)
+    return timer.mean()
 
 
 def pk_dataset(inputs, labels, sampler):
@@ -277,20 +279,17 @@ def apply_in_batches(fn, x, batch_size=64):
                            for i in range(0, len(x), batch_size)])
 
 
-def _verbose():
-    return 1 if sys.stdout.isatty() else 2
-
-
 def check_options(args, n_classes):
     """Every option problem, before any image is decoded."""
     p = args.batch_classes or min(n_classes, 8)
     k = args.batch_per_class or min(args.shots, 4)
     for loss in args.loss if "similarity" in args.stages else ():
-        if p < LOSSES[loss].min_classes:
-            raise FewShotDataError(f"--loss {loss} mines tuples of {LOSSES[loss].min_classes} "
+        spec = METRIC_LOSSES[loss]
+        if p < spec.min_classes:
+            raise FewShotDataError(f"--loss {loss} mines tuples of {spec.min_classes} "
                                    f"classes; a batch holds {p} (the data set has {n_classes} "
                                    f"classes)")
-        if LOSSES[loss].kind == "siamese" and k < 2:
+        if spec.kind == "siamese" and k < 2:
             raise FewShotDataError(f"--loss {loss} needs positives: --batch-per-class must be "
                                    f"at least 2 (and --shots too)")
     return p, k
@@ -309,7 +308,7 @@ def evaluate(args, run_dir, stage, y_true, y_pred, embeddings, classes, what):
     return metrics
 
 
-def run_transfer(args, run_dir, feats_train, y_train, feats_test, y_test, classes):
+def run_transfer(args, run, feats_train, y_train, feats_test, y_test, classes):
     """Stage 1 on the frozen backbone's pooled features (the same as training the full
     model with the backbone frozen and in inference mode, without recomputing it)."""
     n = len(classes)
@@ -317,23 +316,17 @@ def run_transfer(args, run_dir, feats_train, y_train, feats_test, y_test, classe
     hidden = keras.layers.Dense(args.hidden, activation="relu", name="hidden")(features)
     probs = keras.layers.Dense(n, activation="softmax", name="classes")(hidden)
     head = keras.Model(features, probs, name="transfer_head")
-    head.compile(optimizer=FusedAdam(args.learning_rate),
-                 loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                 run_eagerly=args.run_eagerly)
-    timer = EpochTimer()
-    head.fit(feats_train, y_train, batch_size=args.batch_size, epochs=args.epochs[0],
-             shuffle=True, verbose=_verbose(),
-             callbacks=[StopOnNonFinite(run_dir), timer,
-                        keras.callbacks.CSVLogger(str(run_dir / "transfer_training_log.csv"))])
+    seconds = fit_classifier(args, run, head, feats_train, y_train, args.batch_size, args.epochs[0],
+                             [StopOnNonFinite(run.dir), EpochLog(run, "transfer_training_log.csv")])
     y_pred = apply_in_batches(head, feats_test, 256).argmax(1)
     emb = apply_in_batches(keras.Model(features, hidden), feats_test, 256)
-    metrics = evaluate(args, run_dir, "transfer", y_test, y_pred, emb, classes,
+    metrics = evaluate(args, run.dir, "transfer", y_test, y_pred, emb, classes,
                        "the Dense-ReLU features")
-    metrics["mean_epoch_seconds"] = timer.mean()
+    metrics["mean_epoch_seconds"] = seconds
     return metrics
 
 
-def run_similarity(args, loss, run_dir, trunk, x_train, y_train, x_test, y_test, classes, p, k):
+def run_similarity(args, loss, run, trunk, x_train, y_train, x_test, y_test, classes, p, k):
     """Stage 2 with one loss; outputs are named ``similarity_<loss>_*``. ``x_*`` are
     pooled features (--freeze-backbone) or images (the backbone retrained)."""
     stage = f"similarity_{loss}"
@@ -343,10 +336,9 @@ def run_similarity(args, loss, run_dir, trunk, x_train, y_train, x_test, y_test,
     sampler = PKSampler(y_train, p, k, seed=args.seed)
     steps = args.steps_per_epoch or max(1, len(y_train) // (p * k))
     timer = EpochTimer()
-    model.fit(pk_dataset(x_train, y_train.astype(np.int32), sampler), epochs=args.epochs[1],
-              steps_per_epoch=steps, verbose=_verbose(), shuffle=False,
-              callbacks=[StopOnNonFinite(run_dir), timer,
-                         keras.callbacks.CSVLogger(str(run_dir / f"{stage}_training_log.csv"))])
+    fit_in_run(run, model, pk_dataset(x_train, y_train.astype(np.int32), sampler),
+               record=[timer, StopOnNonFinite(run.dir), EpochLog(run, f"{stage}_training_log.csv")],
+               epochs=args.epochs[1], steps_per_epoch=steps, shuffle=False)
     emb_train = apply_in_batches(model, x_train)
     emb_test = apply_in_batches(model, x_test)
     if model.spec.kind == "angular":
@@ -355,9 +347,9 @@ def run_similarity(args, loss, run_dir, trunk, x_train, y_train, x_test, y_test,
     else:
         by_metric = nearest_centroid_predict(emb_train, y_train, emb_test)
         rule = "nearest class centroid"
-    y_pred, classifier_seconds = train_classifier(args, run_dir, stage, emb_train, y_train,
+    y_pred, classifier_seconds = train_classifier(args, run, stage, emb_train, y_train,
                                                   emb_test, len(classes))
-    metrics = evaluate(args, run_dir, stage, y_test, y_pred, emb_test, classes,
+    metrics = evaluate(args, run.dir, stage, y_test, y_pred, emb_test, classes,
                        f"the {loss} embedding")
     metrics.update(mean_epoch_seconds=timer.mean(), classified_by="classification part",
                    classifier_epoch_seconds=classifier_seconds,
@@ -399,6 +391,7 @@ def main(argv=None):
         raise UserError(str(exc)) from None
 
     run_dir = make_run_dir("few_shot", args, root=args.logs_dir)
+    run = Run(run_dir)
     print(f"few-shot: {len(data.classes)} classes from {args.image_dir}, {args.shots} shots "
           f"per class ({len(train_idx)} training / {len(test_idx)} held-out images), "
           f"{args.backbone} ({args.weights}), normalisation {args.normalize}; run folder {run_dir}")
@@ -414,7 +407,7 @@ def main(argv=None):
                "feature_seconds": time.perf_counter() - start,
                "transfer_report": report.summary() if report else None}
     if "transfer" in args.stages:
-        results["transfer"] = run_transfer(args, run_dir, feats_train, y_train, feats_test,
+        results["transfer"] = run_transfer(args, run, feats_train, y_train, feats_test,
                                            y_test, data.classes)
         print("stage 1 (transfer learning): " + _describe(results["transfer"]))
     if "similarity" in args.stages:
@@ -430,13 +423,13 @@ def main(argv=None):
         for loss in args.loss:
             if fine_tune:   # each loss starts from the same backbone weights
                 backbone.set_weights(initial)
-            m = run_similarity(args, loss, run_dir, model_trunk, inputs[0], y_train, inputs[1],
+            m = run_similarity(args, loss, run, model_trunk, inputs[0], y_train, inputs[1],
                                y_test, data.classes, p, k)
             results["similarity"][loss] = m
             print(f"stage 2 (similarity learning, {loss}, by the classification part): "
                   + _describe(m) + f"; by the {m['by_metric']['rule']}: accuracy "
                   f"{m['by_metric']['accuracy']:.4f}")
-    write_json(run_dir / "results.json", results)
+    run.write_json("results.json", results)
     return {"run_dir": run_dir, **results}
 
 

@@ -30,13 +30,15 @@ if __package__ in (None, ""):
 from nets import unet as unet_net  # noqa: E402
 from nets.encoders import BACKBONES, check_input_shape  # noqa: E402
 from other_ssl.cscl import CSCL  # noqa: E402
-from other_ssl.training import CHECKPOINT, epoch_steps, learning_rate_schedule, resume  # noqa: E402
-from utils.callbacks import Checkpoint, LearningRateLog, record_callbacks  # noqa: E402
+from other_ssl.training import (CHECKPOINT, MAY_CHANGE, epoch_steps,  # noqa: E402
+                                learning_rate_schedule, resume)
+from utils.callbacks import Checkpoint, LearningRateLog, fit_in_run  # noqa: E402
+from utils.options import add_input_shape, add_run_options  # noqa: E402
 from utils.optimizers import FusedAdam  # noqa: E402
 from utils.dataloader import build_dataset, check_split, split_path  # noqa: E402
-from utils.run import Run, fresh_path, progress_verbose, resume_args  # noqa: E402
+from utils.run import Run, fresh_path, resume_args  # noqa: E402
 from utils.precision import set_precision  # noqa: E402
-from utils.utils import add_common_training_args, jit_compile_default, set_seed  # noqa: E402
+from utils.utils import jit_compile_default, set_seed  # noqa: E402
 from utils.distribute import get_strategy  # noqa: E402
 from utils.model_card import attach, class_names, unet_card  # noqa: E402
 from utils.weights import save_encoder  # noqa: E402
@@ -52,8 +54,7 @@ def parse_args(argv=None):
                    help="classes including the background, as train.py")
     p.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet50",
                    help="U-Net encoder, as train.py")
-    p.add_argument("--input-shape", type=int, nargs=2, default=[576, 1024],
-                   metavar=("H", "W"), help="as train.py (the original U-Net's 576 1024)")
+    add_input_shape(p, [576, 1024], "as train.py (the original U-Net's 576 1024)")
     p.add_argument("--epochs", type=int, default=300, help="(authors: 300)")
     p.add_argument("--batch-size", type=int, default=32, help="(authors: 32)")
     p.add_argument("--learning-rate", type=float, default=1e-4, help="Adam (authors: 1e-4)")
@@ -70,15 +71,10 @@ def parse_args(argv=None):
                    help="cap on steps per epoch (None: one pass over the train split)")
     p.add_argument("--num-workers", type=int, default=7,
                    help="parallel image loaders; 0 = let tf.data choose (as train.py)")
-    p.add_argument("--run-eagerly", action="store_true",
-                   help="no tf.function (debugging; skips graph tracing in very short runs)")
     p.add_argument("--save-period", type=int, default=10,
                    help="save a checkpoint every N epochs, and after the last")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR from its newest complete checkpoint "
-                        "with the options of its args.json (--epochs may change)")
-    add_common_training_args(p)
-    return resume_args(p, argv, may_change=("epochs", "save_period"), kind="cscl")
+    add_run_options(p, may_change=MAY_CHANGE)
+    return resume_args(p, argv, may_change=MAY_CHANGE, kind="cscl")
 
 
 def main(argv=None):
@@ -123,11 +119,9 @@ def run(args):
     print(f"CSCL: {len(train_names)} training / {len(val_names)} validation images from "
           f"{args.voc_path}, {steps} steps of {args.batch_size} per epoch, {args.epochs} "
           f"epochs; run folder {run_dir}")
-    callbacks = [LearningRateLog(), *record_callbacks(run),
-                 Checkpoint(run, CHECKPOINT, args.save_period)]
-    model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, initial_epoch=initial_epoch,
-              steps_per_epoch=steps, callbacks=callbacks, verbose=progress_verbose())
-    history = {k: v for k, v in run.log().items() if k != "epoch"}
+    history = fit_in_run(run, model, train_ds, [LearningRateLog()],
+                         [Checkpoint(run, CHECKPOINT, args.save_period)], validation_data=val_ds,
+                         epochs=args.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps)
 
     attach(unet, unet_card(input_shape, class_names(nc), args.backbone, "cscl"))
     unet_path = run.save_model(unet, fresh_path(run_dir / "unet.weights.h5"), args.epochs)

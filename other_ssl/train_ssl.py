@@ -24,12 +24,13 @@ from other_ssl.base import POOLS, CollapseMonitor  # noqa: E402
 from other_ssl.dataset import (check_batch_size, check_images, image_statistics,  # noqa: E402
                                list_images, make_image_dataset, stage_labels)
 from other_ssl.methods import METHODS, get_method  # noqa: E402
-from other_ssl.training import (CHECKPOINT, OPTIMIZERS, SCHEDULE_DEFAULTS, SCHEDULES,  # noqa: E402
-                                epoch_steps, learning_rate_schedule, make_optimizer,
+from other_ssl.training import (CHECKPOINT, MAY_CHANGE, OPTIMIZERS, SCHEDULE_DEFAULTS,  # noqa: E402
+                                SCHEDULES, epoch_steps, learning_rate_schedule, make_optimizer,
                                 resume)
-from utils.callbacks import Checkpoint, LearningRateLog, record_callbacks  # noqa: E402
-from utils.run import Run, fresh_path, progress_verbose, resume_args  # noqa: E402
-from utils.utils import add_common_training_args, jit_compile_default, set_seed  # noqa: E402
+from utils.callbacks import Checkpoint, LearningRateLog, fit_in_run  # noqa: E402
+from utils.options import add_input_shape, add_run_options  # noqa: E402
+from utils.run import Run, fresh_path, resume_args  # noqa: E402
+from utils.utils import jit_compile_default, set_seed  # noqa: E402
 from utils.distribute import get_strategy  # noqa: E402
 from utils.precise_bn import add_precise_bn_arg, recalibrate_batchnorm  # noqa: E402
 from utils.errors import UserError, user_errors  # noqa: E402
@@ -49,6 +50,12 @@ HYPERPARAMETERS = {"temperature": float, "queue_size": int, "momentum_coeff": fl
                    "teacher_warmup_epochs": int, "center_momentum": float,
                    "fft_weight": float}
 
+# Schedule options (None: the method's own): type, and what they set.
+SCHEDULE_OPTIONS = {"lr_decay": (float, "step schedule's factor"),
+                    "lr_decay_epochs": (int, "step schedule's period in epochs"),
+                    "warmup_epochs": (float, "cosine schedule's linear warm-up from 1 %% of the "
+                                             "rate, at most 2.5 %% of the run"),
+                    "min_learning_rate": (float, "cosine schedule's last rate")}
 
 # What a method without its own ``run_defaults`` trains with: the original's values.
 RUN_DEFAULTS = {"input_shape": [288, 512], "epochs": 100, "batch_size": 48,
@@ -82,9 +89,8 @@ def parse_args(argv=None):
     p.add_argument("--image-dir", default="out",
                    help="folder of training images, e.g. step 2's out/ (original: a "
                         "pre-made .npy array of all images)")
-    p.add_argument("--input-shape", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="resize images to H W (None: the method's own: "
-                        f"{_run_defaults_of('input_shape')})")
+    add_input_shape(p, None, "resize images to H W (None: the method's own: "
+                             f"{_run_defaults_of('input_shape')})")
     p.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet50",
                    help="encoder backbone (original: resnet50)")
     p.add_argument("--pool", choices=POOLS, default="flatten",
@@ -109,19 +115,9 @@ def parse_args(argv=None):
                    help="constant; step: x --lr-decay every --lr-decay-epochs epochs; cosine: "
                         "warm-up then a cosine to --min-learning-rate (None: the method's "
                         f"own: {_schedule_defaults_of('lr_schedule')})")
-    p.add_argument("--lr-decay", type=float, default=None,
-                   help="step schedule's factor (None: the method's own: "
-                        f"{_schedule_defaults_of('lr_decay')})")
-    p.add_argument("--lr-decay-epochs", type=int, default=None,
-                   help="step schedule's period in epochs (None: the method's own: "
-                        f"{_schedule_defaults_of('lr_decay_epochs')})")
-    p.add_argument("--warmup-epochs", type=float, default=None,
-                   help="cosine schedule's linear warm-up from 1 %% of the rate, at most "
-                        "2.5 %% of the run (None: the method's own: "
-                        f"{_schedule_defaults_of('warmup_epochs')})")
-    p.add_argument("--min-learning-rate", type=float, default=None,
-                   help="cosine schedule's last rate (None: the method's own: "
-                        f"{_schedule_defaults_of('min_learning_rate')})")
+    for key, (kind, what) in SCHEDULE_OPTIONS.items():
+        p.add_argument("--" + key.replace("_", "-"), type=kind, default=None,
+                       help=f"{what} (None: the method's own: {_schedule_defaults_of(key)})")
     p.add_argument("--weight-decay", type=float, default=None,
                    help="decoupled weight decay (None: the method's own: "
                         f"{_run_defaults_of('weight_decay')})")
@@ -140,15 +136,8 @@ def parse_args(argv=None):
     add_precise_bn_arg(p)
     p.add_argument("--save-period", type=int, default=10,
                    help="save a checkpoint every N epochs, and after the last")
-    p.add_argument("--run-eagerly", action="store_true",
-                   help="no tf.function (debugging; skips the graph tracing cost of "
-                        "very short runs)")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR from its newest complete checkpoint "
-                        "with the options of its args.json (--epochs may change)")
-    add_common_training_args(p)
-    args = resume_args(p, argv, may_change=("epochs", "save_period"),
-                       kind=lambda a: f"ssl_{a.method}")
+    add_run_options(p, may_change=MAY_CHANGE)
+    args = resume_args(p, argv, may_change=MAY_CHANGE, kind=lambda a: f"ssl_{a.method}")
     return method_run_options(args, METHODS.get(args.method))
 
 
@@ -232,12 +221,10 @@ def run(args):
           f"{model.hyperparameters}; learning rate {schedule}; run folder {run_dir}")
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     monitor = CollapseMonitor(args.width, args.collapse_ratio)
-    callbacks = [monitor, LearningRateLog(), *record_callbacks(run),
-                 Checkpoint(run, CHECKPOINT, args.save_period)]
-    model.fit(dataset, epochs=args.epochs, initial_epoch=initial_epoch,
-              steps_per_epoch=steps if capped else None,
-              callbacks=callbacks, shuffle=False, verbose=progress_verbose())
-    history = {k: v for k, v in run.log().items() if k != "epoch"}
+    history = fit_in_run(run, model, dataset, [monitor, LearningRateLog()],
+                         [Checkpoint(run, CHECKPOINT, args.save_period)], epochs=args.epochs,
+                         initial_epoch=initial_epoch, steps_per_epoch=steps if capped else None,
+                         shuffle=False)
 
     if args.precise_bn:
         def forward(batch):

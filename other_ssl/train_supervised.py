@@ -29,10 +29,12 @@ from nets.encoders import BACKBONES, build_encoder, check_input_shape  # noqa: E
 from other_ssl.base import POOLS  # noqa: E402
 from other_ssl.dataset import (check_batch_size, check_images, list_images,  # noqa: E402
                                make_image_dataset, stage_labels)
-from other_ssl.training import CHECKPOINT, OPTIMIZERS, epoch_steps, make_optimizer, resume  # noqa: E402
-from utils.callbacks import Checkpoint, record_callbacks  # noqa: E402
-from utils.run import Run, fresh_path, progress_verbose, resume_args  # noqa: E402
-from utils.utils import add_common_training_args, jit_compile_default, set_seed  # noqa: E402
+from other_ssl.training import (CHECKPOINT, MAY_CHANGE, OPTIMIZERS, epoch_steps,  # noqa: E402
+                                make_optimizer, resume)
+from utils.callbacks import Checkpoint, fit_in_run  # noqa: E402
+from utils.options import add_input_shape, add_run_options  # noqa: E402
+from utils.run import Run, fresh_path, resume_args  # noqa: E402
+from utils.utils import jit_compile_default, set_seed  # noqa: E402
 from utils.distribute import get_strategy  # noqa: E402
 from utils.precise_bn import add_precise_bn_arg, recalibrate_batchnorm  # noqa: E402
 from utils.errors import UserError, user_errors  # noqa: E402
@@ -46,8 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--image-dir", default="out",
                    help="folder of stage images named <camera>p<preset>t<HH>i<stage>"
                         "d<YYYY-MM-DD>_<HH>.jpg (step 2's out/)")
-    p.add_argument("--input-shape", type=int, nargs=2, default=[288, 512],
-                   metavar=("H", "W"), help="resize images to H W (as PDE pretraining)")
+    add_input_shape(p, [288, 512], "resize images to H W (as PDE pretraining)")
     p.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet50")
     p.add_argument("--pool", choices=POOLS, default="gap",
                    help="last feature map -> vector before the softmax layer")
@@ -64,20 +65,14 @@ def parse_args(argv=None):
                    help="fraction of images held out (stratified by stage) for validation")
     p.add_argument("--steps-per-epoch", type=int, default=None,
                    help="cap on steps per epoch (None: one pass over the training split)")
-    p.add_argument("--run-eagerly", action="store_true",
-                   help="no tf.function (debugging; skips graph tracing in very short runs)")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave out images that do not decode, naming them (default: stop "
                         "with an error naming the first)")
     p.add_argument("--save-period", type=int, default=1,
                    help="save a checkpoint every N epochs, and after the last")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR from its newest complete checkpoint "
-                        "with the options of its args.json (--epochs may change)")
     add_precise_bn_arg(p)
-    add_common_training_args(p)
-    return resume_args(p, argv, may_change=("epochs", "save_period"),
-                       kind="supervised_stage")
+    add_run_options(p, may_change=MAY_CHANGE)
+    return resume_args(p, argv, may_change=MAY_CHANGE, kind="supervised_stage")
 
 
 def build_classifier(input_shape, num_stages, backbone="resnet50", pool="gap"):
@@ -167,15 +162,13 @@ def run(args):
           f"from {args.image_dir}, images per stage {counts}; run folder {run_dir}")
     monitor = "val_accuracy" if val_ds is not None else "accuracy"
     (run_dir / "checkpoints").mkdir(exist_ok=True)
-    callbacks = [*record_callbacks(run),
-                 Checkpoint(run, CHECKPOINT, args.save_period),
-                 keras.callbacks.ModelCheckpoint(str(run_dir / "checkpoints" / "best.weights.h5"),
-                                                 monitor=monitor, mode="max",
-                                                 save_best_only=True, save_weights_only=True)]
-    model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, initial_epoch=initial_epoch,
-              steps_per_epoch=steps if capped else None, callbacks=callbacks,
-              shuffle=False, verbose=progress_verbose())
-    history = {k: v for k, v in run.log().items() if k != "epoch"}
+    after = [Checkpoint(run, CHECKPOINT, args.save_period),
+             keras.callbacks.ModelCheckpoint(str(run_dir / "checkpoints" / "best.weights.h5"),
+                                             monitor=monitor, mode="max",
+                                             save_best_only=True, save_weights_only=True)]
+    history = fit_in_run(run, model, train_ds, after=after, validation_data=val_ds,
+                         epochs=args.epochs, initial_epoch=initial_epoch,
+                         steps_per_epoch=steps if capped else None, shuffle=False)
 
     encoder = model.get_layer(args.backbone)
     if args.precise_bn:

@@ -45,6 +45,8 @@ def make_optimizer(name="adam", learning_rate=1e-3, weight_decay=0.0, momentum=0
 
 
 CHECKPOINT = "checkpoints/ep{epoch:03d}-loss{loss:.4f}.weights.h5"
+# Options a resumed run of a baseline trainer may give again with a new value.
+MAY_CHANGE = ("epochs", "save_period")
 
 
 def resume(run, model, dataset):

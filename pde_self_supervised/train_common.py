@@ -25,9 +25,10 @@ from pde_self_supervised.dataloader_2img import (PairDataError, bad_images_messa
 from utils.errors import UserError, user_errors
 from utils.precision import set_precision
 from utils.precise_bn import add_precise_bn_arg, recalibrate_batchnorm
+from utils.options import add_input_shape, add_resume_period, add_run_options
 from utils.run import (Run, fresh_path, logged, newest_checkpoint, progress_verbose,
                        resume_args)
-from utils.utils import add_common_training_args, jit_compile_default, set_seed
+from utils.utils import jit_compile_default, set_seed
 from utils.distribute import get_strategy
 
 # The file names the original's make_dataset.py gave the pair index.
@@ -77,9 +78,8 @@ def add_arguments(parser, spec):
                       help=f"fractions of the pair index, in file order, for training and "
                            f"validation; the rest is the test split (original: "
                            f"{spec.split_note}; default {spec.split[0]} {spec.split[1]})")
-    data.add_argument("--input-shape", type=int, nargs=2, metavar=("H", "W"), default=[288, 512],
-                      help="network input, after the random crop; divisible by 32 "
-                           "(original: 288 512)")
+    add_input_shape(data, [288, 512], "network input, after the random crop; divisible by 32 "
+                                      "(original: 288 512)")
     data.add_argument("--load-size", type=int, nargs=2, metavar=("H", "W"), default=[432, 768],
                       help="size images are resized to before the crop (original: 432 768)")
     data.add_argument("--no-augment", action="store_true",
@@ -146,21 +146,10 @@ def add_arguments(parser, spec):
                        help="keep only the N newest checkpoints this command wrote (0 = "
                             "all, as the original). A checkpoint holds the weights and the "
                             "optimizer state: about 4.2 GB at 288x512 with --pool flatten")
-    train.add_argument("--resume-period-min", type=float, default=0, metavar="M",
-                       help="write an epoch's checkpoint (the resume point) only when M "
-                            "minutes of training have passed since the previous one, so a "
-                            "kill loses at most about M minutes; the last epoch always "
-                            "writes one (default 0: every epoch, as the original)")
-    train.add_argument("--run-eagerly", action="store_true",
-                       help="debugging: run the train step eagerly (slow per step, but no "
-                            "graph tracing)")
-    train.add_argument("--resume", default=None, metavar="RUN_DIR",
-                       help="continue a run from its newest complete checkpoint (weights, "
-                            "optimizer, epoch) with the options of its args.json, writing into "
-                            "the same folder; of the others only "
-                            + ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_CHANGE)
-                            + " may be given again with a new value")
-    add_common_training_args(parser)
+    add_resume_period(train, "an epoch's checkpoint (the resume point)", "the last epoch always "
+                             "writes one (default 0: every epoch, as the original)")
+    add_run_options(parser.add_argument_group("run: seed, logs, precision, strategy"),
+                    may_change=RESUME_MAY_CHANGE)
     return parser
 
 
@@ -272,10 +261,10 @@ def last_checkpoint(run_dir):
 
 
 def _callbacks(args, run):
+    """(callbacks before the run's record, callbacks after it) of :func:`fit_in_run`."""
     import keras
 
-    from utils.callbacks import (Checkpoint, LearningRateLog, ResumableEarlyStopping,
-                                 record_callbacks)
+    from utils.callbacks import Checkpoint, LearningRateLog, ResumableEarlyStopping
 
     class PairsPerSecond(keras.callbacks.Callback):
         """Adds ``pairs_per_s`` to the progress bar and the per-epoch log."""
@@ -311,18 +300,12 @@ def _callbacks(args, run):
             for path in ours[:-self.keep]:
                 path.unlink()
 
-    # The log row first, then the checkpoint: a resume drops rows past its checkpoint.
-    callbacks = [
-        PairsPerSecond(),
-        LearningRateLog(),
-        *record_callbacks(run),
-        ResumableEarlyStopping(previous=logged(run.log(), "val_loss"), monitor="val_loss",
-                               mode="min", min_delta=0.001, patience=3, verbose=1),
-        Checkpoint(run, CHECKPOINT_PATTERN, period_s=60 * args.resume_period_min),
-    ]
+    after = [ResumableEarlyStopping(previous=logged(run.log(), "val_loss"), monitor="val_loss",
+                                    mode="min", min_delta=0.001, patience=3, verbose=1),
+             Checkpoint(run, CHECKPOINT_PATTERN, period_s=60 * args.resume_period_min)]
     if args.keep_checkpoints > 0:
-        callbacks.append(PruneCheckpoints(args.keep_checkpoints))
-    return callbacks
+        after.append(PruneCheckpoints(args.keep_checkpoints))
+    return [PairsPerSecond(), LearningRateLog()], after
 
 
 def _compile(model, spec, args, optimizer):
@@ -350,6 +333,7 @@ def run(spec, args):
     import keras
     import tensorflow as tf
 
+    from utils.callbacks import fit_in_run
     from utils.optimizers import learning_rate_schedule
     from utils.weights import save_encoder
 
@@ -429,10 +413,10 @@ def run(spec, args):
     model.summary(line_length=110)
 
     try:
-        history = model.fit(train_ds, steps_per_epoch=steps, epochs=args.epochs,
-                            initial_epoch=initial_epoch, validation_data=val_ds,
-                            validation_steps=args.validation_steps,
-                            callbacks=_callbacks(args, run), verbose=progress_verbose())
+        history = fit_in_run(run, model, train_ds, *_callbacks(args, run),
+                             steps_per_epoch=steps, epochs=args.epochs,
+                             initial_epoch=initial_epoch, validation_data=val_ds,
+                             validation_steps=args.validation_steps)
         if args.precise_bn:
             used = recalibrate_batchnorm(model, train_ds, args.precise_bn)
             print(f"Precise BN: moving statistics re-estimated from {used} training batches; "
@@ -457,7 +441,7 @@ def run(spec, args):
                                 input_shape=args.input_shape)
     print(f"Encoder (tower 1) saved to {encoder_path}")
     return {"run_dir": run_dir, "encoder_path": Path(encoder_path),
-            "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+            "history": {k: vals[initial_epoch:] for k, vals in history.items()},  # this fit
             "test_metrics": test_metrics, "model": model}
 
 

@@ -125,7 +125,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     # The graph optimizer costs a third of a first ResNet50 step on a CPU, and gains
     # nothing in one step.
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-    from utils.utils import get_strategy
+    from utils.distribute import get_strategy
 
     script, argv = sys.argv[1], json.loads(sys.argv[2])
     if script == "pde":

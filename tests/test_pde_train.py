@@ -258,8 +258,8 @@ def test_prune_keeps_only_the_newest_checkpoints_this_run_wrote(tmp_path):
 
     (tmp_path / "ep001-loss1.000-val_loss1.000.keras").write_text("earlier run")
     args = con_train_resnet_class.parse_args(["--keep-checkpoints", "1"])
-    prune = [c for c in train_common._callbacks(args, Run(tmp_path))
-             if type(c).__name__ == "PruneCheckpoints"][0]
+    before, after = train_common._callbacks(args, Run(tmp_path))
+    prune = [c for c in after if type(c).__name__ == "PruneCheckpoints"][0]
     for epoch in (2, 3):
         (tmp_path / f"ep{epoch:03d}-loss1.000-val_loss1.000.keras").write_text("new")
         prune.on_epoch_end(epoch - 1)

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from utils.errors import NonFiniteLoss, note_progress
-from utils.run import Run, logged
+from utils.run import LOG_CSV, Run, logged, progress_verbose
 
 
 class StopOnNonFinite(keras.callbacks.Callback):
@@ -125,16 +125,16 @@ class PerClassIoU(keras.callbacks.Callback):
 
 
 class EpochLog(keras.callbacks.Callback):
-    """``CSVLogger`` to ``training_log.csv`` that rewrites the file atomically each
-    epoch and keeps every column ever logged (an epoch without validation leaves its
-    ``val_`` cells empty), continuing the rows of a resumed run."""
+    """``CSVLogger`` to ``training_log.csv`` (or ``name``) that rewrites the file
+    atomically each epoch and keeps every column ever logged (an epoch without
+    validation leaves its ``val_`` cells empty), continuing the rows of a resumed run."""
 
-    def __init__(self, run):
+    def __init__(self, run, name=LOG_CSV):
         super().__init__()
-        self.run = run
+        self.run, self.name = run, name
 
     def on_epoch_end(self, epoch, logs=None):
-        log = self.run.log()
+        log = self.run.log(self.name)
         logs = {k: float(np.asarray(v)) for k, v in (logs or {}).items()}
         keys = [k for k in log if k != "epoch"]
         keys += [k for k in sorted(logs) if k not in keys]
@@ -144,7 +144,7 @@ class EpochLog(keras.callbacks.Callback):
             rows.append([log["epoch"][i]] + [_cell(log.get(k, [])[i] if i < len(log.get(k, []))
                                                    else math.nan) for k in keys])
         rows.append([epoch] + [_cell(logs.get(k, math.nan)) for k in keys])
-        self.run.write_rows(rows)
+        self.run.write_rows(rows, self.name)
 
 
 def _cell(value):
@@ -558,3 +558,14 @@ def record_callbacks(run, tensorboard=True):
         callbacks.append(keras.callbacks.TensorBoard(str(run.dir / "tensorboard"),
                                                      write_graph=False))
     return callbacks
+
+
+def fit_in_run(run, model, data, callbacks=(), after=(), record=None, **fit):
+    """``model.fit(data, **fit)`` writing ``run``'s per-epoch record, the one fit of
+    every trainer. ``callbacks`` run first (those that add to the epoch's logs), then
+    ``record`` (default :func:`record_callbacks`), then ``after`` (early stopping,
+    checkpoints: after the log row, so a resume drops the rows past its checkpoint).
+    Returns the run's log ``{column: values}`` without ``epoch``."""
+    record = record_callbacks(run) if record is None else record
+    model.fit(data, callbacks=[*callbacks, *record, *after], verbose=progress_verbose(), **fit)
+    return {k: v for k, v in run.log().items() if k != "epoch"}

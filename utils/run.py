@@ -378,8 +378,8 @@ class Run:
             self.write_text(sidecar_path(path), card_text(card))
         return path
 
-    def log(self):
-        return read_log(self.dir)
+    def log(self, name=LOG_CSV):
+        return read_log(self.dir / name)
 
     def truncate_log(self, epochs):
         """Keep the log rows of the first ``epochs`` epochs: the ones a resume from a
@@ -398,11 +398,12 @@ class Run:
                   f"newest complete checkpoint; they are trained again.")
             self.write_rows(keep)
 
-    def write_rows(self, rows):
-        """Replace ``training_log.csv`` with ``rows`` (header first), atomically."""
+    def write_rows(self, rows, name=LOG_CSV):
+        """Replace the log ``name`` (``training_log.csv``) with ``rows`` (header first),
+        atomically."""
         out = io.StringIO()
         csv.writer(out, lineterminator="\n").writerows(rows)
-        self.write_text(LOG_CSV, out.getvalue())
+        self.write_text(name, out.getvalue())
 
 
 def check_finite_weights(model, path, epoch):

@@ -4,10 +4,6 @@ import colorsys
 import numpy as np
 from PIL import Image
 
-from utils.distribute import STRATEGIES
-from utils.errors import writable_dir
-from utils.precision import PRECISIONS
-
 # The five classes of the cherry data set, in label order (pixel value = index).
 NAME_CLASSES = ["_background_", "fruit", "leaf", "trunk", "flower"]
 
@@ -88,20 +84,3 @@ def jit_compile_default():
 
     return "auto" if tf.config.list_physical_devices("GPU") else False
 
-
-def add_common_training_args(parser, seed=11):
-    """Options every training script shares: seed, logs, precision, strategy."""
-    parser.add_argument("--seed", type=int, default=seed, help=f"random seed (default {seed})")
-    parser.add_argument("--logs-dir", default="logs", type=writable_dir,
-                        help="parent folder of the new run folder (default logs/)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
-                        help="compute precision: auto = bfloat16 only on a CPU that computes "
-                             "it natively and where a start-up probe shows it faster, float16 "
-                             "on a GPU with tensor cores, float32 otherwise (default float32, "
-                             "the original's)")
-    parser.add_argument("--mixed-precision", dest="precision", action="store_const",
-                        const="auto", help="the same as --precision auto")
-    parser.add_argument("--strategy", choices=STRATEGIES, default="default",
-                        help="tf.distribute strategy: mirrored = all local GPUs, "
-                             "multiworker = machines in TF_CONFIG (default: one device)")
-    return parser
