@@ -282,73 +282,82 @@ def main(argv=None):
     return run(parse_args(argv))
 
 
-def run(args):
-    check_args(args)
+@dataclasses.dataclass
+class Plan:
+    """What a run trains on and how, decided before any training."""
+    shape: tuple          # (h, w): validation, the test split and predictions
+    crop: tuple           # training windows, or None for whole photos
+    loss: object
+    strategy: object
+    train_names: list     # the labelled photos (a label budget's draw)
+    val_names: list
+    split_size: int       # photos in the whole train split: a budget's steps per epoch
+    phases: list
 
-    import keras
 
-    from nets.unet import build_unet, get_encoder
-    from utils.callbacks import (EpochCheckpoint, EpochTimer, ExponentDecayScheduler, PerClassIoU,
-                                 ResumableEarlyStopping, fit_in_run, record_callbacks,
-                                 validation_epochs)
-    from utils.dataloader import build_dataset, check_split, split_path
-    from utils.model_card import attach, pretraining_of, unet_card
-    from utils.optimizers import FusedAdam
-    from utils.utils_metrics import MeanIoU, f_score
+def prepare(args):
+    """Seed, precision, strategy, loss and the checked splits and phases."""
+    from utils.dataloader import check_split, split_path
 
     set_seed(args.seed)
     # Decided at the size and batch the steps train on (windows where --train-crop).
     args.precision_decision = set_precision(args.precision, args.train_crop or args.input_shape,
                                             args.freeze_batch_size)
-    policy = args.precision_decision["policy"]
-    strategy = get_strategy(args.strategy)
-    h, w = args.input_shape
+    shape = tuple(args.input_shape)
     # Trained on smaller windows, the U-Net takes any size (a multiple of the stride):
     # whole photos at --input-shape for validation, the test split and predictions.
-    crop = tuple(args.train_crop) if args.train_crop and tuple(args.train_crop) != (h, w) \
+    crop = tuple(args.train_crop) if args.train_crop and tuple(args.train_crop) != shape \
         else None
     nc = args.num_classes
-    cls_weights = np.asarray(args.cls_weights or np.ones(nc), np.float32)
-    loss = get_loss(args.loss, cls_weights)
-
+    loss = get_loss(args.loss, np.asarray(args.cls_weights or np.ones(nc), np.float32))
     train_names = check_split(args.voc_path, "train", nc, skip_bad=args.skip_bad_images)
     val_names = check_split(args.voc_path, "val", nc, skip_bad=args.skip_bad_images)
     if args.eval_split.lower() != "none":
         # Found missing before hours of training, not after.
         check_split(args.voc_path, args.eval_split, nc)
     phases = plan_phases(args)
-    train_names, split_size = label_budget(args, train_names), len(train_names)
+    split_size = len(train_names)
     for phase in phases:
         if split_size < phase.batch_size:
             raise UserError(split_path(args.voc_path, "train"),
                             f"the train split has {split_size} images, fewer than the "
                             f"{phase.name} phase's batch size {phase.batch_size}",
                             "lower --freeze-batch-size / --unfreeze-batch-size")
+    return Plan(shape, crop, loss, get_strategy(args.strategy), label_budget(args, train_names),
+                val_names, split_size, phases)
 
-    # A resume starts after the newest complete last_epoch.keras (a cut-off one never
-    # lands: checkpoints are renamed into place) and forgets the log rows after it.
+
+def resume_point(args):
+    """(epoch a resume starts at or None, its last_epoch.keras); sets ``args.init_epoch``.
+
+    A resume starts after the newest complete last_epoch.keras (a cut-off one never
+    lands: checkpoints are renamed into place).
+    """
     last = Path(args.resume or ".") / "last_epoch.keras"
+    if not args.resume:
+        return None, last
     # (A last_epoch.keras from before checkpoints held their epoch: the logged epochs.)
-    epochs = read_log(args.resume).get("epoch") if args.resume else None
-    resume_epoch = checkpoint_epoch(last, max(epochs) + 1 if epochs else None) \
-        if args.resume else None
+    epochs = read_log(args.resume).get("epoch")
+    resume_epoch = checkpoint_epoch(last, max(epochs) + 1 if epochs else None)
     if resume_epoch is not None:
         args.init_epoch = resume_epoch
-    elif args.resume:
+    else:
         print(f"{last}: no complete checkpoint; the run starts again at epoch "
               f"{args.init_epoch + 1}.")
-    run = Run.start("unet", args, root=args.logs_dir)
-    run_dir = run.dir
-    if args.resume:
-        run.truncate_log(args.init_epoch)
-        print(f"Resuming {run_dir} at epoch {args.init_epoch + 1}.")
-    log = run.log()
-    print(f"Run folder: {run_dir} (precision {policy})")
+    return resume_epoch, last
 
-    with strategy.scope():
-        model = build_unet((None, None, 3) if crop else (h, w, 3), nc, args.backbone)
+
+def build_model(args, plan, resume_epoch, last):
+    """The U-Net with its model card, from the checkpoint, a U-Net, an encoder or random;
+    then the encoder's batch-norm re-estimation where asked. Returns (model, encoder)."""
+    from nets.unet import build_unet, get_encoder
+    from utils.model_card import attach, pretraining_of, unet_card
+
+    nc = args.num_classes
+    with plan.strategy.scope():
+        model = build_unet((None, None, 3) if plan.crop else (*plan.shape, 3), nc, args.backbone)
         source = args.model_path or args.init_model
-        attach(model, unet_card((h, w), class_names(args), args.backbone,
+        attach(model, unet_card(plan.shape, class_names(args), args.backbone,
                                 pretraining_of(source), source))
         encoder = get_encoder(model)
         if resume_epoch is not None:
@@ -370,15 +379,30 @@ def run(args):
 
     # A resume that found no complete checkpoint starts again, from the encoder file.
     if args.encoder_bn_batches and resume_epoch is None and not args.init_model:
+        from utils.dataloader import build_dataset
         from utils.precise_bn import recalibrate_batchnorm
 
-        bn_ds = build_dataset(args.voc_path, "train", (h, w), phases[0].batch_size, nc, True,
-                              names=train_names, num_workers=args.num_workers or None,
-                              seed=args.seed, skip_bad=args.skip_bad_images, crop=crop,
+        bn_ds = build_dataset(args.voc_path, "train", plan.shape, plan.phases[0].batch_size, nc,
+                              True, names=plan.train_names, num_workers=args.num_workers or None,
+                              seed=args.seed, skip_bad=args.skip_bad_images, crop=plan.crop,
                               augment=args.augment)
         used = recalibrate_batchnorm(encoder, bn_ds, args.encoder_bn_batches)
         print(f"Re-estimated the encoder's batch-norm statistics from {used} training batches.")
+    return model, encoder
 
+
+def train_phases(args, plan, run, model, encoder, resume_epoch, last):
+    """Fit every phase not yet done. Returns (checkpoint, timer, optimizer steps made)."""
+    import keras
+
+    from utils.callbacks import (EpochCheckpoint, EpochTimer, ExponentDecayScheduler, PerClassIoU,
+                                 ResumableEarlyStopping, fit_in_run, record_callbacks,
+                                 validation_epochs)
+    from utils.dataloader import build_dataset
+    from utils.optimizers import FusedAdam
+    from utils.utils_metrics import MeanIoU, f_score
+
+    nc, crop, log = args.num_classes, plan.crop, run.log()
     logged_best, best_epoch = _logged_best(log)
     checkpoint = EpochCheckpoint(run, best=logged_best, save_period=args.save_period,
                                  resume_period_s=60 * args.resume_period_min,
@@ -389,50 +413,50 @@ def run(args):
     # The best epoch may be the one last_epoch.keras holds and best_epoch.keras never
     # got (it is written lazily): the weights just loaded are then the best.
     if (resume_epoch is not None and best_epoch == resume_epoch
-            and checkpoint_epoch(run_dir / "best_epoch.keras") != best_epoch):
+            and checkpoint_epoch(run.dir / "best_epoch.keras") != best_epoch):
         checkpoint.keep_best(model, best_epoch)
     record = record_callbacks(run)
     timer = EpochTimer()
     updates = 0         # optimizer steps of this process (a label budget's equal footing)
-    for phase in phases:
+    for phase in plan.phases:
         start = max(phase.start, args.init_epoch)
         if start >= phase.end:
             continue
         # A label budget repeats its photos for a whole split's steps (label_budget).
-        steps, val_steps = split_size // phase.batch_size, None
+        steps, val_steps = plan.split_size // phase.batch_size, None
         if args.steps_per_epoch:
             steps = min(steps, args.steps_per_epoch)
             val_steps = args.steps_per_epoch
         workers = args.num_workers or None
         # The phase's own sample stream, skipped to where a resumed run stopped, so a
         # resume trains on the batches an uninterrupted run would.
-        train_ds = build_dataset(args.voc_path, "train", (h, w), phase.batch_size, nc, True,
-                                 names=train_names, num_workers=workers,
+        train_ds = build_dataset(args.voc_path, "train", plan.shape, phase.batch_size, nc, True,
+                                 names=plan.train_names, num_workers=workers,
                                  seed=args.seed + phase.start,
                                  skip=(start - phase.start) * steps * phase.batch_size,
                                  skip_bad=args.skip_bad_images, crop=crop,
                                  augment=args.augment)
         # One validation pass gives val_loss and val_mIoU: the mIoU leaves the letterbox
         # bars out, val_loss keeps them as background, as the original.
-        val_ds = build_dataset(args.voc_path, "val", (h, w), phase.batch_size, nc, False,
-                               names=val_names, num_workers=workers, mark_bars=True,
+        val_ds = build_dataset(args.voc_path, "val", plan.shape, phase.batch_size, nc, False,
+                               names=plan.val_names, num_workers=workers, mark_bars=True,
                                skip_bad=args.skip_bad_images)
         if val_steps:
             val_ds = val_ds.take(val_steps)
 
-        with strategy.scope():
+        with plan.strategy.scope():
             encoder.trainable = not phase.frozen
             miou = MeanIoU(nc)
-            model.compile(optimizer=FusedAdam(phase.lr), loss=loss,
+            model.compile(optimizer=FusedAdam(phase.lr), loss=plan.loss,
                           metrics=[f_score(), miou], run_eagerly=args.run_eagerly,
                           jit_compile=False if args.run_eagerly else jit_compile_default())
             optimizer = model.optimizer     # (a checkpoint written beside unsets it a while)
         n_frozen = sum(int(np.prod(v.shape)) for v in model.non_trainable_weights)
         print(f"{phase.name[0].upper() + phase.name[1:]} phase: epochs {start + 1}-{phase.end}, batch "
               f"{phase.batch_size}, lr {phase.lr:g}, encoder {'frozen' if phase.frozen else 'trained'} "
-              f"({n_frozen:,} non-trainable parameters). Train on {len(train_names)} images "
+              f"({n_frozen:,} non-trainable parameters). Train on {len(plan.train_names)} images "
               f"({steps} steps{f', random {crop[0]}x{crop[1]} windows' if crop else ''}), "
-              f"val on {len(val_names)}.")
+              f"val on {len(plan.val_names)}.")
         if resume_epoch is not None and resume_epoch > phase.start:
             # Mid-phase: the checkpoint's optimizer state (Adam moments, step) belongs
             # to this phase's optimizer.
@@ -442,7 +466,7 @@ def run(args):
             else:
                 print(f"{last} holds no optimizer state (--no-final-optimizer-state): the "
                       f"{phase.name} phase goes on with a fresh Adam.")
-        checkpoint.last_phase = phase is phases[-1]
+        checkpoint.last_phase = phase is plan.phases[-1]
         callbacks = [
             ExponentDecayScheduler(args.lr_decay, initial_lr=phase.lr, start_epoch=phase.start,
                                    verbose=1,
@@ -461,20 +485,23 @@ def run(args):
                    validation_freq=validation_epochs(start, phase.end, args.val_period),
                    shuffle=False)
         updates += int(keras.ops.convert_to_numpy(optimizer.iterations))
-
     checkpoint.write_best()     # (a resume after the last epoch runs no fit to do it)
-    history = run.log()
-    best_path = run_dir / "best_epoch.keras"
-    best_value, best_epoch = _logged_best(history)
+    return checkpoint, timer, updates
+
+
+def evaluate(args, plan, run, model, checkpoint):
+    """The ``--eval-split`` metrics of the ``--eval-checkpoint`` epoch. Returns (the file
+    evaluated, metrics, seconds spent waiting for the last checkpoint's write)."""
+    best_path = run.dir / "best_epoch.keras"
+    best_value, best_epoch = _logged_best(run.log())
     if best_value is not None:
         print(f"Best epoch {best_epoch}: val_mIoU {best_value:.4f} ({best_path})")
-
     # What the evaluation did not hide of the last checkpoint's write counts as overhead.
     write_wait_s = 0.0
     if args.eval_checkpoint == "best" or args.eval_split.lower() == "none":
         write_wait_s += checkpoint.wait()
     evaluated = best_path if args.eval_checkpoint == "best" and best_path.is_file() else \
-        run_dir / "last_epoch.keras"
+        run.dir / "last_epoch.keras"
     test_metrics = {}
     if args.eval_split.lower() != "none":
         from utils.evaluate import evaluate_split
@@ -482,14 +509,21 @@ def run(args):
         if evaluated == best_path:
             model.load_weights(str(best_path))
         # A resumed run evaluates again beside, not over, the earlier evaluation.
-        out_dir = fresh_path(run_dir / f"miou_{args.eval_split}")
+        out_dir = fresh_path(run.dir / f"miou_{args.eval_split}")
         test_metrics = evaluate_split(model, args.voc_path, split=args.eval_split,
-                                      num_classes=nc, name_classes=class_names(args),
-                                      input_shape=(h, w), out_dir=out_dir)
+                                      num_classes=args.num_classes,
+                                      name_classes=class_names(args), input_shape=plan.shape,
+                                      out_dir=out_dir)
         print(f"{args.eval_split} split ({args.eval_checkpoint} epoch): "
               + ", ".join(f"{k} {test_metrics[k]:.4f}" for k in ("mIoU", "mPA", "accuracy")
                           if k in test_metrics))
-    write_wait_s += checkpoint.wait()
+    return evaluated, test_metrics, write_wait_s + checkpoint.wait()
+
+
+def report(args, plan, run, timer, updates, test_metrics, write_wait_s):
+    """Print the time the epochs took and write ``results.json``. Returns the log."""
+    history = run.log()
+    best_value, best_epoch = _logged_best(history)
     steps_s, other_s = sum(timer.steps_s), sum(timer.other_s) + write_wait_s
     build = timer.build_s
     if timer.steps_s:
@@ -503,14 +537,32 @@ def run(args):
     run.write_json("results.json", {
         "best_epoch": best_epoch, "best_val_mIoU": best_value,
         "eval_split": args.eval_split, "eval_checkpoint": args.eval_checkpoint,
-        "test_metrics": test_metrics, "train_photos": train_names, "optimizer_steps": updates,
-        "train_steps_s": round(steps_s, 2),
+        "test_metrics": test_metrics, "train_photos": plan.train_names,
+        "optimizer_steps": updates, "train_steps_s": round(steps_s, 2),
         "epoch_overhead_s": round(other_s, 2),
         "graph_build_s": {k: round(v, 2) for k, v in build.items()},
         "precision": args.precision_decision})
-    return {"run_dir": run_dir, "initial_epoch": args.init_epoch,
-            "model_path": run_dir / "last_epoch.keras", "evaluated_model_path": evaluated,
-            "best_model_path": best_path, "history": history, "test_metrics": test_metrics}
+    return history
+
+
+def run(args):
+    check_args(args)
+    plan = prepare(args)
+    resume_epoch, last = resume_point(args)
+    run = Run.start("unet", args, root=args.logs_dir)
+    if args.resume:
+        # The log forgets the rows after the checkpoint the run goes on from.
+        run.truncate_log(args.init_epoch)
+        print(f"Resuming {run.dir} at epoch {args.init_epoch + 1}.")
+    print(f"Run folder: {run.dir} (precision {args.precision_decision['policy']})")
+    model, encoder = build_model(args, plan, resume_epoch, last)
+    checkpoint, timer, updates = train_phases(args, plan, run, model, encoder, resume_epoch, last)
+    evaluated, test_metrics, write_wait_s = evaluate(args, plan, run, model, checkpoint)
+    history = report(args, plan, run, timer, updates, test_metrics, write_wait_s)
+    return {"run_dir": run.dir, "initial_epoch": args.init_epoch,
+            "model_path": run.dir / "last_epoch.keras", "evaluated_model_path": evaluated,
+            "best_model_path": run.dir / "best_epoch.keras", "history": history,
+            "test_metrics": test_metrics}
 
 
 if __name__ == "__main__":
