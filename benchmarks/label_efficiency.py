@@ -29,6 +29,7 @@ import shlex
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
 from types import SimpleNamespace
@@ -425,8 +426,10 @@ def main(argv=None):
         make_run_dir(f"label_efficiency_{args.profile}", args, root=args.logs_dir)
     print(f"Run folder: {out_dir}", flush=True)
     runs = {}
+    # A fresh process per training: a worker reused for a seed's U-Nets grew to 7.2 GB
+    # and was killed by the OOM killer beside other jobs; a new one costs seconds.
     pool = InlineExecutor() if args.workers < 2 else \
-        ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"))
+        ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), max_tasks_per_child=1)
     try:
         for seed in args.seeds:
             run = StepRecord(out_dir / f"seed{seed}")
@@ -436,6 +439,10 @@ def main(argv=None):
             run_seed(args, seed, run, pool)
             write_json(run.dir / "wall.json", {"seconds": read_wall(run) + time.time() - start})
             runs[seed] = run
+    except BrokenProcessPool as exc:
+        raise UserError("--workers", "a training process ended abruptly (killed: out of memory? "
+                        "see dmesg)", f"continue with --resume {out_dir}; --workers 1 needs "
+                        "less memory") from exc
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     rows = cells(args, runs)

@@ -96,3 +96,16 @@ def test_voc_without_test_split_stops_before_any_work(bench, tmp_path):
                                     "--phenology", str(orchard / "phenology.toml"),
                                     "--voc", str(voc)))
     assert not (tmp_path / "logs").exists()
+
+
+def test_a_killed_training_process_ends_in_one_line_with_the_resume(tmp_path, monkeypatch):
+    # The OOM killer ends a worker: the pool breaks; the run says how to continue.
+    from concurrent.futures.process import BrokenProcessPool
+
+    def killed(*args):
+        raise BrokenProcessPool("a process was terminated abruptly")
+
+    monkeypatch.setattr(label_efficiency, "run_seed", killed)
+    monkeypatch.setattr(label_efficiency, "check_inputs", lambda args: None)
+    with pytest.raises(UserError, match="--resume .*label_efficiency_tiny"):
+        label_efficiency.main(_argv(tmp_path, "--workers", "2"))
