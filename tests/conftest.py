@@ -1,5 +1,6 @@
 """Shared test set-up: quiet TensorFlow, a headless matplotlib, the slow marker."""
 import os
+import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -8,6 +9,16 @@ os.environ.setdefault("PDE_CACHE_DIR", tempfile.mkdtemp(prefix="pde_test_cache_"
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy_after_each_test():
+    """A test that trains at --precision auto may leave Keras' global policy at
+    mixed_bfloat16; the next test in the same worker must start in float32."""
+    yield
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        keras.mixed_precision.set_global_policy("float32")
 
 
 def pytest_addoption(parser):
