@@ -489,11 +489,11 @@ def train_phases(args, plan, run, model, encoder, resume_epoch, last):
     return checkpoint, timer, updates
 
 
-def evaluate(args, plan, run, model, checkpoint):
+def evaluate(args, plan, run, model, checkpoint, history):
     """The ``--eval-split`` metrics of the ``--eval-checkpoint`` epoch. Returns (the file
     evaluated, metrics, seconds spent waiting for the last checkpoint's write)."""
     best_path = run.dir / "best_epoch.keras"
-    best_value, best_epoch = _logged_best(run.log())
+    best_value, best_epoch = _logged_best(history)
     if best_value is not None:
         print(f"Best epoch {best_epoch}: val_mIoU {best_value:.4f} ({best_path})")
     # What the evaluation did not hide of the last checkpoint's write counts as overhead.
@@ -520,9 +520,8 @@ def evaluate(args, plan, run, model, checkpoint):
     return evaluated, test_metrics, write_wait_s + checkpoint.wait()
 
 
-def report(args, plan, run, timer, updates, test_metrics, write_wait_s):
-    """Print the time the epochs took and write ``results.json``. Returns the log."""
-    history = run.log()
+def report(args, plan, run, history, timer, updates, test_metrics, write_wait_s):
+    """Print the time the epochs took and write ``results.json``."""
     best_value, best_epoch = _logged_best(history)
     steps_s, other_s = sum(timer.steps_s), sum(timer.other_s) + write_wait_s
     build = timer.build_s
@@ -542,7 +541,6 @@ def report(args, plan, run, timer, updates, test_metrics, write_wait_s):
         "epoch_overhead_s": round(other_s, 2),
         "graph_build_s": {k: round(v, 2) for k, v in build.items()},
         "precision": args.precision_decision})
-    return history
 
 
 def run(args):
@@ -557,8 +555,9 @@ def run(args):
     print(f"Run folder: {run.dir} (precision {args.precision_decision['policy']})")
     model, encoder = build_model(args, plan, resume_epoch, last)
     checkpoint, timer, updates = train_phases(args, plan, run, model, encoder, resume_epoch, last)
-    evaluated, test_metrics, write_wait_s = evaluate(args, plan, run, model, checkpoint)
-    history = report(args, plan, run, timer, updates, test_metrics, write_wait_s)
+    history = run.log()     # read once: the best epoch for evaluate, the row for report
+    evaluated, test_metrics, write_wait_s = evaluate(args, plan, run, model, checkpoint, history)
+    report(args, plan, run, history, timer, updates, test_metrics, write_wait_s)
     return {"run_dir": run.dir, "initial_epoch": args.init_epoch,
             "model_path": run.dir / "last_epoch.keras", "evaluated_model_path": evaluated,
             "best_model_path": run.dir / "best_epoch.keras", "history": history,
