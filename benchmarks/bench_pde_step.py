@@ -15,6 +15,7 @@ unfused ``BatchNormalization``, "fused" the fused kernel the encoder uses
         --shared-towers --precision float32 --freeze-stages conv1 res2 res3 --freeze-bn both
 """
 import argparse
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -27,7 +28,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from benchmarks.timing import (add_step_options, bench_precisions, forward_flops,  # noqa: E402
-                               interleaved, machine_line, peak_report, set_bench_precision)
+                               interleaved, jit_compile, machine_line, peak_report,
+                               set_bench_precision, xla_ratios)
 
 
 
@@ -54,7 +56,7 @@ def keras_app_siamese(shape, pool, shared_towers):
     return keras.Model(inputs, {"self_output": output})
 
 
-def build_step(args, precision, bn, adam="fused", freeze_bn=False):
+def build_step(args, precision, bn, adam="fused", freeze_bn=False, xla="default"):
     """A zero-argument callable running one train step of the configuration, and the
     model (for its FLOP count)."""
     import keras
@@ -64,7 +66,7 @@ def build_step(args, precision, bn, adam="fused", freeze_bn=False):
     from pde_self_supervised.con_resnet_class import self_sup_resnet
     from pde_self_supervised.train_common import build_training_state
     from utils.optimizers import FusedAdam
-    from utils.utils import jit_compile_default, set_seed
+    from utils.utils import set_seed
 
     set_seed(args.seed)
     set_bench_precision(precision, args.input_shape, args.batch_size)
@@ -82,7 +84,7 @@ def build_step(args, precision, bn, adam="fused", freeze_bn=False):
         freeze_conv_stages(model, args.freeze_stages, batch_norm=freeze_bn)
     optimizer = FusedAdam() if adam == "fused" else keras.optimizers.Adam()
     model.compile(optimizer=optimizer, loss="categorical_crossentropy",
-                  metrics=["acc"], jit_compile=jit_compile_default())
+                  metrics=["acc"], jit_compile=jit_compile(xla))
     # Layers keep the policy they were built with; the next model starts from float32.
     keras.mixed_precision.set_global_policy("float32")
     rng = np.random.default_rng(args.seed)
@@ -133,11 +135,12 @@ def main(argv=None):
     steps, flops = {}, None
     for precision in precisions:
         for bn in kinds:
-            for adam in args.adam:
+            for adam, xla in itertools.product(args.adam, args.xla):
                 for frozen_bn in freeze_bn if bn != "keras-app" else (False,):
-                    step, model, x = build_step(args, precision, bn, adam, frozen_bn)
+                    step, model, x = build_step(args, precision, bn, adam, frozen_bn, xla)
                     steps[f"{precision}/{bn}" + ("/keras-adam" if adam == "keras" else "")
-                          + ("/frozen-bn" if frozen_bn else "")] = step
+                          + ("/frozen-bn" if frozen_bn else "")
+                          + ("" if xla == "default" else f"/xla-{xla}")] = step
                     if flops is None and precision == "float32" and bn != "keras-app":
                         flops = 3 * forward_flops(model, x)
     results = interleaved(steps, args.steps, args.warmup)
@@ -173,6 +176,7 @@ def main(argv=None):
         for precision in precisions:
             ratio = results[f"{precision}/keras-app"]["s"] / results[f"{precision}/fused"]["s"]
             print(f"  port (fused) / keras.applications.ResNet50, {precision}: {ratio:.2f}x")
+    print("\n".join(xla_ratios(results)))
     return results
 
 

@@ -13,6 +13,7 @@ encoder, whose weight gradients are not computed: there it overstates the work.
         --modes frozen unfrozen --bn keras fused
 """
 import argparse
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -25,12 +26,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from benchmarks.timing import (add_step_options, bench_precisions, forward_flops,  # noqa: E402
-                               interleaved, machine_line, peak_report, set_bench_precision)
+                               interleaved, jit_compile, machine_line, peak_report,
+                               set_bench_precision, xla_ratios)
 
 MODES = ("frozen", "decoder", "unfrozen")
 
 
-def build_step(args, mode, precision, bn, adam="fused"):
+def build_step(args, mode, precision, bn, adam="fused", xla="default"):
     """A zero-argument callable running one train step, the model and its input."""
     import keras
 
@@ -38,7 +40,7 @@ def build_step(args, mode, precision, bn, adam="fused"):
     from nets.unet import build_unet, get_encoder, unet_decoder
     from nets.unet_training import get_loss
     from utils.optimizers import FusedAdam
-    from utils.utils import jit_compile_default, set_seed
+    from utils.utils import set_seed
 
     set_seed(args.seed)
     set_bench_precision(precision, args.input_shape, args.batch_size)
@@ -60,7 +62,7 @@ def build_step(args, mode, precision, bn, adam="fused"):
         x = [np.asarray(f, "float32") for f in encoder(x, training=False)]
     optimizer = FusedAdam(1e-3) if adam == "fused" else keras.optimizers.Adam(1e-3)
     model.compile(optimizer=optimizer, loss=get_loss("dice_focal", np.ones(5)),
-                  jit_compile=jit_compile_default())
+                  jit_compile=jit_compile(xla))
     # Layers keep the policy they were built with; the next model starts from float32.
     keras.mixed_precision.set_global_policy("float32")
     return (lambda: model.train_on_batch(x, y)), model, x
@@ -84,9 +86,10 @@ def main(argv=None):
     for mode in args.modes:
         for precision in precisions:
             for bn in args.bn:
-                for adam in args.adam:
-                    step, model, x = build_step(args, mode, precision, bn, adam)
-                    suffix = "/keras-adam" if adam == "keras" else ""
+                for adam, xla in itertools.product(args.adam, args.xla):
+                    step, model, x = build_step(args, mode, precision, bn, adam, xla)
+                    suffix = (("/keras-adam" if adam == "keras" else "")
+                              + ("" if xla == "default" else f"/xla-{xla}"))
                     steps[f"{mode}/{precision}/{bn}{suffix}"] = step
                     if mode not in flops:
                         flops[mode] = 3 * forward_flops(model, x)
@@ -115,6 +118,7 @@ def main(argv=None):
                 if precision != "float32" and all(name in results for name in pair):
                     print(f"  {mode:9s} {precision} / float32, {bn} BN: "
                           f"{results[pair[0]]['s'] / results[pair[1]]['s']:.2f}x")
+    print("\n".join(xla_ratios(results)))
     return results
 
 

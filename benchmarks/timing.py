@@ -16,6 +16,9 @@ GEMM_SIZE = 2048
 BENCH_PRECISIONS = ("float32", "bfloat16", "float16", "auto", "mixed", "both")
 # Batch-norm kernels and Adam updates the train-step benchmarks compare.
 KINDS = ("fused", "keras")
+# XLA settings the train-step benchmarks compare: what training uses (utils.utils.
+# jit_compile_default: on a GPU only), off, on.
+XLA = ("default", "off", "on")
 
 
 def add_step_options(parser, input_shape, batch_size, warmup):
@@ -38,6 +41,9 @@ def add_step_options(parser, input_shape, batch_size, warmup):
     parser.add_argument("--adam", nargs="+", choices=KINDS, default=["fused"],
                         help="Adam update(s): fused (utils/optimizers.FusedAdam, what training "
                              "uses), keras (Keras 3's Adam)")
+    parser.add_argument("--xla", nargs="+", choices=XLA, default=["default"],
+                        help="XLA compilation of the step: default (what training uses: on a "
+                             "GPU only), off, on; several are timed side by side")
     parser.add_argument("--peak-gflops", type=float, default=None,
                         help="float32 peak for the %% of peak column (default: the float32 "
                              "matrix-product rate measured on this machine in the same run)")
@@ -67,6 +73,27 @@ def machine_line():
     return (f"Machine: {cpu['model']}; flags {flags}; {os.cpu_count()} cores"
             + ("" if gpus is None else f"; {gpus} GPU(s)")
             + f"; TensorFlow {tf_version}" + (f"; ONEDNN_MAX_CPU_ISA={cap}" if cap else ""))
+
+
+def jit_compile(xla):
+    """The ``jit_compile`` value of an ``--xla`` choice."""
+    from utils.utils import jit_compile_default
+
+    return {"default": jit_compile_default(), "off": False, "on": True}[xla]
+
+
+def xla_ratios(results):
+    """Lines comparing each configuration named ``.../xla-on`` with the same one named
+    ``.../xla-off`` or, failing that, with no suffix (the default)."""
+    lines = []
+    for name, r in results.items():
+        if name.endswith("/xla-on"):
+            base = name.removesuffix("/xla-on")
+            other = next((o for o in (base + "/xla-off", base) if o in results), None)
+            if other:
+                lines.append(f"  XLA on / {'off' if other.endswith('off') else 'default'}, "
+                             f"{base}: {results[other]['s'] / r['s']:.2f}x")
+    return lines
 
 
 def bench_precisions(asked):

@@ -51,3 +51,14 @@ def test_benchmark_runs_its_smallest_setting(script, capsys, tmp_path, monkeypat
     module.main(SMALLEST[script])
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("Machine: ") and "cores" in first
+
+
+def test_xla_choices_and_their_ratio_lines():
+    from benchmarks.timing import jit_compile, xla_ratios
+
+    assert jit_compile("on") is True and jit_compile("off") is False
+    results = {"frozen/float32/fused": {"s": 3.0}, "frozen/float32/fused/xla-on": {"s": 2.0},
+               "frozen/bfloat16/fused/xla-off": {"s": 1.0},
+               "frozen/bfloat16/fused/xla-on": {"s": 2.0}}
+    assert xla_ratios(results) == ["  XLA on / default, frozen/float32/fused: 1.50x",
+                                   "  XLA on / off, frozen/bfloat16/fused: 0.50x"]
