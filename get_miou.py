@@ -20,6 +20,7 @@ if __package__ in (None, ""):
 
 from utils.errors import MissingInput, OutputExists, UserError, user_errors, writable_dir  # noqa: E402
 from utils.evaluate import as_unet, evaluate_ids, predicted_maps  # noqa: E402
+from utils.options import add_logs_dir, add_seed  # noqa: E402
 from utils.model_card import DEFAULTS, add_card_options, class_names, read_card, resolve  # noqa: E402
 from utils.run import fresh_path, make_run_dir, write_json  # noqa: E402
 from utils.utils import set_seed  # noqa: E402
@@ -46,9 +47,8 @@ def parse_args(argv=None):
                         "original (default: on); the metrics come from memory either way")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass "
                                                              "(default: 8; original: 1)")
-    p.add_argument("--logs-dir", default="logs", type=writable_dir,
-                   help="parent of the new run folder (default logs)")
-    p.add_argument("--seed", type=int, default=11, help="random seed (default 11)")
+    add_logs_dir(p)
+    add_seed(p)
     return p.parse_args(argv)
 
 

@@ -26,6 +26,7 @@ if __package__ in (None, ""):
 from utils.errors import MissingInput, UserError, writable_dir  # noqa: E402
 from utils.model_card import add_card_options  # noqa: E402
 from utils.image_check import bad_images_error, find_bad_images, rgb8  # noqa: E402
+from utils.options import add_seed  # noqa: E402
 from utils.run import fresh_path  # noqa: E402
 from utils.utils import set_seed  # noqa: E402
 
@@ -190,7 +191,7 @@ def parse_args(argv=None):
                    help="predictions timed in mode fps (original: 100)")
     p.add_argument("--fps-image-path", default="img/street.jpg",
                    help="image timed in mode fps (original: img/street.jpg)")
-    p.add_argument("--seed", type=int, default=11, help="random seed (default 11)")
+    add_seed(p)
     return p.parse_args(argv)
 
 

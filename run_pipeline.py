@@ -33,6 +33,7 @@ from pipeline.published import PUBLISHED, markdown_table, row_label  # noqa: E40
 from pipeline.steps import (STEPS, StepRecord, check_orchard_spec, kept_unet,  # noqa: E402, F401
                             open_run, plain, resumed_run)
 from utils.errors import MissingInput, UserError, writable_dir  # noqa: E402
+from utils.options import add_logs_dir, add_seed  # noqa: E402
 from utils.precision import PRECISIONS  # noqa: E402
 from utils.run import (ProcessLock, checkpoint_epoch,  # noqa: E402
                        die_with_parent, fresh_path, has_optimizer_state, write_json)
@@ -90,10 +91,9 @@ def parse_args(argv=None):
                    help=f"comma-separated subset of: {','.join(STEPS)} (default all)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder, skipping "
                                                        "the steps it has finished")
-    output.add_argument("--logs-dir", default="logs", type=writable_dir,
-                        help="parent of the run folder (default logs/)")
+    add_logs_dir(output)
     output.add_argument("--growth-camera", help="camera for the growth curves (default: first test camera)")
-    run.add_argument("--seed", type=int, default=11, help="random seed for every step (default 11)")
+    add_seed(run, help="random seed for every step (default 11)")
     run.add_argument("--precision", choices=PRECISIONS, default=None,
                      help="compute precision of every training step (default: the profile's, "
                           "auto in every profile but the demo's PDE pretraining: bfloat16 only "

@@ -24,6 +24,7 @@ if __package__ in (None, ""):
 from nets.encoders import BACKBONES  # noqa: E402
 from utils.errors import MissingInput, OutputExists, UserError, writable_dir  # noqa: E402
 from utils.image_check import bad_images_error, find_bad_images, rgb8  # noqa: E402
+from utils.options import add_logs_dir, add_seed  # noqa: E402
 from utils.run import make_run_dir, write_json  # noqa: E402
 from utils.utils import set_seed  # noqa: E402
 
@@ -282,9 +283,8 @@ def parse_args(argv=None):
                              "resnet50)")
     common.add_argument("--out-dir", default=None, type=writable_dir,
                         help="output folder (default: a new <logs-dir>/visualize_<time>)")
-    common.add_argument("--logs-dir", default="logs", type=writable_dir,
-                        help="parent of the run folder")
-    common.add_argument("--seed", type=int, default=11, help="random seed (default 11)")
+    add_logs_dir(common)
+    add_seed(common)
 
     f = sub.add_parser("filters", parents=[common], help="gradient-ascent filter grid")
     f.add_argument("--layer", default="bn4c_branch2c", help="(original: bn4c_branch2c)")

@@ -70,11 +70,13 @@ def run_one(n, per_class, seed=0):
 
 
 def parse_args(argv=None):
+    from utils.options import add_seed
+
     parser = argparse.ArgumentParser(description="Benchmark make_dataset on synthetic names.")
     parser.add_argument("--sizes", nargs="+", type=int, default=[3100, 20000],
                         help="numbers of image names (3,100: about the original's data set)")
     parser.add_argument("--per-class", type=int, default=200000, help="pairs per class (original: 200000)")
-    parser.add_argument("--seed", type=int, default=0)
+    add_seed(parser, 0)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out-dir", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)

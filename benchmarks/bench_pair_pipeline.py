@@ -25,6 +25,7 @@ import tensorflow as tf  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from pde_self_supervised.dataloader_2img import build_image_cache, pair_dataset  # noqa: E402
+from utils.options import add_seed  # noqa: E402
 from pde_self_supervised.preprocess_img import GRAY_P, JITTER_P, JITTER_STRENGTH  # noqa: E402
 
 
@@ -113,7 +114,7 @@ def parse_args(argv=None):
     p.add_argument("--batches", type=int, default=10, help="timed batches per loader (default 10)")
     p.add_argument("--repeats", type=int, default=3,
                    help="rounds, each timing every loader once (default 3)")
-    p.add_argument("--seed", type=int, default=0)
+    add_seed(p, 0)
     return p.parse_args(argv)
 
 

@@ -19,6 +19,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_processing.synthetic_orchard import generate_orchard  # noqa: E402
+from utils.options import add_seed  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -30,7 +31,7 @@ def parse_args(argv=None):
     p.add_argument("--start", default="2021-01-01")
     p.add_argument("--end", default="2021-05-04", help="(the shortest season the stages allow)")
     p.add_argument("--workers", type=int, nargs="+", default=[1])
-    p.add_argument("--seed", type=int, default=0)
+    add_seed(p, 0)
     return p.parse_args(argv)
 
 

@@ -28,6 +28,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.image_check import rgb8  # noqa: E402
+from utils.options import add_seed  # noqa: E402
 from utils.utils import NAME_CLASSES  # noqa: E402
 from utils.utils_metrics import (fast_hist, per_Accuracy, per_class_iu,  # noqa: E402
                                  per_class_PA_Recall)
@@ -141,7 +142,7 @@ def parse_args(argv=None):
     p.add_argument("--train-count", type=int, default=None, metavar="N",
                    help="train on N photos of the train split, the ones train.py "
                         "--train-count N --seed S draws (default: the whole split)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    add_seed(p, 0)
     return p.parse_args(argv)
 
 

@@ -42,7 +42,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from few_shot.backbones import CLASSIFIER_BACKBONES  # noqa: E402
 from few_shot.losses import METRIC_LOSSES  # noqa: E402
 from pipeline.steps import mean_std  # noqa: E402
-from utils.options import add_input_shape, add_logs_dir  # noqa: E402
+from utils.options import add_input_shape, add_logs_dir, add_seed  # noqa: E402
 from utils.run import make_run_dir, write_json  # noqa: E402
 from utils.utils import set_seed  # noqa: E402
 
@@ -126,8 +126,7 @@ def parse_args(argv=None):
                         "classification part, one batch per epoch at K <= 10, stays near "
                         "chance after the study's 30; graph mode: 300 eager epochs cost more "
                         "than tracing)")
-    p.add_argument("--seed", type=int, default=11,
-                   help="seeds the orchard and the encoders trained here (default 11)")
+    add_seed(p, help="seeds the orchard and the encoders trained here (default 11)")
     add_logs_dir(p)
     args = p.parse_args(argv)
     ssl = {}

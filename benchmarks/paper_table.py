@@ -30,7 +30,7 @@ from pipeline.profiles import PROFILES  # noqa: E402
 from pipeline.published import PUBLISHED, markdown_table, row_label  # noqa: E402
 from pipeline.steps import (make_data, make_pairs, mean_std, open_run,  # noqa: E402
                             pretrain_encoder, select_images, unet_inputs, unet_options)
-from utils.options import add_logs_dir  # noqa: E402
+from utils.options import add_logs_dir, add_seed  # noqa: E402
 from utils.utils import set_seed  # noqa: E402
 from utils.run import write_json  # noqa: E402
 
@@ -62,7 +62,7 @@ def parse_args(argv=None):
                                       "(default demo_data/<profile>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a table run row by row")
     add_logs_dir(p)
-    p.add_argument("--seed", type=int, default=11, help="first seed (default 11)")
+    add_seed(p, help="first seed (default 11)")
     p.add_argument("--unet-args", default="", metavar="'OPTS'",
                    help="extra train.py options for every row")
     args = p.parse_args(argv)

@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from benchmarks.colour_baseline import evaluate, report, sample_pixels  # noqa: E402
 from nets.encoders import BACKBONES  # noqa: E402
 from utils.errors import UserError  # noqa: E402
+from utils.options import add_seed  # noqa: E402
 from utils.utils import NAME_CLASSES, preprocess_input  # noqa: E402
 
 
@@ -112,7 +113,7 @@ def parse_args(argv=None):
     p.add_argument("--maps", type=int, nargs="+", choices=range(5), default=None,
                    help="read only these of the encoder's five feature maps, 0 (the shallowest, "
                         "ResNet50's stride 2) to 4 (the deepest, stride 32; default: all)")
-    p.add_argument("--seed", type=int, default=SEED, help=f"pixel sampling seed (default: {SEED})")
+    add_seed(p, SEED, help=f"pixel sampling seed (default: {SEED})")
     args = p.parse_args(argv)
     named = []
     for item in args.models:

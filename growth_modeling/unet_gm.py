@@ -27,6 +27,7 @@ from growth_modeling.smoothing import OBSERVATION_COVARIANCE, TRANSITION_COVARIA
 from utils.errors import MissingInput, OutputExists, UserError, writable_dir  # noqa: E402
 from utils.image_check import bad_images_error, find_bad_images  # noqa: E402
 from utils.model_card import DEFAULTS, add_card_options, class_names  # noqa: E402
+from utils.options import add_logs_dir, add_seed  # noqa: E402
 from utils.run import make_run_dir, write_json  # noqa: E402
 
 OUTPUTS = ("args.json", "shares.csv", "shares_smoothed.csv", "red_fruit.csv", "growth_raw.png",
@@ -94,10 +95,8 @@ def parse_args(argv=None):
     p.add_argument("--out-dir", type=writable_dir,
                    help="write here instead of a new run folder under --logs-dir "
                         "(existing files are never overwritten)")
-    p.add_argument("--logs-dir", default="logs", type=writable_dir,
-                   help="parent of the new run folder (default logs/)")
-    p.add_argument("--seed", type=int, default=11,
-                   help="random seed (default 11; nothing here is random, it is recorded)")
+    add_logs_dir(p)
+    add_seed(p, help="random seed (default 11; nothing here is random, it is recorded)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 

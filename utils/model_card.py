@@ -23,6 +23,7 @@ import weakref
 import zipfile
 from pathlib import Path
 
+from utils.options import add_input_shape
 from utils.utils import NAME_CLASSES
 
 CARD_ENTRY = "model_card.json"
@@ -139,9 +140,8 @@ def add_card_options(parser, name_classes=False):
     parser.add_argument("--backbone", choices=sorted(BACKBONES), default=None,
                         help="U-Net encoder when the model file holds weights only (default: "
                              "the model file's, else resnet50; original: resnet50)")
-    parser.add_argument("--input-shape", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="network input (default: the model file's, else 576 1024; "
-                             "original: 576 1024)")
+    add_input_shape(parser, None, help="network input (default: the model file's, else "
+                                       "576 1024; original: 576 1024)")
     return parser
 
 
