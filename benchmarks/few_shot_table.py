@@ -40,6 +40,7 @@ if __package__ in (None, ""):
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from few_shot.backbones import CLASSIFIER_BACKBONES  # noqa: E402
+from few_shot.data import NORMALIZATIONS  # noqa: E402
 from few_shot.losses import METRIC_LOSSES  # noqa: E402
 from pipeline.steps import mean_std  # noqa: E402
 from utils.options import add_input_shape, add_logs_dir, add_seed  # noqa: E402
@@ -104,7 +105,11 @@ def parse_args(argv=None):
                    help="epochs of stage 1 and of stage 2's metric learning (default 300 30; "
                         "the study: 50 30, but at K <= 10 the stage-1 head sees one batch per "
                         "epoch, and 50 steps at 1e-4 leave it near chance)")
-    p.add_argument("--normalize", default="imagenet", help="(default imagenet, the study's)")
+    p.add_argument("--normalize", choices=NORMALIZATIONS, default="encoder",
+                   help="pixel normalisation (train_few_shot.py's): default encoder, the scale "
+                        "each encoder was pretrained on (its model card; [0, 1] for random), "
+                        "as the study fed its ImageNet backbones ImageNet's; imagenet feeds "
+                        "every row ImageNet's")
     p.add_argument("--pde-encoder", default=None,
                    help="a PDE encoder.weights.h5 (default: pretrain a tiny one here)")
     p.add_argument("--supervised-encoder", default=None,

@@ -26,7 +26,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # The study's own data set's fixed constants (the DoctorP plant-disease images).
 DOCTORP_MEAN = (0.4467, 0.4889, 0.3267)
 DOCTORP_STD = (0.2299, 0.2224, 0.2289)
-NORMALIZATIONS = ("imagenet", "doctorp", "computed", "none")
+NORMALIZATIONS = ("imagenet", "doctorp", "computed", "none", "encoder")
+# "encoder": the scale an encoder file was pretrained on, from its model card, as mean
+# and std on 0..1 pixels (the study fed its ImageNet backbones ImageNet's scale).
+SCALE_STATS = {"[0, 1]": ((0.0,) * 3, (1.0,) * 3), "[-1, 1]": ((0.5,) * 3, (0.5,) * 3)}
 
 
 class FewShotDataError(UserError):
@@ -126,20 +129,46 @@ def load_images(paths, size, where=None):
     return out
 
 
-def normalization_stats(kind, train_images=None):
+def normalization_stats(kind, train_images=None, weights=None):
     """(mean, std) per channel on 0..1 pixels: ImageNet's, the study's data set's fixed
-    constants (``doctorp``), computed from ``train_images`` (``computed``), or (0, 1)
-    for ``none``."""
+    constants (``doctorp``), computed from ``train_images`` (``computed``), (0, 1) for
+    ``none``, or for ``encoder`` the scale the ``weights`` file's model card names
+    (ImageNet's for ``weights`` "imagenet"; (0, 1), the U-Net's, for "none")."""
+    if kind == "encoder":
+        return _np_stats(*encoder_scale_stats(weights))
     if kind == "imagenet":
-        return np.asarray(IMAGENET_MEAN, np.float32), np.asarray(IMAGENET_STD, np.float32)
+        return _np_stats(IMAGENET_MEAN, IMAGENET_STD)
     if kind == "doctorp":
-        return np.asarray(DOCTORP_MEAN, np.float32), np.asarray(DOCTORP_STD, np.float32)
+        return _np_stats(DOCTORP_MEAN, DOCTORP_STD)
     if kind == "none":
-        return np.zeros(3, np.float32), np.ones(3, np.float32)
+        return _np_stats(*SCALE_STATS["[0, 1]"])
     if kind == "computed":
         x = np.asarray(train_images, np.float64).reshape(-1, 3) / 255.0
         return x.mean(0).astype(np.float32), np.maximum(x.std(0), 1e-6).astype(np.float32)
     raise ValueError(f"unknown normalisation {kind!r}; choose from {', '.join(NORMALIZATIONS)}")
+
+
+def _np_stats(mean, std):
+    return np.asarray(mean, np.float32), np.asarray(std, np.float32)
+
+
+def encoder_scale_stats(weights):
+    """(mean, std) of ``--normalize encoder`` for ``weights``; FewShotDataError (one line
+    naming the file) where its card is missing or names a scale with no fixed constants."""
+    from utils.model_card import read_card
+
+    if weights in (None, "none"):
+        return SCALE_STATS["[0, 1]"]
+    if weights == "imagenet":
+        return IMAGENET_MEAN, IMAGENET_STD
+    card = read_card(weights) if Path(weights).is_file() else None
+    scale = (card or {}).get("pixel_scale")
+    if scale not in SCALE_STATS:
+        raise FewShotDataError(
+            f"{weights}: --normalize encoder reads the pixel scale from the file's model card, "
+            + (f"and {scale!r} has no fixed constants" if card else "and it has none")
+            + "; give --normalize none ([0, 1]), imagenet or computed")
+    return SCALE_STATS[scale]
 
 
 class PKSampler:

@@ -36,9 +36,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from few_shot.backbones import CLASSIFIER_BACKBONES, build_backbone, check_backbone  # noqa: E402
-from few_shot.data import (NORMALIZATIONS, FewShotDataError, PKSampler, load_images,  # noqa: E402
-                           normalization_stats, read_class_folders, read_stage_images,
-                           split_shots)
+from few_shot.data import (NORMALIZATIONS, FewShotDataError, PKSampler,  # noqa: E402
+                           encoder_scale_stats, load_images, normalization_stats,
+                           read_class_folders, read_stage_images, split_shots)
 from few_shot.evaluate import (classification_metrics, nearest_centroid_predict,  # noqa: E402
                                plot_confusion, plot_embeddings, write_report_csv)
 from few_shot.losses import METRIC_LOSSES, STUDY_DEFAULTS  # noqa: E402
@@ -69,8 +69,9 @@ def parse_args(argv=None):
     data.add_argument("--normalize", choices=NORMALIZATIONS, default="imagenet",
                       help="pixel normalisation: ImageNet's mean and std, the study's data "
                            "set's fixed constants (doctorp), statistics computed from the "
-                           "K-shot training images (computed), or none (0..1) (default "
-                           "imagenet)")
+                           "K-shot training images (computed), none (0..1), or encoder: the "
+                           "scale the --model-path file's model card names, as ImageNet's "
+                           "for an ImageNet backbone (default imagenet)")
     model = p.add_argument_group("model")
     model.add_argument("--backbone", choices=list(CLASSIFIER_BACKBONES),
                        default="mobilenetv2",
@@ -372,6 +373,8 @@ def main(argv=None):
         check_backbone(args.backbone, args.input_shape, args.weights)
         data = (read_stage_images if args.stages_from_names else read_class_folders)(args.image_dir)
         p, k = check_options(args, len(data.classes))
+        if args.normalize == "encoder":
+            encoder_scale_stats(args.weights)   # the card's scale, before decoding
         train_idx, test_idx = split_shots(data.labels, args.shots, args.seed, args.image_dir,
                                           data.classes)
         if "similarity" in args.stages:
@@ -383,7 +386,7 @@ def main(argv=None):
     set_seed(args.seed)
     y_train, y_test = data.labels[train_idx], data.labels[test_idx]
     x_train, x_test = images[train_idx], images[test_idx]
-    mean, std = normalization_stats(args.normalize, x_train)
+    mean, std = normalization_stats(args.normalize, x_train, args.weights)
     input_shape = (*size, 3)
     try:
         backbone, report = build_backbone(args.backbone, input_shape, args.weights)

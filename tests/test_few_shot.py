@@ -389,3 +389,24 @@ def test_few_shot_table_rows_and_option_checks(capsys):
     assert "b triplet > c triplet" in text and "c triplet > b" not in text
     # One seed has no spread: no verdicts.
     assert "| n/a |" in table.markdown(summary, 10) and "| yes |" not in table.markdown(summary, 10)
+
+
+def test_normalize_encoder_reads_the_scale_from_the_model_card(tmp_path):
+    # PDE encoders are pretrained on x / 127.5 - 1, the other_ssl ones on x / 255: a
+    # few-shot head over a frozen encoder must feed it that scale, as the study fed its
+    # ImageNet backbones ImageNet's.
+
+    from utils.model_card import encoder_card, sidecar_path
+
+    def close(a, b):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+    pde, bare = tmp_path / "pde.weights.h5", tmp_path / "old.weights.h5"
+    pde.write_bytes(b""), bare.write_bytes(b"")
+    sidecar_path(pde).write_text(json.dumps(encoder_card((32, 64), "resnet50", "[-1, 1]", "pde")))
+    mean, std = normalization_stats("encoder", weights=str(pde))
+    close((np.array([0, 127.5, 255]) / 255 - mean[0]) / std[0], [-1, 0, 1])
+    close(normalization_stats("encoder", weights="none"), [[0] * 3, [1] * 3])
+    close(normalization_stats("encoder", weights="imagenet")[0], [0.485, 0.456, 0.406])
+    with pytest.raises(FewShotDataError, match="old.weights.h5: --normalize encoder"):
+        normalization_stats("encoder", weights=str(bare))
