@@ -28,10 +28,14 @@ std, which rows beat chance and which beat each other by more than twice the lar
 std).
 """
 import argparse
+import json
 import os
 import shlex
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -44,6 +48,7 @@ from few_shot.data import NORMALIZATIONS  # noqa: E402
 from few_shot.losses import METRIC_LOSSES  # noqa: E402
 from pipeline.steps import mean_std  # noqa: E402
 from utils.options import add_input_shape, add_logs_dir, add_seed  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 from utils.run import make_run_dir, write_json  # noqa: E402
 from utils.utils import set_seed  # noqa: E402
 
@@ -133,6 +138,9 @@ def parse_args(argv=None):
                         "than tracing)")
     add_seed(p, help="seeds the orchard and the encoders trained here (default 11)")
     add_logs_dir(p)
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the table in RUN_DIR (give the same options): the (K, seed, "
+                        "backbone) runs its rows.json holds are kept, the others run")
     args = p.parse_args(argv)
     ssl = {}
     for item in args.ssl_encoders:
@@ -145,6 +153,8 @@ def parse_args(argv=None):
         args.rows = parse_rows(args.rows, tuple(ssl))
     except ValueError as exc:
         p.error(f"--rows: {exc}")
+    if args.resume and not (Path(args.resume) / "rows.json").is_file():
+        p.error(f"--resume {args.resume}: no rows.json there")
     for path in (args.pde_encoder, args.supervised_encoder, args.image_dir, *ssl.values()):
         if path and not Path(path).exists():
             p.error(f"{path}: not found")
@@ -261,9 +271,17 @@ def main(argv=None):
     args = parse_args(argv)
     print(machine_line(), flush=True)
     set_seed(args.seed)
-    run_dir = make_run_dir("few_shot_table", args, root=args.logs_dir)
+    run_dir = Path(args.resume) if args.resume else \
+        make_run_dir("few_shot_table", args, root=args.logs_dir)
     start = time.perf_counter()
     timings = {}
+    inputs = run_dir / "inputs.json"    # the images and encoders used: a resume reuses them
+    if args.resume and inputs.is_file():
+        made = json.loads(inputs.read_text())
+        args.image_dir = args.image_dir or made["image_dir"]
+        for name, path in made["encoders"].items():
+            if name in ("pde", "supervised"):
+                setattr(args, f"{name}_encoder", getattr(args, f"{name}_encoder") or path)
     image_dir = args.image_dir
     if image_dir is None:
         t = time.perf_counter()
@@ -279,12 +297,19 @@ def main(argv=None):
         t = time.perf_counter()
         encoders["supervised"] = train_supervised_encoder(args, run_dir, image_dir)
         timings["supervised_training"] = time.perf_counter() - t
+    write_json(inputs, {"image_dir": str(image_dir), "encoders": encoders})
 
-    rows = []
+    rows = json.loads((run_dir / "rows.json").read_text()) if args.resume else []
+    done = {(r["shots"], r["seed"], r["backbone"]) for r in rows}
+    # A fresh process per run: one process that ran them all grew to 24 GB (Keras keeps
+    # every model's graphs) and was killed by the OOM killer at the 30th.
+    pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"), max_tasks_per_child=1)
     for shots in args.shots:
         for seed in args.seeds:
             for row, losses in args.rows.items():
                 backbone, weights, label = row_backbone(row, encoders)
+                if (shots, seed, label) in done:
+                    continue
                 similarity = [x for x in losses if x != "transfer"]
                 stages = (["transfer"] if "transfer" in losses else []) + (
                     ["similarity", "--loss", *similarity] if similarity else [])
@@ -296,7 +321,13 @@ def main(argv=None):
                         "--stages", *stages] + shlex.split(args.few_shot_args)
                 print(f"\n== K={shots} seed {seed} {label}: {', '.join(losses)}")
                 t = time.perf_counter()
-                out = train_few_shot.main(argv)
+                try:
+                    out = pool.submit(train_few_shot.main, argv).result()
+                except BrokenProcessPool as exc:
+                    raise UserError(run_dir, f"the K={shots} seed {seed} {label} run ended "
+                                    "abruptly (killed: out of memory? see dmesg)",
+                                    f"continue with the same options and --resume {run_dir}"
+                                    ) from exc
                 seconds = time.perf_counter() - t
                 found = ([("transfer", out["transfer"])] if "transfer" in losses else [])
                 found += [(loss, out["similarity"][loss]) for loss in similarity]
@@ -306,6 +337,7 @@ def main(argv=None):
                                  **{m: metrics[m] for m in METRICS},
                                  "run_dir": str(out["run_dir"]), "run_seconds": seconds})
                 write_json(run_dir / "rows.json", rows)
+    pool.shutdown()
     timings["total"] = time.perf_counter() - start
     summary = summarise(rows)
     write_json(run_dir / "summary.json", summary)
@@ -321,4 +353,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from utils.errors import run_cli
+
+    run_cli(main)

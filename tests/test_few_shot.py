@@ -410,3 +410,24 @@ def test_normalize_encoder_reads_the_scale_from_the_model_card(tmp_path):
     close(normalization_stats("encoder", weights="imagenet")[0], [0.485, 0.456, 0.406])
     with pytest.raises(FewShotDataError, match="old.weights.h5: --normalize encoder"):
         normalization_stats("encoder", weights=str(bare))
+
+
+def test_few_shot_table_resume_keeps_the_runs_it_has(tmp_path, monkeypatch, capsys):
+    # A killed table (the OOM killer ended one at its 30th run) continues from rows.json
+    # with --resume; the finished (K, seed, backbone) runs are not run again.
+    from benchmarks import few_shot_table as table
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["--orchard", "2", "64", "96", "--rows", "random=transfer", "--shots", "2",
+            "--seeds", "11", "12", "--input-shape", "32", "32", "--epochs", "1", "1",
+            "--few-shot-args", "--no-plots --classifier-epochs 1 --run-eagerly"]
+    first = table.main(argv)
+    assert [(r["seed"], r["loss"]) for r in first["rows"]] == [(11, "transfer"), (12, "transfer")]
+    kept = first["rows"][:1]
+    (first["run_dir"] / "rows.json").write_text(json.dumps(kept))
+    capsys.readouterr()
+    again = table.main(argv + ["--resume", str(first["run_dir"])])
+    out = capsys.readouterr().out
+    assert "== K=2 seed 12" in out and "== K=2 seed 11" not in out
+    assert again["rows"][0] == kept[0]
+    assert [r["seed"] for r in again["rows"]] == [11, 12]
