@@ -25,8 +25,8 @@ import tensorflow as tf  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from pde_self_supervised.dataloader_2img import build_image_cache, pair_dataset  # noqa: E402
-from utils.options import add_seed  # noqa: E402
 from pde_self_supervised.preprocess_img import GRAY_P, JITTER_P, JITTER_STRENGTH  # noqa: E402
+from utils.options import add_seed  # noqa: E402
 
 
 def make_images(folder, count, size=(576, 1024), seed=0):

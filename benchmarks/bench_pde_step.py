@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.timing import (add_step_options, bench_precisions, forward_flops,  # noqa: E402
                                interleaved, jit_compile, machine_line, peak_report,
-                               set_bench_precision, xla_ratios)
+                               set_bench_precision, xla_ratios, xla_suffix)
 
 
 
@@ -140,7 +140,7 @@ def main(argv=None):
                     step, model, x = build_step(args, precision, bn, adam, frozen_bn, xla)
                     steps[f"{precision}/{bn}" + ("/keras-adam" if adam == "keras" else "")
                           + ("/frozen-bn" if frozen_bn else "")
-                          + ("" if xla == "default" else f"/xla-{xla}")] = step
+                          + xla_suffix(xla)] = step
                     if flops is None and precision == "float32" and bn != "keras-app":
                         flops = 3 * forward_flops(model, x)
     results = interleaved(steps, args.steps, args.warmup)
@@ -176,7 +176,8 @@ def main(argv=None):
         for precision in precisions:
             ratio = results[f"{precision}/keras-app"]["s"] / results[f"{precision}/fused"]["s"]
             print(f"  port (fused) / keras.applications.ResNet50, {precision}: {ratio:.2f}x")
-    print("\n".join(xla_ratios(results)))
+    for line in xla_ratios(results):
+        print(line)
     return results
 
 

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.timing import (add_step_options, bench_precisions, forward_flops,  # noqa: E402
                                interleaved, jit_compile, machine_line, peak_report,
-                               set_bench_precision, xla_ratios)
+                               set_bench_precision, xla_ratios, xla_suffix)
 
 MODES = ("frozen", "decoder", "unfrozen")
 
@@ -88,8 +88,7 @@ def main(argv=None):
             for bn in args.bn:
                 for adam, xla in itertools.product(args.adam, args.xla):
                     step, model, x = build_step(args, mode, precision, bn, adam, xla)
-                    suffix = (("/keras-adam" if adam == "keras" else "")
-                              + ("" if xla == "default" else f"/xla-{xla}"))
+                    suffix = ("/keras-adam" if adam == "keras" else "") + xla_suffix(xla)
                     steps[f"{mode}/{precision}/{bn}{suffix}"] = step
                     if mode not in flops:
                         flops[mode] = 3 * forward_flops(model, x)
@@ -118,7 +117,8 @@ def main(argv=None):
                 if precision != "float32" and all(name in results for name in pair):
                     print(f"  {mode:9s} {precision} / float32, {bn} BN: "
                           f"{results[pair[0]]['s'] / results[pair[1]]['s']:.2f}x")
-    print("\n".join(xla_ratios(results)))
+    for line in xla_ratios(results):
+        print(line)
     return results
 
 

@@ -279,9 +279,8 @@ def main(argv=None):
     if args.resume and inputs.is_file():
         made = json.loads(inputs.read_text())
         args.image_dir = args.image_dir or made["image_dir"]
-        for name, path in made["encoders"].items():
-            if name in ("pde", "supervised"):
-                setattr(args, f"{name}_encoder", getattr(args, f"{name}_encoder") or path)
+        args.pde_encoder = args.pde_encoder or made["encoders"].get("pde")
+        args.supervised_encoder = args.supervised_encoder or made["encoders"].get("supervised")
     image_dir = args.image_dir
     if image_dir is None:
         t = time.perf_counter()

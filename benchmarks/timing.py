@@ -82,16 +82,22 @@ def jit_compile(xla):
     return {"default": jit_compile_default(), "off": False, "on": True}[xla]
 
 
+def xla_suffix(xla):
+    """What an ``--xla`` choice adds to a configuration's name ("" for the default)."""
+    return "" if xla == "default" else f"/xla-{xla}"
+
+
 def xla_ratios(results):
-    """Lines comparing each configuration named ``.../xla-on`` with the same one named
-    ``.../xla-off`` or, failing that, with no suffix (the default)."""
+    """Lines comparing each configuration named with ``xla_suffix("on")`` with the same
+    one named with ``xla_suffix("off")`` or, failing that, the default's."""
+    on, off = xla_suffix("on"), xla_suffix("off")
     lines = []
     for name, r in results.items():
-        if name.endswith("/xla-on"):
-            base = name.removesuffix("/xla-on")
-            other = next((o for o in (base + "/xla-off", base) if o in results), None)
+        if name.endswith(on):
+            base = name.removesuffix(on)
+            other = next((o for o in (base + off, base) if o in results), None)
             if other:
-                lines.append(f"  XLA on / {'off' if other.endswith('off') else 'default'}, "
+                lines.append(f"  XLA on / {'off' if other.endswith(off) else 'default'}, "
                              f"{base}: {results[other]['s'] / r['s']:.2f}x")
     return lines
 

@@ -395,7 +395,6 @@ def test_normalize_encoder_reads_the_scale_from_the_model_card(tmp_path):
     # PDE encoders are pretrained on x / 127.5 - 1, the other_ssl ones on x / 255: a
     # few-shot head over a frozen encoder must feed it that scale, as the study fed its
     # ImageNet backbones ImageNet's.
-
     from utils.model_card import encoder_card, sidecar_path
 
     def close(a, b):
