@@ -9,14 +9,15 @@ the model file's card; the options override them.
     python get_miou.py --model-path logs/unet_.../best_epoch.keras --voc-path VOCdevkit
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from utils.tf_env import configure_tensorflow  # noqa: E402
+
+configure_tensorflow()  # before TensorFlow loads: quiet logs, oneDNN on every x86-64 CPU
 
 from utils.errors import MissingInput, OutputExists, UserError, user_errors, writable_dir  # noqa: E402
 from utils.evaluate import as_unet, evaluate_ids, predicted_maps  # noqa: E402

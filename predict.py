@@ -9,12 +9,9 @@ Outputs are the coloured class maps blended 70 % over the photos, as the origina
 Nothing is overwritten: an existing output name gets a ``_1``, ``_2`` ... suffix.
 """
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -22,6 +19,10 @@ from tqdm import tqdm  # noqa: E402
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from utils.tf_env import configure_tensorflow  # noqa: E402
+
+configure_tensorflow()  # before TensorFlow loads: quiet logs, oneDNN on every x86-64 CPU
 
 from utils.errors import MissingInput, UserError, writable_dir  # noqa: E402
 from utils.model_card import add_card_options  # noqa: E402

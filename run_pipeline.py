@@ -25,7 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from utils.tf_env import configure_tensorflow  # noqa: E402
+
+configure_tensorflow()  # before TensorFlow loads: quiet logs, oneDNN on every x86-64 CPU
 
 from pipeline.pretrainers import PAIR_PRETRAINERS, PRETRAINERS  # noqa: E402
 from pipeline.profiles import PROFILES, typed_options, with_precision  # noqa: E402

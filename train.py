@@ -9,9 +9,10 @@ on the test split. Every run writes into a new folder under ``--logs-dir``.
     python train.py --model-path encoder.weights.h5 --frozen-only     # "Frozen" column
     python train.py --from-scratch                                    # random, no freezing
 """
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from utils.tf_env import configure_tensorflow  # noqa: E402
+
+configure_tensorflow()  # before TensorFlow loads: quiet logs, oneDNN on every x86-64 CPU
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402

@@ -8,11 +8,8 @@
 Both write into a new run folder (``logs/visualize_<time>`` unless ``--out-dir``).
 """
 import argparse
-import os
 import sys
 from pathlib import Path
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -20,6 +17,10 @@ from tqdm import tqdm  # noqa: E402
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from utils.tf_env import configure_tensorflow  # noqa: E402
+
+configure_tensorflow()  # before TensorFlow loads: quiet logs, oneDNN on every x86-64 CPU
 
 from nets.encoders import BACKBONES  # noqa: E402
 from utils.errors import MissingInput, OutputExists, UserError, writable_dir  # noqa: E402

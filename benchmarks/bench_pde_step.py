@@ -23,7 +23,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from utils.tf_env import configure_tensorflow  # noqa: E402
+
+configure_tensorflow()  # before TensorFlow loads: quiet logs, oneDNN on every x86-64 CPU
 
 import numpy as np  # noqa: E402
 

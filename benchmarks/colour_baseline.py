@@ -27,6 +27,10 @@ from PIL import Image
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.tf_env import configure_tensorflow  # noqa: E402
+
+configure_tensorflow()  # before TensorFlow loads: quiet logs, oneDNN on every x86-64 CPU
+
 from utils.image_check import rgb8  # noqa: E402
 from utils.options import add_seed  # noqa: E402
 from utils.utils import NAME_CLASSES  # noqa: E402

@@ -29,7 +29,6 @@ std).
 """
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -41,7 +40,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from utils.tf_env import configure_tensorflow  # noqa: E402
+
+configure_tensorflow()  # before TensorFlow loads: quiet logs, oneDNN on every x86-64 CPU
 
 from few_shot.backbones import CLASSIFIER_BACKBONES  # noqa: E402
 from few_shot.data import NORMALIZATIONS  # noqa: E402

@@ -24,7 +24,6 @@ two encoders at the whole split; its verdict rule is shared (``pipeline.steps.ga
 import argparse
 import csv
 import json
-import os
 import shlex
 import sys
 import time
@@ -37,7 +36,9 @@ from types import SimpleNamespace
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from utils.tf_env import configure_tensorflow  # noqa: E402
+
+configure_tensorflow()  # before TensorFlow loads: quiet logs, oneDNN on every x86-64 CPU
 
 from pipeline.pretrainers import PAIR_PRETRAINERS, PRETRAINERS  # noqa: E402
 from pipeline.profiles import PROFILES  # noqa: E402

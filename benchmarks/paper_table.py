@@ -15,7 +15,6 @@ with ``--resume RUN_DIR`` continues row by row.
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from utils.tf_env import configure_tensorflow  # noqa: E402
+
+configure_tensorflow()  # before TensorFlow loads: quiet logs, oneDNN on every x86-64 CPU
 
 from pipeline.pretrainers import LABELLED_PRETRAINERS, PAIR_PRETRAINERS, PRETRAINERS  # noqa: E402
 from pipeline.profiles import PROFILES  # noqa: E402

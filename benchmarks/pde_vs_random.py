@@ -21,7 +21,6 @@ keeps the k-NN and per-pixel read-outs.
 """
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -30,7 +29,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from utils.tf_env import configure_tensorflow  # noqa: E402
+
+configure_tensorflow()  # before TensorFlow loads: quiet logs, oneDNN on every x86-64 CPU
 
 from pipeline.steps import gap_verdict, mean_std, pm as _pm  # noqa: E402
 from utils.options import add_logs_dir  # noqa: E402

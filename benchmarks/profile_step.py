@@ -11,7 +11,6 @@ of the wall time, which is printed beside them.
 """
 import argparse
 import collections
-import os
 import sys
 import tempfile
 import time
@@ -20,7 +19,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from utils.tf_env import configure_tensorflow  # noqa: E402
+
+configure_tensorflow()  # before TensorFlow loads: quiet logs, oneDNN on every x86-64 CPU
 
 from benchmarks import bench_pde_step, bench_unet_step  # noqa: E402
 from benchmarks.timing import BENCH_PRECISIONS, machine_line  # noqa: E402

@@ -52,11 +52,12 @@ def add_step_options(parser, input_shape, batch_size, warmup):
 
 def machine_line():
     """The first line every benchmark prints: the CPU model, the flags that decide its
-    fast paths, the cores, TensorFlow, and any oneDNN cap."""
+    fast paths, the cores, TensorFlow, whether oneDNN is on and why, any oneDNN cap."""
     import sys
     from importlib.metadata import PackageNotFoundError, version
 
     from utils.precision import cpu_info
+    from utils.tf_env import onednn_state
 
     cpu = cpu_info()
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
@@ -70,9 +71,11 @@ def machine_line():
     tf = sys.modules.get("tensorflow")
     gpus = len(tf.config.list_physical_devices("GPU")) if tf else None
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    onednn, why = onednn_state(cpu["flags"])
     return (f"Machine: {cpu['model']}; flags {flags}; {os.cpu_count()} cores"
             + ("" if gpus is None else f"; {gpus} GPU(s)")
-            + f"; TensorFlow {tf_version}" + (f"; ONEDNN_MAX_CPU_ISA={cap}" if cap else ""))
+            + f"; TensorFlow {tf_version}; oneDNN {'on' if onednn else 'off'} ({why})"
+            + (f"; ONEDNN_MAX_CPU_ISA={cap}" if cap else ""))
 
 
 def jit_compile(xla):

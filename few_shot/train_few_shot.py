@@ -19,7 +19,6 @@ Writes a new run folder ``<logs>/few_shot_<time>/``: ``args.json``, per stage
 ``<stage>_pca.png`` and ``<stage>_tsne.png`` (held-out embeddings), for stage 2 also
 ``<stage>_classifier_log.csv``, and ``results.json``.
 """
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from utils.tf_env import configure_tensorflow  # noqa: E402
+
+configure_tensorflow()  # before TensorFlow loads: quiet logs, oneDNN on every x86-64 CPU
 
 import argparse  # noqa: E402
 

@@ -10,15 +10,16 @@ stage dates from the curves.
         --time 12 --model-path logs/.../last_epoch.keras --phenology phenology.toml
 """
 import argparse
-import os
 import random
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils.tf_env import configure_tensorflow  # noqa: E402
+
+configure_tensorflow()  # before TensorFlow loads: quiet logs, oneDNN on every x86-64 CPU
 
 import numpy as np  # noqa: E402
 

@@ -16,9 +16,6 @@ newest), ``results.json`` and two files for ``train.py``:
 * ``encoder.weights.h5``: the encoder alone (``train.py --model-path``), for the
   paper table's frozen column.
 """
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
 import sys  # noqa: E402
@@ -26,6 +23,10 @@ from pathlib import Path  # noqa: E402
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils.tf_env import configure_tensorflow  # noqa: E402
+
+configure_tensorflow()  # before TensorFlow loads: quiet logs, oneDNN on every x86-64 CPU
 
 from nets import unet as unet_net  # noqa: E402
 from nets.encoders import BACKBONES, check_input_shape  # noqa: E402

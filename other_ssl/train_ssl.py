@@ -7,9 +7,6 @@ Writes a new run folder ``<logs>/ssl_<method>_<time>/`` with ``args.json``,
 ``epoch_loss.png``, ``results.json`` and ``encoder.weights.h5``: the five-feature backbone
 (without the Flatten/Dense head), the file ``train.py`` loads.
 """
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
@@ -18,6 +15,10 @@ from pathlib import Path  # noqa: E402
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils.tf_env import configure_tensorflow  # noqa: E402
+
+configure_tensorflow()  # before TensorFlow loads: quiet logs, oneDNN on every x86-64 CPU
 
 from nets.encoders import BACKBONES, check_input_shape  # noqa: E402
 from other_ssl.base import POOLS, CollapseMonitor  # noqa: E402

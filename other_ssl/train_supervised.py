@@ -9,9 +9,6 @@ accuracy) and ``encoder.weights.h5`` (the five-feature backbone) for ``train.py`
 The original repository has no code for this row of the paper's table; the defaults
 follow the other pretrainings (Adam at the Keras default rate, 288x512 inputs).
 """
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
 import sys  # noqa: E402
@@ -20,6 +17,10 @@ from pathlib import Path  # noqa: E402
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils.tf_env import configure_tensorflow  # noqa: E402
+
+configure_tensorflow()  # before TensorFlow loads: quiet logs, oneDNN on every x86-64 CPU
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

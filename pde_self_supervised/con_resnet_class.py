@@ -4,14 +4,15 @@ Two ResNet50 towers that do not share weights but start equal (tower 2 receives
 tower 1's initial weights), each with the original's projection head; the squared
 difference of the embeddings feeds a 4-way softmax named ``self_output``.
 """
-import os
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from utils.tf_env import configure_tensorflow  # noqa: E402
+
+configure_tensorflow()  # before TensorFlow loads: quiet logs, oneDNN on every x86-64 CPU
 
 import keras  # noqa: E402
 from keras import layers  # noqa: E402

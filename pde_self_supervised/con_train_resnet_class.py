@@ -7,14 +7,15 @@ encoder as ``encoder.weights.h5`` for the U-Net (step 6).
     python pde_self_supervised/con_train_resnet_class.py --image-dir out \\
         --pairs-x x_out_inx200000.npy --pairs-y y_out_inx200000.npy
 """
-import os
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from utils.tf_env import configure_tensorflow  # noqa: E402
+
+configure_tensorflow()  # before TensorFlow loads: quiet logs, oneDNN on every x86-64 CPU
 
 from pde_self_supervised import train_common  # noqa: E402
 

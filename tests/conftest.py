@@ -1,9 +1,12 @@
-"""Shared test set-up: quiet TensorFlow, a headless matplotlib, the slow marker."""
+"""Shared test set-up: TensorFlow as the tools set it up, a headless matplotlib, the slow marker."""
 import os
 import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from utils.tf_env import configure_tensorflow
+
+# The tests run TensorFlow's kernels as the tools do: oneDNN on every x86-64 CPU.
+configure_tensorflow()
 # The image-check verdicts of test files stay out of the user's ~/.cache.
 os.environ.setdefault("PDE_CACHE_DIR", tempfile.mkdtemp(prefix="pde_test_cache_"))
 os.environ.setdefault("MPLBACKEND", "Agg")

@@ -71,6 +71,7 @@ def test_resolve_records_and_caches_the_probe(tmp_path, monkeypatch):
     monkeypatch.setattr(precision, "cpu_info",
                         lambda: {"model": "Fake CPU", "flags": ["avx512_bf16"]})
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
     measured = []
 
     def fake_probe(sizes, budget_s=2.0):
@@ -88,6 +89,22 @@ def test_resolve_records_and_caches_the_probe(tmp_path, monkeypatch):
     again = precision.resolve_precision("auto", (64, 128), 8, quiet=True)
     assert again["probe"]["cached"] is True and len(measured) == 1
     assert "bfloat16" in precision.describe(again)
+
+
+def test_auto_takes_float32_without_probing_where_onednn_is_off(tmp_path, monkeypatch):
+    # TF_ENABLE_ONEDNN_OPTS=0: TensorFlow's bfloat16 kernels are Eigen's, not native.
+    monkeypatch.setenv(precision.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(precision, "_decided", {})
+    monkeypatch.setattr(precision, "gpu_compute_capability", lambda: None)
+    monkeypatch.setattr(precision, "cpu_info",
+                        lambda: {"model": "Fake CPU", "flags": ["avx512_bf16"]})
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    monkeypatch.setattr(precision, "probe", lambda *a, **k: pytest.fail("probed"))
+    record = precision.resolve_precision("auto", (64, 128), 8, quiet=True)
+    assert record["precision"] == "float32" and record["onednn"] is False
+    assert "oneDNN off (TF_ENABLE_ONEDNN_OPTS=0" in record["reason"]
+    assert "oneDNN off" in precision.describe(record)
 
 
 def test_unknown_precision_is_refused():

@@ -21,6 +21,7 @@ from pathlib import Path
 
 # CACHE_ENV is re-exported: callers and tests name the cache variable through this module.
 from utils.cache import CACHE_ENV, cache_root, read_cache, write_cache  # noqa: F401
+from utils.tf_env import onednn_state
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 # Keras global policies: variables stay float32, compute runs in the named dtype.
@@ -205,17 +206,22 @@ def resolve_precision(requested="float32", input_shape=None, batch_size=None, qu
         return _decided[memo]
     cpu = cpu_info()
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "")
-    native = native_bf16(cpu["flags"], isa)
+    onednn, onednn_why = onednn_state(cpu["flags"])
+    # Without oneDNN, TensorFlow's bfloat16 kernels are Eigen's: not native anywhere.
+    native = onednn and native_bf16(cpu["flags"], isa)
     gpu_cc = gpu_compute_capability()
-    key = "|".join([cpu["model"], tf.__version__, isa or "-", json.dumps(sizes)])
+    key = "|".join([cpu["model"], tf.__version__, isa or "-", "onednn" if onednn else "eigen",
+                    json.dumps(sizes)])
     precision, reason, measured = decide(requested, gpu_cc=gpu_cc, native=native,
                                          run_probe=lambda: _cached_probe(key, sizes))
     if not native and native_bf16(cpu["flags"], onednn_isa=""):
-        reason = reason.replace("this CPU has", f"oneDNN capped at {isa}:")
+        reason = reason.replace("this CPU has", f"oneDNN capped at {isa}:" if onednn
+                                else f"oneDNN off ({onednn_why}):")
     record = {"requested": requested, "precision": precision, "policy": POLICIES[precision],
               "reason": reason, "device": "gpu" if gpu_cc is not None else "cpu",
               "cpu": cpu["model"],
               "cpu_flags": [f for f in cpu["flags"] if f in BF16_FLAGS or f.startswith("avx")],
+              "onednn": onednn, "onednn_why": onednn_why,
               "onednn_max_cpu_isa": isa or None, "native_bf16": native,
               "tensorflow": tf.__version__}
     if measured is not None:
@@ -228,8 +234,9 @@ def resolve_precision(requested="float32", input_shape=None, batch_size=None, qu
 
 def describe(record):
     """One line: the precision, why, and the probe's figures."""
-    line = f"Precision: {record['precision']} ({record['reason']}; {record['cpu']}"
-    line += ", native bfloat16)" if record["native_bf16"] else ")"
+    notes = [record["cpu"]] + (["native bfloat16"] if record["native_bf16"] else []) + (
+        ["oneDNN off"] if record.get("onednn") is False else [])
+    line = f"Precision: {record['precision']} ({record['reason']}; {', '.join(notes)})"
     measured = record.get("probe")
     if measured:
         parts = ", ".join(f"{op} {v['float32']:.1f} / {v['bfloat16']:.1f} ms"
