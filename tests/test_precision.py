@@ -64,14 +64,19 @@ def test_probe_sizes_follow_the_run_within_bounds():
     assert small["matmul"][0] <= large["matmul"][0] <= 2048
 
 
-def test_resolve_records_and_caches_the_probe(tmp_path, monkeypatch):
-    monkeypatch.setenv(precision.CACHE_ENV, str(tmp_path))
+def _fake_bf16_cpu(monkeypatch, cache_dir, onednn):
+    """A CPU with AVX512_BF16, no GPU, no oneDNN cap, oneDNN ``onednn`` ("1"/"0")."""
+    monkeypatch.setenv(precision.CACHE_ENV, str(cache_dir))
     monkeypatch.setattr(precision, "_decided", {})
     monkeypatch.setattr(precision, "gpu_compute_capability", lambda: None)
     monkeypatch.setattr(precision, "cpu_info",
                         lambda: {"model": "Fake CPU", "flags": ["avx512_bf16"]})
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
-    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", onednn)
+
+
+def test_resolve_records_and_caches_the_probe(tmp_path, monkeypatch):
+    _fake_bf16_cpu(monkeypatch, tmp_path, onednn="1")
     measured = []
 
     def fake_probe(sizes, budget_s=2.0):
@@ -93,13 +98,7 @@ def test_resolve_records_and_caches_the_probe(tmp_path, monkeypatch):
 
 def test_auto_takes_float32_without_probing_where_onednn_is_off(tmp_path, monkeypatch):
     # TF_ENABLE_ONEDNN_OPTS=0: TensorFlow's bfloat16 kernels are Eigen's, not native.
-    monkeypatch.setenv(precision.CACHE_ENV, str(tmp_path))
-    monkeypatch.setattr(precision, "_decided", {})
-    monkeypatch.setattr(precision, "gpu_compute_capability", lambda: None)
-    monkeypatch.setattr(precision, "cpu_info",
-                        lambda: {"model": "Fake CPU", "flags": ["avx512_bf16"]})
-    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
-    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    _fake_bf16_cpu(monkeypatch, tmp_path, onednn="0")
     monkeypatch.setattr(precision, "probe", lambda *a, **k: pytest.fail("probed"))
     record = precision.resolve_precision("auto", (64, 128), 8, quiet=True)
     assert record["precision"] == "float32" and record["onednn"] is False
