@@ -51,6 +51,7 @@ def test_benchmark_runs_its_smallest_setting(script, capsys, tmp_path, monkeypat
     module.main(SMALLEST[script])
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("Machine: ") and "cores" in first
+    assert "; oneDNN on (" in first or "; oneDNN off (" in first
 
 
 def test_xla_choices_and_their_ratio_lines():
