@@ -9,8 +9,7 @@ on the test split. Every run writes into a new folder under ``--logs-dir``.
     python train.py --model-path encoder.weights.h5 --frozen-only     # "Frozen" column
     python train.py --from-scratch                                    # random, no freezing
 """
-
-from utils.tf_env import configure_tensorflow  # noqa: E402
+from utils.tf_env import configure_tensorflow
 
 configure_tensorflow()  # before TensorFlow loads: quiet logs, oneDNN on every x86-64 CPU
 
