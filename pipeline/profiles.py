@@ -134,7 +134,8 @@ PROFILES = {
                      n_train=60, n_val=20, n_test=40),
         pairs=dict(per_class=2000),
         # CPU-sized PDE: 300 steps at 32x64, GAP head, one tower, shallow stages fixed;
-        # float32, the precision its tables were measured in.
+        # float32: in bfloat16 it took as long inside the demo (226 s) and moved the
+        # five-seed table within noise (docs/results.md, "The demo's PDE pretraining").
         pretrain=dict(input_shape=(32, 64), load_size=(32, 64), batch_size=32,
                       test_batch_size=64, epochs=3, steps_per_epoch=100, pool="gap",
                       shared_towers=True, no_augment=True, learning_rate=1e-3,
