@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_layers import project_files
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
         ROOT / "benchmarks" / "README.md"]
@@ -19,10 +21,8 @@ OPTION = re.compile(r"^\[?(--[a-z][a-z0-9-]*)")
 def all_scripts():
     """Every script with a command line: a parse_args and a __main__ block."""
     found = []
-    for path in sorted(ROOT.rglob("*.py")):
+    for path in project_files():
         rel = path.relative_to(ROOT).as_posix()
-        if rel.startswith(("tests/", ".")) or "/." in rel:
-            continue
         text = path.read_text()
         if "def parse_args" in text and '__name__ == "__main__"' in text:
             found.append(rel)

@@ -2,6 +2,7 @@
 packages, then utils/, then nets/; and no module imports itself back through others.
 Every import counts, those inside functions included (ast, not a run)."""
 import ast
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,11 +22,21 @@ def layer(module):
     return 3
 
 
+def project_files():
+    """Every project .py file outside tests/, sorted; hidden folders and virtual
+    environments (a folder holding pyvenv.cfg) are not walked."""
+    found = []
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"
+                   and not (Path(folder) == ROOT and d == "tests")
+                   and not (Path(folder, d) / "pyvenv.cfg").exists()]
+        found += [Path(folder, f) for f in files if f.endswith(".py")]
+    return sorted(found)
+
+
 def project_imports():
     """{module: {imported project module}} over every project file outside tests/."""
-    files = [p for p in ROOT.rglob("*.py")
-             if p.relative_to(ROOT).parts[0] not in ("tests",) and ".venv" not in str(p)
-             and not any(part.startswith(".") for part in p.relative_to(ROOT).parts)]
+    files = project_files()
     modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
                for p in files}
     tops = {m.split(".")[0] for m in modules}

@@ -2,11 +2,9 @@
 import ast
 import subprocess
 import sys
-from pathlib import Path
-
+from tests.test_layers import ROOT, project_files
 from utils.tf_env import ONEDNN_ENV, configure_tensorflow, onednn_state
 
-ROOT = Path(__file__).resolve().parents[1]
 # Module-level imports that load TensorFlow, directly or through the project's packages.
 LOADS_TF = ("tensorflow", "keras", "nets", "utils", "pipeline", "pde_self_supervised",
             "other_ssl", "few_shot", "growth_modeling", "benchmarks")
@@ -62,10 +60,8 @@ def _first_tf_import_and_configure(tree):
 
 def test_every_entry_script_configures_tensorflow_before_loading_it():
     late = []
-    for path in sorted(ROOT.rglob("*.py")):
+    for path in project_files():
         rel = path.relative_to(ROOT)
-        if rel.parts[0] in ("tests", ".ci") or "venv" in rel.parts[0]:
-            continue
         text = path.read_text()
         if 'if __name__ == "__main__"' not in text:
             continue
