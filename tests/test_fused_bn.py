@@ -1,7 +1,5 @@
 """nets.layers.BatchNormalization (the fused kernel) computes what
 keras.layers.BatchNormalization computes."""
-import os
-
 import keras
 import numpy as np
 import pytest
@@ -9,7 +7,7 @@ import tensorflow as tf
 
 from nets.layers import BatchNormalization, keras_batch_norm
 from utils.precise_bn import batchnorm_layers, recalibrate_batchnorm
-from utils.precision import NO_BF16_ISAS
+from utils.precision import bf16_capped
 
 SHAPE = (2, 5, 6, 3)
 
@@ -63,7 +61,7 @@ def test_float32_matches_keras(training):
 
 
 @pytest.mark.skipif(
-    os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in NO_BF16_ISAS,
+    bf16_capped(),
     reason="ONEDNN_MAX_CPU_ISA caps oneDNN below bfloat16, but TensorFlow still sends "
            "it bfloat16 batch norm on an AVX-512 CPU (no kernel: the op aborts)")
 def test_bfloat16_matches_keras_within_tolerance():

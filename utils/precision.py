@@ -67,14 +67,17 @@ def _sysctl(name):
         return ""
 
 
+def bf16_capped(onednn_isa=None):
+    """Whether ``onednn_isa`` (default: ``ONEDNN_MAX_CPU_ISA``) caps oneDNN below its
+    bfloat16 kernels."""
+    isa = onednn_isa if onednn_isa is not None else os.environ.get("ONEDNN_MAX_CPU_ISA", "")
+    return isa.strip().upper() in NO_BF16_ISAS
+
+
 def native_bf16(flags, onednn_isa=None):
     """Whether bfloat16 products run on native instructions: a bfloat16 CPU flag, and
     oneDNN not capped (``ONEDNN_MAX_CPU_ISA``) to an ISA without them."""
-    isa = (onednn_isa if onednn_isa is not None
-           else os.environ.get("ONEDNN_MAX_CPU_ISA", "")).strip().upper()
-    if isa in NO_BF16_ISAS:
-        return False
-    return bool(set(flags) & set(BF16_FLAGS))
+    return not bf16_capped(onednn_isa) and bool(set(flags) & set(BF16_FLAGS))
 
 
 def gpu_compute_capability():
